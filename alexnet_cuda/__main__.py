@@ -1,0 +1,6 @@
+"""`python -m alexnet_cuda ...` is `alexnet-cuda ...`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

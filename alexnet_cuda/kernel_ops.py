@@ -1,0 +1,72 @@
+"""The op contract on top of our kernels, shared by the `emu` and `cuda` backends.
+
+Each op allocates its outputs with the backend's array module (numpy for emu, cupy's
+memory pool for cuda) and calls the extension, which checks every argument (dtype,
+shape, contiguity, device) before anything is launched, and runs the kernels on the
+caller's stream (cupy's current stream on cuda). `version=0` lets the dispatcher pick
+a kernel; tests and benchmarks pass each numbered version in turn.
+
+The ops are grouped in mixins by kernel family:
+    ElementwiseOps      relu, reduce_sum                     (this file)
+    LayerOps            lrn, maxpool, dropout, softmax, sgd  (kernel_ops_layers.py)
+    ConvOps             conv2d, linear                        (kernel_ops_conv.py)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backends import KernelBackend, OPS
+from .kernel_ops_conv import ConvOps
+from .kernel_ops_layers import LayerOps
+
+
+class KernelOpsBase(KernelBackend):
+    def _stream(self):
+        if self.name == "cuda":
+            return self.xp.cuda.get_current_stream().ptr
+        return 0
+
+    def _empty(self, shape, dtype=np.float32):
+        return self.xp.empty(tuple(int(s) for s in shape), dtype=dtype)
+
+    def _empty_like(self, x, dtype=np.float32):
+        """An output shaped like x; a non-array x gets a dummy and the binding rejects x."""
+        return self._empty(getattr(x, "shape", (0,)), dtype)
+
+    def synchronize(self):
+        self._mod.synchronize()
+
+    def to_numpy(self, a):
+        if self.name == "cuda" and isinstance(a, self.xp.ndarray):
+            return self.xp.asnumpy(a)
+        return np.asarray(a)
+
+
+class ElementwiseOps:
+    def relu_forward(self, x, *, version=0):
+        y = self._empty_like(x)
+        self._mod.relu_forward(x, y, version=version, stream=self._stream())
+        return y
+
+    def relu_backward(self, dy, y, *, version=0):
+        dx = self._empty_like(dy)
+        self._mod.relu_backward(dy, y, dx, version=version, stream=self._stream())
+        return dx
+
+    def reduce_sum(self, x, *, version=0):
+        """Sum of a float32 array as a 0-d array of the backend (deterministic order)."""
+        out = self._empty((1,))
+        work = self._empty((self._mod.REDUCE_WORKSPACE,))
+        self._mod.reduce_sum(x, out, work, version=version, stream=self._stream())
+        return out.reshape(())
+
+
+class KernelOps(ElementwiseOps, LayerOps, ConvOps, KernelOpsBase):
+    """Every op of the contract that our kernels implement."""
+
+
+def make_kernel_backend(name, module, xp):
+    be = KernelOps(name, module, xp)
+    missing = [op for op in OPS if not hasattr(be, op)]
+    be.missing_ops = missing  # ops whose kernels are not written yet (empty when complete)
+    return be

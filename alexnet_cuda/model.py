@@ -1,0 +1,550 @@
+"""The paper's two-tower AlexNet as Python layers over a backend's ops.
+
+The model knows nothing of CUDA: every computation is a call to one of the
+backend ops of DESIGN.md's contract (conv2d_forward, lrn_forward, ...), and
+every buffer (weights, gradients, momentum, activations) is an array of the
+backend that owns the model. `forward` and `train_step` accept numpy inputs on
+every backend and move them there.
+
+Topology (PAPER.md, Figure 2), with ``c(n) = round(n * width)`` channels:
+
+    conv1  c(96)  11x11/4        tower-local (each tower sees the image)
+    ReLU, LRN, max-pool 3/2
+    conv2  c(256) 5x5 pad 2      tower-local (groups = towers)
+    ReLU, LRN, max-pool 3/2
+    conv3  c(384) 3x3 pad 1      TOWERS MEET: every kernel sees all maps
+    ReLU
+    conv4  c(384) 3x3 pad 1      tower-local
+    ReLU
+    conv5  c(256) 3x3 pad 1      tower-local
+    ReLU, max-pool 3/2
+    fc6    c(4096)               TOWERS MEET: sees every map of every tower
+    ReLU, dropout
+    fc7    c(4096)  ReLU, dropout
+    fc8    num_classes
+
+The towers are an explicit unit (`TowerLayout`, `AlexNet.tower_layout`,
+`AlexNet.tower_state_dict`): which layers belong to a tower, which output
+channels (and weight rows) each tower owns, and the two points where towers
+exchange activations (conv3 and fc6; in the paper a cross-GPU copy). On one
+device the towers are computed together with grouped convolutions, which is the
+same arithmetic.
+
+Initializations:
+
+* ``init="paper"`` (section 5): weights ~ N(0, 0.01); biases 1 in conv2, conv4,
+  conv5, fc6, fc7 and 0 in conv1, conv3, fc8. The "full" preset uses it.
+* ``init="he"`` (fan-in scaled, He et al. 2015): weights ~ N(0, 2 / fan_in)
+  with fan_in = (in_channels / groups) * R * S for a conv and in_features for
+  a linear layer; all biases 0. The "small" preset uses it: PAPER.md's
+  "Measured pitfall" shows a quarter-width network of this topology stays at
+  chance (loss ln 10) for 30 epochs with the paper's init (N(0, 0.01) is far
+  too small for its narrow layers, and biases of 1 saturate the ReLUs), while
+  He-normal weights with zero biases train to a few percent error.
+
+Dropout masks are keyed by (seed, offset) with
+``offset = step * 2 + dropout_index`` (``step`` counts training steps of this
+model, ``dropout_index`` is 0 after fc6 and 1 after fc7), so the masks are a
+pure function of the model seed and the step: a resumed run draws exactly the
+masks an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends import get_backend
+
+__all__ = ["AlexNet", "PRESETS", "TowerLayout", "INITS", "scaled_channels", "feature_sizes",
+           "min_input_size", "MOMENTUM", "WEIGHT_DECAY"]
+
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+INITS = ("paper", "he")
+
+# The paper's channel counts, scaled by `width`.
+BASE_CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
+                 "fc6": 4096, "fc7": 4096}
+
+# Presets. `data_size` is the side the images are prepared at (the paper: 256
+# for a 227 crop); the small preset keeps the paper's crop/size ratio.
+# `epochs` is the default training length for the preset.
+PRESETS = {
+    # The paper's network: 60.97 M parameters, 227x227 crops of 256x256 images,
+    # the paper's init. Meant for a GPU.
+    "full": dict(width=1.0, input_size=227, data_size=256, init="paper", epochs=90),
+    # Same topology at quarter width on 67x67 crops (67 is the smallest input
+    # that leaves 1x1 maps after the last pool) of 76x76 images; ~1.8 M
+    # parameters. He-normal init with zero biases (see the module docstring:
+    # the paper's init does not train at this size). Sized so that
+    # `alexnet-cuda train` on the numpy backend with 2 CPU cores reaches <= 10%
+    # validation error on the built-in synthetic set in well under 15 minutes.
+    "small": dict(width=0.25, input_size=67, data_size=76, init="he", epochs=12),
+}
+
+
+def scaled_channels(n, width, towers):
+    """round(n * width), at least one per tower and a multiple of `towers`."""
+    c = max(1, int(round(n * width / towers))) * towers
+    return c
+
+
+def _conv_out(h, k, stride, pad):
+    return (h + 2 * pad - k) // stride + 1
+
+
+def feature_sizes(input_size):
+    """Spatial sizes after conv1, pool1, pool2 and pool5 (conv2..conv5 keep the size)."""
+    s1 = _conv_out(input_size, 11, 4, 0)
+    p1 = _conv_out(s1, 3, 2, 0) if s1 >= 3 else 0
+    p2 = _conv_out(p1, 3, 2, 0) if p1 >= 3 else 0
+    p5 = _conv_out(p2, 3, 2, 0) if p2 >= 3 else 0
+    return s1, p1, p2, p5
+
+
+def min_input_size():
+    """The smallest input side that leaves a positive size after the last pool (67)."""
+    s = 11
+    while feature_sizes(s)[3] < 1:
+        s += 1
+    return s
+
+
+# ---------------------------------------------------------------------------
+# Towers
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TowerLayout:
+    """Which layers belong to a tower and where the towers meet.
+
+    * ``tower_layers``: conv1..conv5. Tower t holds output channels
+      ``out_slice(name, t)`` of each, i.e. rows ``out_slice`` of its weight.
+    * ``local_layers``: conv1, conv2, conv4, conv5 see only their own tower's
+      input maps (conv1: the image, of which each tower has a copy).
+      Computed as grouped convolutions (groups = towers; conv1 has one group,
+      as the image is shared).
+    * ``meet_layers``: conv3 and fc6 read the maps of ALL towers: the points
+      where, with one tower per device, activations cross devices.
+    * ``head_layers``: fc6, fc7, fc8, after the towers have merged.
+    """
+
+    towers: int
+    channels: tuple  # ((name, out_channels), ...) for conv1..conv5
+
+    tower_layers = ("conv1", "conv2", "conv3", "conv4", "conv5")
+    local_layers = ("conv1", "conv2", "conv4", "conv5")
+    meet_layers = ("conv3", "fc6")
+    head_layers = ("fc6", "fc7", "fc8")
+
+    def out_slice(self, name, t):
+        """The output channels (weight rows) of layer `name` that tower `t` owns."""
+        if not 0 <= t < self.towers:
+            raise ValueError(f"tower index {t} out of range [0, {self.towers})")
+        k = dict(self.channels)[name] // self.towers
+        return slice(t * k, (t + 1) * k)
+
+    def groups(self, name):
+        """The `groups` argument of layer `name`'s convolution."""
+        return self.towers if name in ("conv2", "conv4", "conv5") else 1
+
+
+# ---------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------
+
+class Layer:
+    """A layer of the sequential network. Parameter layers set `params`."""
+
+    name = ""
+    params = ()
+
+    def forward(self, be, x, train, ctx):
+        raise NotImplementedError
+
+    def backward(self, be, dy):
+        raise NotImplementedError
+
+    def clear(self):
+        """Drop cached activations."""
+        self.__dict__.pop("_cache", None)
+
+
+class Conv2d(Layer):
+    params = ("weight", "bias")
+
+    def __init__(self, name, in_ch, out_ch, kernel, *, stride=1, padding=0, groups=1, role="local"):
+        self.name, self.stride, self.padding, self.groups, self.role = name, stride, padding, groups, role
+        self.shapes = {"weight": (out_ch, in_ch // groups, kernel, kernel), "bias": (out_ch,)}
+        self.fan_in = (in_ch // groups) * kernel * kernel
+
+    def forward(self, be, x, train, ctx):
+        if train:
+            self._cache = x
+        return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride,
+                                 padding=self.padding, groups=self.groups)
+
+    def backward(self, be, dy):
+        dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
+            dy, self._cache, self.weight, stride=self.stride, padding=self.padding, groups=self.groups)
+        return dx
+
+
+class Linear(Layer):
+    params = ("weight", "bias")
+
+    def __init__(self, name, in_f, out_f, role="head"):
+        self.name, self.role = name, role
+        self.shapes = {"weight": (out_f, in_f), "bias": (out_f,)}
+        self.fan_in = in_f
+
+    def forward(self, be, x, train, ctx):
+        if train:
+            self._cache = x
+        return be.linear_forward(x, self.weight, self.bias)
+
+    def backward(self, be, dy):
+        dx, self.grad_weight, self.grad_bias = be.linear_backward(dy, self._cache, self.weight)
+        return dx
+
+
+class ReLU(Layer):
+    def __init__(self, name):
+        self.name = name
+
+    def forward(self, be, x, train, ctx):
+        y = be.relu_forward(x)
+        if train:
+            self._cache = y
+        return y
+
+    def backward(self, be, dy):
+        return be.relu_backward(dy, self._cache)
+
+
+class LRN(Layer):
+    """Cross-channel LRN with the paper's constants (alpha not divided by size)."""
+
+    def __init__(self, name, size=5, alpha=1e-4, beta=0.75, k=2.0):
+        self.name = name
+        self.hp = dict(size=size, alpha=alpha, beta=beta, k=k)
+
+    def forward(self, be, x, train, ctx):
+        y, scale = be.lrn_forward(x, **self.hp)
+        if train:
+            self._cache = (x, y, scale)
+        return y
+
+    def backward(self, be, dy):
+        x, y, scale = self._cache
+        return be.lrn_backward(dy, x, y, scale, **self.hp)
+
+
+class MaxPool(Layer):
+    def __init__(self, name, size=3, stride=2):
+        self.name, self.size, self.stride = name, size, stride
+
+    def forward(self, be, x, train, ctx):
+        y = be.maxpool_forward(x, size=self.size, stride=self.stride)
+        if train:
+            self._cache = (x, y)
+        return y
+
+    def backward(self, be, dy):
+        x, y = self._cache
+        return be.maxpool_backward(dy, x, y, size=self.size, stride=self.stride)
+
+
+class Flatten(Layer):
+    def __init__(self, name):
+        self.name = name
+
+    def forward(self, be, x, train, ctx):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, be, dy):
+        return dy.reshape(self._shape)
+
+
+class Dropout(Layer):
+    """Inverted dropout; the mask is keyed by (model seed, step * 2 + index)."""
+
+    def __init__(self, name, p, index):
+        self.name, self.p, self.index = name, p, index
+
+    def forward(self, be, x, train, ctx):
+        if not train or self.p == 0:
+            self._cache = None
+            return x
+        y, mask = be.dropout_forward(x, p=self.p, seed=ctx["seed"],
+                                     offset=ctx["step"] * AlexNet.DROPOUT_LAYERS + self.index)
+        self._cache = mask
+        return y
+
+    def backward(self, be, dy):
+        if self._cache is None:
+            return dy
+        return be.dropout_backward(dy, self._cache, p=self.p)
+
+
+# ---------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------
+
+class AlexNet:
+    """The paper's AlexNet on one backend (see the module docstring).
+
+    Attributes: `backend`, `config` (the constructor arguments), `step` (training
+    steps taken; keys the dropout masks), `tower_layout`, `layers` (the
+    sequence), `momentum` (name -> velocity array, the paper's v).
+    """
+
+    DROPOUT_LAYERS = 2
+
+    def __init__(self, num_classes=1000, input_size=227, width=1.0, towers=2, dropout=0.5, lrn=True,
+                 backend=None, seed=0, init="paper", dtype=np.float32):
+        if int(num_classes) < 1:
+            raise ValueError(f"AlexNet: num_classes must be >= 1, got {num_classes}")
+        if int(towers) < 1:
+            raise ValueError(f"AlexNet: towers must be >= 1, got {towers}")
+        if not width > 0:
+            raise ValueError(f"AlexNet: width must be > 0, got {width}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"AlexNet: dropout must be in [0, 1), got {dropout}")
+        if init not in INITS:
+            raise ValueError(f"AlexNet: init must be one of {INITS}, got {init!r}")
+        input_size = int(input_size)
+        s1, p1, p2, p5 = feature_sizes(input_size)
+        if p5 < 1:
+            raise ValueError(f"AlexNet: input_size {input_size} is too small: the last max-pool would have no "
+                             f"output; the smallest input is {min_input_size()}")
+        self.backend = get_backend(backend)
+        self.dtype = np.dtype(dtype)
+        self.config = dict(num_classes=int(num_classes), input_size=input_size, width=float(width),
+                           towers=int(towers), dropout=float(dropout), lrn=bool(lrn), seed=int(seed), init=init)
+        self.num_classes, self.input_size, self.seed = int(num_classes), input_size, int(seed)
+        self.step = 0
+        T = int(towers)
+        ch = {n: scaled_channels(c, width, T) for n, c in BASE_CHANNELS.items()}
+        self.channels = ch
+        self.tower_layout = TowerLayout(T, tuple((n, ch[n]) for n in TowerLayout.tower_layers))
+        g = self.tower_layout.groups
+        L = []
+        # --- the towers ---------------------------------------------------
+        L += [Conv2d("conv1", 3, ch["conv1"], 11, stride=4, groups=g("conv1")), ReLU("relu1")]
+        if lrn:
+            L.append(LRN("lrn1"))
+        L += [MaxPool("pool1"),
+              Conv2d("conv2", ch["conv1"], ch["conv2"], 5, padding=2, groups=g("conv2")), ReLU("relu2")]
+        if lrn:
+            L.append(LRN("lrn2"))
+        L += [MaxPool("pool2"),
+              # towers meet: conv3 reads all maps of both towers
+              Conv2d("conv3", ch["conv2"], ch["conv3"], 3, padding=1, groups=g("conv3"), role="meet"),
+              ReLU("relu3"),
+              Conv2d("conv4", ch["conv3"], ch["conv4"], 3, padding=1, groups=g("conv4")), ReLU("relu4"),
+              Conv2d("conv5", ch["conv4"], ch["conv5"], 3, padding=1, groups=g("conv5")), ReLU("relu5"),
+              MaxPool("pool5"), Flatten("flatten")]
+        # --- the head: towers meet at fc6 ----------------------------------
+        L += [Linear("fc6", ch["conv5"] * p5 * p5, ch["fc6"], role="meet"), ReLU("relu6"),
+              Dropout("drop6", dropout, 0),
+              Linear("fc7", ch["fc6"], ch["fc7"]), ReLU("relu7"), Dropout("drop7", dropout, 1),
+              Linear("fc8", ch["fc7"], self.num_classes)]
+        self.layers = L
+        self._param_layers = [l for l in L if l.params]
+        self._init(init)
+        be = self.backend
+        self.momentum = {n: be.zeros(a.shape, dtype=self.dtype) for n, a in self.named_parameters()}
+
+    # -- parameters ---------------------------------------------------------
+
+    def _init(self, init):
+        rng = np.random.default_rng(self.seed)
+        ones = ("conv2", "conv4", "conv5", "fc6", "fc7")
+        be = self.backend
+        for l in self._param_layers:
+            ws = l.shapes["weight"]
+            std = 0.01 if init == "paper" else math.sqrt(2.0 / l.fan_in)
+            w = rng.standard_normal(ws, dtype=np.float64) * std
+            b = np.full(l.shapes["bias"], 1.0 if (init == "paper" and l.name in ones) else 0.0)
+            l.weight = be.asarray(w, dtype=self.dtype)
+            l.bias = be.asarray(b, dtype=self.dtype)
+
+    def named_parameters(self):
+        """[(name, backend array), ...] in layer order: conv1.weight, conv1.bias, ..."""
+        return [(f"{l.name}.{p}", getattr(l, p)) for l in self._param_layers for p in l.params]
+
+    def parameter_shapes(self):
+        return {f"{l.name}.{p}": tuple(l.shapes[p]) for l in self._param_layers for p in l.params}
+
+    def num_parameters(self):
+        return sum(math.prod(s) for s in self.parameter_shapes().values())
+
+    def weight_decays(self, weight_decay=WEIGHT_DECAY):
+        """name -> weight decay: `weight_decay` for weights, 0 for biases (as cuda-convnet)."""
+        return {n: (weight_decay if n.endswith(".weight") else 0.0) for n, _ in self.named_parameters()}
+
+    def _check_state(self, state, what):
+        if not isinstance(state, dict):
+            raise TypeError(f"{what}: expected a dict of name -> array, got {type(state).__name__}")
+        shapes = self.parameter_shapes()
+        missing = [n for n in shapes if n not in state]
+        unexpected = [n for n in state if n not in shapes]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(missing))
+            if unexpected:
+                parts.append("unexpected " + ", ".join(map(str, unexpected)))
+            raise ValueError(f"{what}: parameter names do not match this model ({'; '.join(parts)})")
+        for n, s in shapes.items():
+            got = tuple(np.shape(state[n]))
+            if got != s:
+                raise ValueError(f"{what}: {n} has shape {got}, this model expects {s} "
+                                 f"(config {self.config})")
+
+    def state_dict(self):
+        """name -> numpy array (a copy), names and shapes as PyTorch holds them."""
+        be = self.backend
+        return {n: np.array(be.to_numpy(a), copy=True) for n, a in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Load weights from name -> array (numpy or anything array-like). Names and shapes must match."""
+        self._check_state(state, "load_state_dict")
+        be = self.backend
+        for l in self._param_layers:
+            for p in l.params:
+                setattr(l, p, be.asarray(np.asarray(state[f"{l.name}.{p}"]), dtype=self.dtype))
+
+    def momentum_state_dict(self):
+        """name -> numpy copy of the momentum buffer (the paper's v) of each parameter."""
+        be = self.backend
+        return {n: np.array(be.to_numpy(a), copy=True) for n, a in self.momentum.items()}
+
+    def load_momentum_state_dict(self, state):
+        self._check_state(state, "load_momentum_state_dict")
+        be = self.backend
+        self.momentum = {n: be.asarray(np.asarray(state[n]), dtype=self.dtype) for n in self.parameter_shapes()}
+
+    def tower_state_dict(self, t):
+        """The parameters tower `t` owns: its rows of conv1..conv5 (weights and biases), numpy copies.
+
+        Concatenating the towers' arrays along axis 0 gives the full conv weights.
+        fc6..fc8 belong to the merged head and are not part of any tower.
+        """
+        sd = self.state_dict()
+        out = {}
+        for name in self.tower_layout.tower_layers:
+            sl = self.tower_layout.out_slice(name, t)
+            out[f"{name}.weight"] = sd[f"{name}.weight"][sl].copy()
+            out[f"{name}.bias"] = sd[f"{name}.bias"][sl].copy()
+        return out
+
+    # -- compute ------------------------------------------------------------
+
+    def _input(self, x):
+        be = self.backend
+        x = be.asarray(x, dtype=self.dtype)
+        s = self.input_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise ValueError(f"AlexNet: x has shape {tuple(x.shape)}, expected (N, 3, {s}, {s})")
+        return x
+
+    def _run(self, x, train):
+        be = self.backend
+        ctx = {"seed": self.seed, "step": self.step}
+        for l in self.layers:
+            x = l.forward(be, x, train, ctx)
+        return x
+
+    def forward(self, x, train=False):
+        """Logits (N, num_classes) as a backend array. x: (N, 3, S, S), numpy or backend array."""
+        x = self._input(x)
+        logits = self._run(x, train)
+        if not train:
+            for l in self.layers:
+                l.clear()
+        return logits
+
+    __call__ = forward
+
+    def features(self, x, layer="fc7"):
+        """Eval-mode activations after `layer` and its ReLU (conv1..fc7; fc8 gives the logits),
+        e.g. fc7 for the paper's Figure 4 nearest neighbours."""
+        names = [l.name for l in self._param_layers]
+        if layer not in names:
+            raise ValueError(f"features: unknown layer {layer!r}; expected one of {names}")
+        stop = layer if layer == "fc8" else "relu" + layer[-1]
+        x = self._input(x)
+        be = self.backend
+        ctx = {"seed": self.seed, "step": self.step}
+        for l in self.layers:
+            x = l.forward(be, x, False, ctx)
+            if l.name == stop:
+                break
+        return x
+
+    def loss_and_grads(self, x, labels):
+        """Forward (train mode) and backward; fills each parameter's gradient. Returns the loss (0-d array)."""
+        be = self.backend
+        x = self._input(x)
+        labels = be.asarray(labels, dtype=np.int64)
+        if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
+            raise ValueError(f"AlexNet: labels has shape {tuple(labels.shape)}, expected ({x.shape[0]},)")
+        logits = self._run(x, True)
+        loss, d = be.softmax_cross_entropy(logits, labels)
+        for i in range(len(self.layers) - 1, -1, -1):
+            l = self.layers[i]
+            if i == 0:
+                # the image needs no gradient, but conv2d_backward returns one; discard it
+                l.backward(be, d)
+            else:
+                d = l.backward(be, d)
+            l.clear()
+        return loss
+
+    def gradients(self):
+        """[(name, gradient backend array), ...] from the last backward pass."""
+        return [(f"{l.name}.{p}", getattr(l, "grad_" + p)) for l in self._param_layers for p in l.params]
+
+    def apply_update(self, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY):
+        """The SGD phase (separate from backward; where a multi-device run would reduce gradients):
+        v = momentum*v - wd*lr*w - lr*dw; w += v, with wd = 0 for biases."""
+        names = [n for n, _ in self.named_parameters()]
+        params = [a for _, a in self.named_parameters()]
+        grads = [g for _, g in self.gradients()]
+        wds = self.weight_decays(weight_decay)
+        self.backend.sgd_update_multi(params, grads, [self.momentum[n] for n in names], lr=float(lr),
+                                      momentum=float(momentum), weight_decays=[wds[n] for n in names])
+
+    def train_step(self, x, labels, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY):
+        """One SGD step on the batch (x, labels); returns the loss as a float.
+
+        Forward and backward, then the update as its own phase. A non-finite
+        loss skips the update (the weights stay as they were) and is returned
+        as is, for the caller to stop on. `step` advances either way.
+        """
+        loss = float(self.backend.to_numpy(self.loss_and_grads(x, labels)))
+        if math.isfinite(loss):
+            self.apply_update(lr, momentum, weight_decay)
+        self.step += 1
+        return loss
+
+    def __repr__(self):
+        c = self.config
+        return (f"AlexNet(num_classes={c['num_classes']}, input_size={c['input_size']}, width={c['width']}, "
+                f"towers={c['towers']}, dropout={c['dropout']}, lrn={c['lrn']}, init={c['init']!r}, "
+                f"backend={self.backend.name!r}, params={self.num_parameters():,})")
+
+
+def from_preset(preset, num_classes, *, backend=None, seed=0, **overrides):
+    """An AlexNet configured by the named preset ('full' or 'small')."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    kw = dict(num_classes=num_classes, input_size=p["input_size"], width=p["width"], init=p["init"])
+    kw.update(overrides)
+    return AlexNet(backend=backend, seed=seed, **kw)

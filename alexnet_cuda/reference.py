@@ -1,0 +1,671 @@
+"""The NumPy reference of every op: the oracle the CUDA kernels are tested
+against, and the ``numpy`` backend.
+
+Conventions shared by every function here:
+
+* Arrays are C-contiguous ``numpy.ndarray`` of dtype float32 or float64
+  (labels int32/int64, dropout masks uint8, Philox words uint32). Images are
+  NCHW. Weight layouts follow PyTorch: conv weights (K, C/groups, R, S),
+  linear weights (out, in).
+* Outputs have the dtype of the inputs; every float input of one call must
+  share that dtype.
+* Arguments are checked before anything is computed or written. A wrong
+  Python type or dtype raises ``TypeError``; a wrong value, shape, ndim or
+  layout raises ``ValueError``. The message starts with the function name and
+  names the offending argument, e.g.
+  ``conv2d_forward: w has 4 input channels per group, expected 3 (x has C=6, groups=2)``.
+* Everything is vectorized over batch, channels and pixels; the only Python
+  loops run over kernel offsets (r, s), LRN window offsets, or groups.
+  Clarity comes first: this module defines what the kernels must compute.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward",
+    "linear_forward",
+    "linear_backward",
+    "relu_forward",
+    "relu_backward",
+    "lrn_forward",
+    "lrn_backward",
+    "maxpool_forward",
+    "maxpool_backward",
+    "philox4x32_10",
+    "dropout_mask",
+    "dropout_forward",
+    "dropout_backward",
+    "softmax_cross_entropy",
+    "sgd_update",
+    "topk_correct",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+# ---------------------------------------------------------------------------
+# Argument checks (shared helpers; every public function goes through these)
+# ---------------------------------------------------------------------------
+
+def _array(fn, name, a, *, ndim=None, dtypes=_FLOAT_DTYPES, like=None):
+    """Check that ``a`` is a C-contiguous ndarray with an allowed dtype and
+    ndim; with ``like=(other_name, other_array)`` also require other's dtype.
+    Returns ``a`` unchanged."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(
+            f"{fn}: {name} must be a numpy.ndarray, got {type(a).__module__}.{type(a).__name__}")
+    if like is not None:
+        other_name, other = like
+        if a.dtype != other.dtype:
+            raise TypeError(
+                f"{fn}: {name} has dtype {a.dtype}, expected {other.dtype} (the dtype of {other_name})")
+    elif a.dtype not in dtypes:
+        allowed = " or ".join(str(d) for d in dtypes)
+        raise TypeError(f"{fn}: {name} has dtype {a.dtype}, expected {allowed}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-D, got {a.ndim}-D array of shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{fn}: {name} must be C-contiguous (use numpy.ascontiguousarray)")
+    return a
+
+
+def _shape(fn, name, a, expected, why=""):
+    """Require ``a.shape == expected``."""
+    expected = tuple(int(e) for e in expected)
+    if a.shape != expected:
+        extra = f" ({why})" if why else ""
+        raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {expected}{extra}")
+
+
+def _int(fn, name, v, *, minimum=None):
+    """Require a Python/NumPy integer (not bool) >= minimum; return it as int."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be an integer, got bool")
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be an integer, got {type(v).__name__}") from None
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _real(fn, name, v):
+    """Require a finite real number (not bool); return it as float."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{fn}: {name} must be finite, got {v}")
+    return v
+
+
+def _prob(fn, name, p):
+    """Require a dropout probability in [0, 1); return it as float."""
+    p = _real(fn, name, p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{fn}: {name} must be in [0, 1), got {p}")
+    return p
+
+
+def _labels(fn, labels, n, classes):
+    """Require labels: 1-D int32/int64 of length n with values in [0, classes)."""
+    _array(fn, "labels", labels, ndim=1, dtypes=_LABEL_DTYPES)
+    if labels.shape[0] != n:
+        raise ValueError(f"{fn}: labels has {labels.shape[0]} entries, expected {n} (one per row of logits)")
+    if n and (labels.min() < 0 or labels.max() >= classes):
+        bad = labels[(labels < 0) | (labels >= classes)][0]
+        raise ValueError(f"{fn}: labels must be in [0, {classes}), found {int(bad)}")
+
+
+def _bias(fn, b, k, like):
+    """Require b to be None or a 1-D array of length k with like's dtype."""
+    if b is None:
+        return
+    _array(fn, "b", b, ndim=1, like=like)
+    if b.shape[0] != k:
+        raise ValueError(f"{fn}: b has length {b.shape[0]}, expected {k} (one per output channel)")
+
+
+def _conv_geometry(fn, x, w, stride, padding, groups):
+    """Check a convolution's x, w and hyper-parameters; return
+    (stride, padding, groups, P, Q)."""
+    _array(fn, "x", x, ndim=4)
+    _array(fn, "w", w, ndim=4, like=("x", x))
+    stride = _int(fn, "stride", stride, minimum=1)
+    padding = _int(fn, "padding", padding, minimum=0)
+    groups = _int(fn, "groups", groups, minimum=1)
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    if C % groups:
+        raise ValueError(f"{fn}: x has C={C} channels, not divisible by groups={groups}")
+    if K % groups:
+        raise ValueError(f"{fn}: w has K={K} output channels, not divisible by groups={groups}")
+    if Cg != C // groups:
+        raise ValueError(
+            f"{fn}: w has {Cg} input channels per group, expected {C // groups} "
+            f"(x has C={C}, groups={groups})")
+    if R < 1 or S < 1:
+        raise ValueError(f"{fn}: w has an empty kernel {R}x{S}")
+    Hp, Wp = H + 2 * padding, W + 2 * padding
+    if R > Hp or S > Wp:
+        raise ValueError(
+            f"{fn}: w kernel {R}x{S} is larger than the padded input x "
+            f"{Hp}x{Wp} (H={H}, W={W}, padding={padding})")
+    P = (Hp - R) // stride + 1
+    Q = (Wp - S) // stride + 1
+    return stride, padding, groups, P, Q
+
+
+def _lrn_params(fn, size, alpha, beta, k, alpha_scaled):
+    """Check LRN hyper-parameters; return (size, a, beta, k) where a is the
+    coefficient actually applied to the sum of squares."""
+    size = _int(fn, "size", size, minimum=1)
+    if size % 2 == 0:
+        raise ValueError(f"{fn}: size must be odd (a window centred on the channel), got {size}")
+    alpha = _real(fn, "alpha", alpha)
+    beta = _real(fn, "beta", beta)
+    k = _real(fn, "k", k)
+    if not isinstance(alpha_scaled, (bool, np.bool_)):
+        raise TypeError(f"{fn}: alpha_scaled must be a bool, got {type(alpha_scaled).__name__}")
+    a = alpha / size if alpha_scaled else alpha
+    return size, a, beta, k
+
+
+def _pool_params(fn, x, size, stride):
+    """Check max-pooling hyper-parameters against x (N,C,H,W); return
+    (size, stride, P, Q)."""
+    size = _int(fn, "size", size, minimum=1)
+    stride = _int(fn, "stride", stride, minimum=1)
+    H, W = x.shape[2], x.shape[3]
+    if size > H or size > W:
+        raise ValueError(f"{fn}: size={size} pooling window is larger than the input x ({H}x{W})")
+    return size, stride, (H - size) // stride + 1, (W - size) // stride + 1
+
+
+def _u64(fn, name, v):
+    """Require an integer in [0, 2**64)."""
+    v = _int(fn, name, v, minimum=0)
+    if v >= 1 << 64:
+        raise ValueError(f"{fn}: {name} must be < 2**64, got {v}")
+    return v
+
+
+# ---------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------
+
+def _windows(xp, R, S, stride):
+    """View of xp (N,C,Hp,Wp) as (N,C,P,Q,R,S): windows[n,c,p,q,r,s] =
+    xp[n, c, p*stride + r, q*stride + s]. No copy."""
+    return sliding_window_view(xp, (R, S), axis=(2, 3))[:, :, ::stride, ::stride]
+
+
+def _pad_hw(x, padding):
+    if padding == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+
+
+def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1):
+    """Grouped 2-D cross-correlation (what deep learning calls convolution).
+
+    With xp = x zero-padded by ``padding`` on each side of H and W,
+    Cg = C/groups, Kg = K/groups and g = k // Kg the group of output channel k:
+
+        y[n,k,p,q] = b[k] + sum_{c<Cg, r<R, s<S}
+                     w[k,c,r,s] * xp[n, g*Cg + c, p*stride + r, q*stride + s]
+
+    x (N,C,H,W), w (K,Cg,R,S), b (K,) or None -> y (N,K,P,Q) with
+    P = (H + 2*padding - R)//stride + 1 and Q likewise.
+    """
+    fn = "conv2d_forward"
+    stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
+    K, Cg, R, S = w.shape
+    _bias(fn, b, K, ("x", x))
+    N = x.shape[0]
+    Kg = K // groups
+    win = _windows(_pad_hw(x, padding), R, S, stride)          # (N,C,P,Q,R,S)
+    y = np.empty((N, K, P, Q), dtype=x.dtype)
+    for g in range(groups):
+        cs, ks = slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)
+        # contract over (c, r, s): (N,P,Q,Kg)
+        yg = np.tensordot(win[:, cs], w[ks], axes=([1, 4, 5], [1, 2, 3]))
+        y[:, ks] = yg.transpose(0, 3, 1, 2)
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1):
+    """Gradients of ``conv2d_forward`` given dy = dL/dy (N,K,P,Q):
+
+        db[k]       = sum_{n,p,q} dy[n,k,p,q]
+        dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * xp[n, g*Cg + c, p*stride + r, q*stride + s]
+        dxp[n, g*Cg + c, p*stride + r, q*stride + s] += sum_{k in group g} dy[n,k,p,q] * w[k,c,r,s]
+
+    and dx is dxp with the padding cropped off. Returns (dx, dw, db) with the
+    shapes of x, w and (K,).
+    """
+    fn = "conv2d_backward"
+    stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    _array(fn, "dy", dy, ndim=4, like=("x", x))
+    _shape(fn, "dy", dy, (N, K, P, Q), "the shape of conv2d_forward's output")
+    Kg = K // groups
+
+    db = dy.sum(axis=(0, 2, 3))
+    win = _windows(_pad_hw(x, padding), R, S, stride)          # (N,C,P,Q,R,S)
+    dw = np.empty_like(w)
+    dxp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
+    for g in range(groups):
+        cs, ks = slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)
+        dyg = dy[:, ks]                                         # (N,Kg,P,Q)
+        dw[ks] = np.tensordot(dyg, win[:, cs], axes=([0, 2, 3], [0, 2, 3]))
+        for r in range(R):
+            for s in range(S):
+                # (N,Kg,P,Q) x (Kg,Cg) -> (N,P,Q,Cg)
+                contrib = np.tensordot(dyg, w[ks, :, r, s], axes=([1], [0]))
+                dxp[:, cs, r:r + stride * P:stride, s:s + stride * Q:stride] += \
+                    contrib.transpose(0, 3, 1, 2)
+    dx = dxp[:, :, padding:padding + H, padding:padding + W]
+    return np.ascontiguousarray(dx), dw, db
+
+
+# ---------------------------------------------------------------------------
+# Fully connected
+# ---------------------------------------------------------------------------
+
+def _linear_args(fn, x, w):
+    _array(fn, "x", x, ndim=2)
+    _array(fn, "w", w, ndim=2, like=("x", x))
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"{fn}: w has {w.shape[1]} input features, expected {x.shape[1]} (x has shape {x.shape})")
+
+
+def linear_forward(x, w, b):
+    """Fully connected layer: y[n,o] = sum_i x[n,i] * w[o,i] + b[o],
+    i.e. y = x @ w.T + b. x (N,I), w (O,I), b (O,) or None -> y (N,O)."""
+    fn = "linear_forward"
+    _linear_args(fn, x, w)
+    _bias(fn, b, w.shape[0], ("x", x))
+    y = x @ w.T
+    if b is not None:
+        y += b
+    return y
+
+
+def linear_backward(dy, x, w):
+    """Gradients of ``linear_forward`` given dy (N,O):
+    dx = dy @ w (N,I), dw = dy.T @ x (O,I), db = sum_n dy[n] (O,)."""
+    fn = "linear_backward"
+    _linear_args(fn, x, w)
+    _array(fn, "dy", dy, ndim=2, like=("x", x))
+    _shape(fn, "dy", dy, (x.shape[0], w.shape[0]), "(N, O) from x and w")
+    return dy @ w, dy.T @ x, dy.sum(axis=0)
+
+
+# ---------------------------------------------------------------------------
+# ReLU
+# ---------------------------------------------------------------------------
+
+def relu_forward(x):
+    """y = max(0, x), elementwise, any shape."""
+    _array("relu_forward", "x", x)
+    return np.maximum(x, x.dtype.type(0))
+
+
+def relu_backward(dy, y):
+    """dx = dy where y > 0, else 0 (y is the forward output)."""
+    fn = "relu_backward"
+    _array(fn, "y", y)
+    _array(fn, "dy", dy, like=("y", y))
+    _shape(fn, "dy", dy, y.shape, "the shape of y")
+    return np.where(y > 0, dy, dy.dtype.type(0))
+
+
+# ---------------------------------------------------------------------------
+# Local response normalization (across channels)
+# ---------------------------------------------------------------------------
+
+def _channel_window_sum(t, size):
+    """out[n,c,h,w] = sum of t[n,c',h,w] over c' in [c - size//2, c + size//2]
+    clipped to [0, C-1] (done as a sum of shifted slices of a zero-padded copy)."""
+    half = size // 2
+    C = t.shape[1]
+    tp = np.pad(t, ((0, 0), (half, half), (0, 0), (0, 0)))
+    out = np.zeros_like(t)
+    for d in range(size):
+        out += tp[:, d:d + C]
+    return out
+
+
+def _lrn_check_x(fn, x):
+    _array(fn, "x", x, ndim=4)
+
+
+def lrn_forward(x, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False):
+    """Local response normalization across channels (paper §3.3).
+
+        scale[n,c,h,w] = k + a * sum_{c' in win(c)} x[n,c',h,w]**2
+        y = x * scale**(-beta)
+
+    where win(c) = [c - size//2, c + size//2] clipped to [0, C-1] (a window
+    near the first or last channel simply has fewer terms) and ``a`` is:
+
+    * ``alpha_scaled=False`` (default, the paper's formula): a = alpha;
+    * ``alpha_scaled=True`` (cuda-convnet, Caffe and PyTorch's
+      ``local_response_norm``): a = alpha / size.
+
+    The paper's constants are size=5, alpha=1e-4, beta=0.75, k=2.
+    x (N,C,H,W) -> (y, scale), both of x's shape; scale is kept for the
+    backward pass.
+    """
+    fn = "lrn_forward"
+    _lrn_check_x(fn, x)
+    size, a, beta, k = _lrn_params(fn, size, alpha, beta, k, alpha_scaled)
+    scale = k + a * _channel_window_sum(x * x, size)
+    y = x * scale ** (-beta)
+    return y, scale
+
+
+def lrn_backward(dy, x, y, scale, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False):
+    """Gradient of ``lrn_forward`` (same hyper-parameters, same ``a``):
+
+        dx[j] = dy[j] * scale[j]**(-beta)
+                - 2 * a * beta * x[j] * sum_{c in win(j)} dy[c] * y[c] / scale[c]
+
+    (per n, h, w; the window is symmetric, so "c whose window contains j" is
+    win(j)). ``k`` is accepted for a uniform signature; it only enters
+    through ``scale``.
+    """
+    fn = "lrn_backward"
+    _lrn_check_x(fn, x)
+    for name, a_ in (("dy", dy), ("y", y), ("scale", scale)):
+        _array(fn, name, a_, ndim=4, like=("x", x))
+        _shape(fn, name, a_, x.shape, "the shape of x")
+    size, a, beta, k = _lrn_params(fn, size, alpha, beta, k, alpha_scaled)
+    cross = _channel_window_sum(dy * y / scale, size)
+    return dy * scale ** (-beta) - (2.0 * a * beta) * x * cross
+
+
+# ---------------------------------------------------------------------------
+# Max pooling
+# ---------------------------------------------------------------------------
+
+def maxpool_forward(x, *, size=3, stride=2):
+    """Max pooling without padding (paper §3.4 overlapping pooling: 3/2).
+
+        y[n,c,p,q] = max_{r,s < size} x[n, c, p*stride + r, q*stride + s]
+
+    x (N,C,H,W) -> y (N,C,P,Q), P = (H - size)//stride + 1, Q likewise.
+    """
+    fn = "maxpool_forward"
+    _array(fn, "x", x, ndim=4)
+    size, stride, P, Q = _pool_params(fn, x, size, stride)
+    return np.ascontiguousarray(_windows(x, size, size, stride).max(axis=(4, 5)))
+
+
+def maxpool_backward(dy, x, y, *, size=3, stride=2):
+    """Gradient of ``maxpool_forward``.
+
+    Each dy[n,c,p,q] goes to ONE input: the first maximum of its window in
+    row-major order (smallest r, then smallest s). Windows overlap when
+    stride < size; their contributions to a shared input add up. The argmax
+    is taken from x; ``y`` (the forward output) is checked for shape only.
+    """
+    fn = "maxpool_backward"
+    _array(fn, "x", x, ndim=4)
+    size, stride, P, Q = _pool_params(fn, x, size, stride)
+    N, C = x.shape[:2]
+    for name, a_ in (("y", y), ("dy", dy)):
+        _array(fn, name, a_, ndim=4, like=("x", x))
+        _shape(fn, name, a_, (N, C, P, Q), "the shape of maxpool_forward's output")
+    win = _windows(x, size, size, stride).reshape(N, C, P, Q, size * size)
+    first = win.argmax(axis=-1)            # argmax returns the first maximum
+    dx = np.zeros_like(x)
+    zero = dy.dtype.type(0)
+    for r in range(size):
+        for s in range(size):
+            dx[:, :, r:r + stride * P:stride, s:s + stride * Q:stride] += \
+                np.where(first == r * size + s, dy, zero)
+    return dx
+
+
+# ---------------------------------------------------------------------------
+# Philox-4x32-10 and dropout
+# ---------------------------------------------------------------------------
+
+_PHILOX_M0 = np.uint64(0xD2511F53)
+_PHILOX_M1 = np.uint64(0xCD9E8D57)
+_PHILOX_W0 = np.uint32(0x9E3779B9)
+_PHILOX_W1 = np.uint32(0xBB67AE85)
+_LO32 = np.uint64(0xFFFFFFFF)
+_SHIFT32 = np.uint64(32)
+
+
+def _mulhilo32(m, a):
+    """(hi, lo) 32-bit halves of the 64-bit product m * a (a uint32 array)."""
+    prod = m * a.astype(np.uint64)
+    return (prod >> _SHIFT32).astype(np.uint32), (prod & _LO32).astype(np.uint32)
+
+
+def philox4x32_10(counter, key):
+    """Philox-4x32-10 (Salmon, Moraes, Dror, Shaw, SC 2011, "Parallel random
+    numbers: as easy as 1, 2, 3"), vectorized over trailing axes.
+
+    counter: (4, ...) uint32 words c0..c3; key: (2,) or (2, ...) uint32 words
+    k0, k1 (broadcast against the counter's trailing axes). One round:
+
+        (hi0, lo0) = mulhilo32(0xD2511F53, c0)
+        (hi1, lo1) = mulhilo32(0xCD9E8D57, c2)
+        (c0, c1, c2, c3) = (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)
+
+    Ten rounds; between rounds k0 += 0x9E3779B9 and k1 += 0xBB67AE85 (mod
+    2**32). Returns a (4, ...) uint32 array, the shape of the broadcast.
+    """
+    fn = "philox4x32_10"
+    _array(fn, "counter", counter, dtypes=(np.dtype(np.uint32),))
+    _array(fn, "key", key, dtypes=(np.dtype(np.uint32),))
+    if counter.ndim < 1 or counter.shape[0] != 4:
+        raise ValueError(f"{fn}: counter must have shape (4, ...), got {counter.shape}")
+    if key.ndim < 1 or key.shape[0] != 2:
+        raise ValueError(f"{fn}: key must have shape (2,) or (2, ...), got {key.shape}")
+    try:
+        shape = np.broadcast_shapes(counter.shape[1:], key.shape[1:])
+    except ValueError:
+        raise ValueError(
+            f"{fn}: key trailing shape {key.shape[1:]} does not broadcast with "
+            f"counter trailing shape {counter.shape[1:]}") from None
+    c0, c1, c2, c3 = (np.broadcast_to(c, shape) for c in counter)
+    k0, k1 = (np.broadcast_to(k, shape) for k in key)
+    with np.errstate(over="ignore"):
+        for rnd in range(10):
+            if rnd:
+                k0 = k0 + _PHILOX_W0    # uint32 arithmetic wraps mod 2**32
+                k1 = k1 + _PHILOX_W1
+            hi0, lo0 = _mulhilo32(_PHILOX_M0, c0)
+            hi1, lo1 = _mulhilo32(_PHILOX_M1, c2)
+            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return np.stack([c0, c1, c2, c3]).astype(np.uint32, copy=False)
+
+
+def _dropout_threshold(p):
+    """t = min(2**24, ceil(p * 2**24)), with p a double."""
+    return min(1 << 24, math.ceil(p * float(1 << 24)))
+
+
+def _shape_arg(fn, shape):
+    if isinstance(shape, (bool, np.bool_)):
+        raise TypeError(f"{fn}: shape must be a tuple of integers, got bool")
+    if isinstance(shape, numbers.Integral):
+        shape = (shape,)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{fn}: shape must be a tuple of integers, got {type(shape).__name__}") from None
+    return tuple(_int(fn, f"shape[{i}]", d, minimum=0) for i, d in enumerate(dims))
+
+
+def dropout_mask(shape, *, p, seed, offset=0):
+    """The dropout keep-mask (uint8, 1 = kept) of the given shape: a pure
+    function of (seed, offset, element index), bit for bit what the kernels
+    compute.
+
+    For element i (flat C-order index, uint64), group = i // 4, lane = i % 4:
+
+        counter = (group & 0xffffffff, group >> 32, offset & 0xffffffff, offset >> 32)
+        key     = (seed & 0xffffffff, seed >> 32)
+        r       = philox4x32_10(counter, key)[lane]
+        t       = min(2**24, ceil(p * 2**24))     (p a double)
+        mask[i] = 1 if (r >> 8) >= t else 0
+
+    so P(keep) = 1 - t / 2**24 (p rounded up to a multiple of 2**-24).
+    seed and offset are integers in [0, 2**64); p in [0, 1).
+    """
+    fn = "dropout_mask"
+    shape = _shape_arg(fn, shape)
+    p = _prob(fn, "p", p)
+    seed = _u64(fn, "seed", seed)
+    offset = _u64(fn, "offset", offset)
+    return _dropout_keep_range(0, math.prod(shape), p, seed, offset).astype(np.uint8).reshape(shape)
+
+
+def _dropout_keep_range(start, n, p, seed, offset):
+    """keep flags (bool, (n,)) of flat element indices start .. start+n-1,
+    following the definition in ``dropout_mask``. Philox runs once per group
+    of 4 elements; ``start`` lets tests reach indices beyond 2**32."""
+    first, last = start // 4, (start + n + 3) // 4           # groups touched
+    groups = np.arange(first, last, dtype=np.uint64)
+    counter = np.empty((4, groups.size), dtype=np.uint32)
+    counter[0] = groups & _LO32
+    counter[1] = groups >> _SHIFT32
+    counter[2] = offset & 0xFFFFFFFF
+    counter[3] = offset >> 32
+    key = np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
+    r = philox4x32_10(counter, key)                          # r[lane, group]
+    lead = start - 4 * first
+    r = r.T.reshape(-1)[lead:lead + n]                       # element 4*group + lane
+    return (r >> np.uint32(8)) >= np.uint32(_dropout_threshold(p))
+
+
+def _dropout_scale(dtype, p):
+    """1/(1-p) computed in double, rounded to dtype."""
+    return dtype.type(1.0 / (1.0 - p))
+
+
+def dropout_forward(x, *, p=0.5, seed, offset=0):
+    """Inverted dropout (paper §4.2, scaled at training time instead of test):
+
+        mask = dropout_mask(x.shape, p=p, seed=seed, offset=offset)
+        y    = (x * mask) * scale,   scale = dtype(1 / (1 - p))
+
+    Returns (y, mask). At test time dropout is the identity.
+    """
+    fn = "dropout_forward"
+    _array(fn, "x", x)
+    p = _prob(fn, "p", p)
+    mask = dropout_mask(x.shape, p=p, seed=seed, offset=offset)
+    return x * mask * _dropout_scale(x.dtype, p), mask
+
+
+def dropout_backward(dy, mask, *, p=0.5):
+    """Gradient of ``dropout_forward``: dx = (dy * mask) * scale."""
+    fn = "dropout_backward"
+    _array(fn, "dy", dy)
+    _array(fn, "mask", mask, dtypes=(np.dtype(np.uint8),))
+    _shape(fn, "mask", mask, dy.shape, "the shape of dy")
+    p = _prob(fn, "p", p)
+    return dy * mask * _dropout_scale(dy.dtype, p)
+
+
+# ---------------------------------------------------------------------------
+# Loss, optimizer, metric
+# ---------------------------------------------------------------------------
+
+def _logits_labels(fn, logits, labels):
+    _array(fn, "logits", logits, ndim=2)
+    N, classes = logits.shape
+    if N < 1 or classes < 1:
+        raise ValueError(f"{fn}: logits must have at least one row and one class, got shape {logits.shape}")
+    _labels(fn, labels, N, classes)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean softmax cross-entropy over the batch and its gradient.
+
+        m[n]     = max_j logits[n,j]
+        lse[n]   = m[n] + log sum_j exp(logits[n,j] - m[n])     (stable)
+        loss     = mean_n (lse[n] - logits[n, labels[n]])
+        dlogits  = (softmax(logits) - onehot(labels)) / N
+
+    logits (N, classes) float, labels (N,) int32/int64 in [0, classes).
+    Returns (loss as a 0-d array of logits' dtype, dlogits (N, classes)).
+    """
+    fn = "softmax_cross_entropy"
+    _logits_labels(fn, logits, labels)
+    N = logits.shape[0]
+    rows = np.arange(N)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    sumexp = e.sum(axis=1)
+    logp_label = z[rows, labels] - np.log(sumexp)
+    loss = np.asarray(-logp_label.mean(), dtype=logits.dtype)
+    dlogits = e / sumexp[:, None]
+    dlogits[rows, labels] -= 1
+    dlogits /= N
+    return loss, dlogits
+
+
+def sgd_update(w, dw, v, *, lr, momentum=0.9, weight_decay=5e-4):
+    """SGD with momentum and weight decay, the paper's rule (§5), in place:
+
+        v = momentum * v - weight_decay * lr * w - lr * dw
+        w = w + v
+
+    Computed in w's dtype (the Python scalars follow it). Returns None.
+    """
+    fn = "sgd_update"
+    _array(fn, "w", w)
+    _array(fn, "dw", dw, like=("w", w))
+    _array(fn, "v", v, like=("w", w))
+    _shape(fn, "dw", dw, w.shape, "the shape of w")
+    _shape(fn, "v", v, w.shape, "the shape of w")
+    lr = _real(fn, "lr", lr)
+    momentum = _real(fn, "momentum", momentum)
+    weight_decay = _real(fn, "weight_decay", weight_decay)
+    if np.may_share_memory(w, v):
+        raise ValueError(f"{fn}: v must not share memory with w")
+    for name, a_ in (("w", w), ("v", v)):
+        if not a_.flags.writeable:
+            raise ValueError(f"{fn}: {name} must be writeable (it is updated in place)")
+    v[...] = momentum * v - weight_decay * lr * w - lr * dw
+    w += v
+    return None
+
+
+def topk_correct(logits, labels, k):
+    """Number of rows n whose label is in the top k:
+
+        correct[n] = #{j : logits[n,j] > logits[n, labels[n]]} < k
+
+    (ties count in the label's favour: only strictly greater logits rank
+    ahead of it). Returns a 0-d int64 array.
+    """
+    fn = "topk_correct"
+    _logits_labels(fn, logits, labels)
+    k = _int(fn, "k", k, minimum=1)
+    label_logit = logits[np.arange(logits.shape[0]), labels]
+    ahead = (logits > label_logit[:, None]).sum(axis=1)
+    return np.asarray((ahead < k).sum(), dtype=np.int64)

@@ -1,0 +1,69 @@
+// The only place that turns Python objects into pointers.
+//
+//   emu build:  numpy arrays (the kernels run on the CPU over host memory)
+//   cuda build: any object with __cuda_array_interface__ (cupy arrays, torch cuda
+//               tensors, ...) on the current device
+//
+// Every check raises TypeError (wrong kind of object or dtype) or ValueError (shape,
+// ndim, contiguity, device, read-only output) naming the op and the argument, before
+// anything is launched.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "common/cuda_common.h"
+
+namespace alexnet {
+namespace py = pybind11;
+
+enum class DType { F32, F64, I32, I64, U8, U16, F16, BF16 };
+
+const char* dtype_name(DType d);
+
+struct Array {
+  void* ptr = nullptr;
+  std::vector<int64_t> shape;
+  DType dtype = DType::F32;
+  bool readonly = false;
+  std::string op, name;  // for messages
+
+  int ndim() const { return int(shape.size()); }
+  int64_t numel() const;
+  int64_t dim(int i) const { return shape[size_t(i < 0 ? i + ndim() : i)]; }
+  std::string shape_str() const;
+  template <class T>
+  T* as() const { return static_cast<T*>(ptr); }
+  float* f32() const { return as<float>(); }
+};
+
+// Reads `obj` as an array of this build's kind; checks C-contiguity and (cuda) the device.
+Array get_array(py::handle obj, const char* op, const char* name);
+
+// get_array plus the checks most ops need.
+Array input(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim = -1);
+Array output(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim = -1);
+
+// ValueError unless a and b have the same shape.
+void expect_same_shape(const Array& a, const Array& b);
+// ValueError unless a's shape is `shape`; `what` explains where the expectation comes from.
+void expect_shape(const Array& a, const std::vector<int64_t>& shape, const std::string& what = "");
+// ValueError unless a and b have the same dtype.
+void expect_same_dtype(const Array& a, const Array& b);
+// ValueError if two arrays overlap in memory (an output aliasing an input).
+void expect_no_overlap(const Array& a, const Array& b);
+
+[[noreturn]] void value_error(const std::string& op, const std::string& msg);
+
+inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+// Numbered kernel versions by op name (filled by the bind_* functions).
+void register_versions(const std::string& op, std::vector<int> versions);
+py::dict kernel_versions();
+
+}  // namespace alexnet

@@ -1,0 +1,59 @@
+// ReLU and the sum reduction.
+#include "bindings/arrays.h"
+#include "kernels/reduce.cuh"
+#include "kernels/relu.cuh"
+
+namespace alexnet {
+using namespace pybind11::literals;
+
+void bind_elementwise(py::module_& m) {
+  register_versions("relu_forward", {1, 2});
+  register_versions("relu_backward", {1, 2});
+  register_versions("reduce_sum", {1, 2});
+
+  m.def(
+      "relu_forward",
+      [](py::handle x, py::handle y, int version, uintptr_t stream) {
+        const char* op = "relu_forward";
+        Array X = input(x, op, "x", {DType::F32});
+        Array Y = output(y, op, "y", {DType::F32});
+        expect_same_shape(X, Y);
+        py::gil_scoped_release nogil;
+        kernels::relu_forward(X.f32(), Y.f32(), X.numel(), version, as_stream(stream));
+      },
+      "x"_a, "y"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "y = max(0, x). y is written in place.");
+
+  m.def(
+      "relu_backward",
+      [](py::handle dy, py::handle y, py::handle dx, int version, uintptr_t stream) {
+        const char* op = "relu_backward";
+        Array DY = input(dy, op, "dy", {DType::F32});
+        Array Y = input(y, op, "y", {DType::F32});
+        Array DX = output(dx, op, "dx", {DType::F32});
+        expect_same_shape(DY, Y);
+        expect_same_shape(DY, DX);
+        py::gil_scoped_release nogil;
+        kernels::relu_backward(DY.f32(), Y.f32(), DX.f32(), DY.numel(), version, as_stream(stream));
+      },
+      "dy"_a, "y"_a, "dx"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "dx = dy where y > 0, else 0.");
+
+  m.attr("REDUCE_WORKSPACE") = kernels::kReduceMaxBlocks;
+  m.def(
+      "reduce_sum",
+      [](py::handle x, py::handle out, py::handle work, int version, uintptr_t stream) {
+        const char* op = "reduce_sum";
+        Array X = input(x, op, "x", {DType::F32});
+        Array O = output(out, op, "out", {DType::F32});
+        Array W = output(work, op, "work", {DType::F32}, 1);
+        expect_shape(O, {1});
+        if (W.numel() < kernels::kReduceMaxBlocks)
+          value_error(op, "work must hold at least " + std::to_string(kernels::kReduceMaxBlocks) + " floats");
+        expect_no_overlap(X, W);
+        expect_no_overlap(O, W);
+        py::gil_scoped_release nogil;
+        kernels::reduce_sum(X.f32(), O.f32(), W.f32(), X.numel(), version, as_stream(stream));
+      },
+      "x"_a, "out"_a, "work"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "out[0] = sum(x), deterministic.");
+}
+
+}  // namespace alexnet

@@ -1,0 +1,75 @@
+// The emulator's own interface: what the prelude's CUDA built-ins call into, and the
+// launch entry point. Kernel code never includes this directly; it sees CUDA names.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+struct uint3 {
+  unsigned int x, y, z;
+};
+
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
+  constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+  constexpr operator uint3() const { return uint3{x, y, z}; }
+};
+
+// The running fiber's coordinates: real values, rewritten by the scheduler at every switch.
+extern __thread uint3 threadIdx;
+extern __thread uint3 blockIdx;
+extern __thread uint3 blockDim;
+extern __thread uint3 gridDim;
+
+struct CUstream_st;
+typedef CUstream_st* cudaStream_t;
+
+namespace emu {
+
+// A kernel failure found by the emulator (barrier divergence, bad warp mask, bad launch).
+struct Error : std::runtime_error {
+  explicit Error(const std::string& m) : std::runtime_error(m) {}
+};
+
+// A type-erased call of the kernel body with its arguments bound.
+struct Thunk {
+  void (*call)(const void* self);
+  const void* self;
+  template <class F>
+  static Thunk of(const F& f) {
+    return Thunk{[](const void* s) { (*static_cast<const F*>(s))(); }, &f};
+  }
+};
+
+// Runs the whole grid (blocks on several OS threads, one fiber per CUDA thread) and
+// returns when it is done. Throws emu::Error on a bad configuration or a kernel failure.
+void launch_kernel(const void* kernel_id, const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
+                   const Thunk& thunk);
+
+// Barrier kinds for syncthreads(): plain, count, and, or.
+enum BarrierKind { kBarPlain = 0, kBarCount = 1, kBarAnd = 2, kBarOr = 3 };
+int syncthreads(int kind, int predicate, const char* file, int line);
+
+// Warp collectives over 32 consecutive linear thread ids.
+enum WarpOp { kShfl = 0, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kSyncWarp, kNumWarpOps };
+uint64_t warp_collective(int op, unsigned mask, uint64_t bits, int arg, int width);
+
+// Errors found inside a kernel (wrong use of a built-in): abandons the block.
+[[noreturn]] void kernel_fail(const std::string& message);
+
+// The block's dynamic shared memory (poisoned with 0xFF bytes before each block).
+unsigned char* dynamic_shared_memory();
+
+// cudaFuncSetAttribute(..., cudaFuncAttributeMaxDynamicSharedMemorySize, n)
+void set_max_dynamic_smem(const void* kernel_id, int bytes);
+
+// Settings, read from the environment at each launch:
+//   ALEXNET_EMU_ORDER   forward | reverse | shuffle | shuffle:SEED   (fiber order in a block)
+//   ALEXNET_EMU_THREADS number of OS threads that run blocks (default: all cores)
+//   ALEXNET_EMU_FIBERS  asm | ucontext                               (read once per process)
+std::string settings_summary();
+
+}  // namespace emu

@@ -1,0 +1,203 @@
+// Self-test kernels: each uses one CUDA feature the engine relies on (barriers with
+// early exits, barrier reductions, the four shuffles, votes, atomics across blocks,
+// wmma tiles, dynamic shared memory, half/bfloat16 conversions) in a way whose result
+// Python can compute independently. tests/test_emu.py runs them on emu (in every fiber
+// order) and on cuda when a GPU is present; the deliberate race and the divergent
+// barrier are for the emulator's error paths.
+//
+// Thread mapping is stated per kernel; all are tiny and not tuned.
+#include "kernels/selftest.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace alexnet::kernels::selftest {
+namespace {
+
+// One block of `threads`; t >= live returns before the barrier.
+__global__ void barrier_kernel(float* out, int* counts, int live) {
+  __shared__ float vals[1024];
+  const int t = threadIdx.x;
+  if (t >= live) return;
+  vals[t] = float(t + 1);
+  __syncthreads();
+  out[t] = vals[(t + 1) % live];
+  const int c = __syncthreads_count(t % 3 == 0);
+  const int a = __syncthreads_and(t % 3 == 0);
+  const int o = __syncthreads_or(t % 3 == 0);
+  if (t == 0) {
+    counts[0] = c;
+    counts[1] = a;
+    counts[2] = o;
+  }
+}
+
+// One warp per block.
+__global__ void warp_kernel(const int* in, const int* arg, int* out, int op, unsigned mask, int width) {
+  const int lane = threadIdx.x, i = blockIdx.x * 32 + lane;
+  if (!((mask >> lane) & 1u)) return;
+  const int v = in[i];
+  int r = 0;
+  switch (op) {
+    case 0: r = __shfl_sync(mask, v, arg[i], width); break;
+    case 1: r = __shfl_up_sync(mask, v, unsigned(arg[i]), width); break;
+    case 2: r = __shfl_down_sync(mask, v, unsigned(arg[i]), width); break;
+    case 3: r = __shfl_xor_sync(mask, v, arg[i], width); break;
+    case 4: r = int(__ballot_sync(mask, v != 0)); break;
+    case 5: r = __any_sync(mask, v != 0); break;
+    case 6: r = __all_sync(mask, v != 0); break;
+    default: __syncwarp(mask); r = v; break;
+  }
+  out[i] = r;
+}
+
+// One block of n threads.
+__global__ void tree_sum_kernel(const float* x, float* out, int n, bool sync) {
+  __shared__ float s[1024];
+  const int t = threadIdx.x;
+  s[t] = x[t];
+  __syncthreads();
+  for (int half = n / 2; half > 0; half >>= 1) {
+    if (t < half) s[t] += s[t + half];
+    if (sync) __syncthreads();
+  }
+  if (t == 0) out[0] = s[0];
+}
+
+__global__ void divergent_kernel(float* out, int split) {
+  if (int(threadIdx.x) < split) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1.0f;
+}
+
+// blocks x threads; global id g.
+__global__ void atomics_kernel(int* ints, float* f, int reps) {
+  const int g = blockIdx.x * blockDim.x + threadIdx.x;
+  for (int r = 0; r < reps; ++r) {
+    atomicAdd(&ints[0], 1);
+    atomicAdd(&f[0], 1.0f);
+    int old = ints[2], seen;
+    while ((seen = atomicCAS(&ints[2], old, old + 1)) != old) old = seen;
+  }
+  atomicMax(&ints[1], g);
+}
+
+template <int M, int N, int K, class T, class In>
+__device__ void wmma_tile(const float* a, const float* b, const float* c, float* d, In* sa, In* sb) {
+  using namespace nvcuda;
+  const int lane = threadIdx.x;
+  for (int i = lane; i < M * K; i += 32) sa[i] = In(a[i]);
+  for (int i = lane; i < K * N; i += 32) sb[i] = In(b[i]);
+  __syncwarp();
+  wmma::fragment<wmma::matrix_a, M, N, K, T, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, M, N, K, T, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, M, N, K, float> fc;
+  wmma::load_matrix_sync(fa, sa, K);
+  wmma::load_matrix_sync(fb, sb, N);
+  wmma::load_matrix_sync(fc, c, N, wmma::mem_row_major);
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(d, fc, N, wmma::mem_row_major);
+}
+
+// One warp.
+__global__ void wmma_kernel(const float* a, const float* b, const float* c, float* d, int kind) {
+  __shared__ __align__(32) __half ha[512], hb[512];
+  __shared__ __align__(32) __nv_bfloat16 ba[256], bb[256];
+  __shared__ __align__(32) float ta[128], tb[128];
+  using nvcuda::wmma::precision::tf32;
+  switch (kind) {
+    case 0: wmma_tile<16, 16, 16, __half>(a, b, c, d, ha, hb); break;
+    case 1: wmma_tile<32, 8, 16, __half>(a, b, c, d, ha, hb); break;
+    case 2: wmma_tile<8, 32, 16, __half>(a, b, c, d, ha, hb); break;
+    case 3: wmma_tile<16, 16, 16, __nv_bfloat16>(a, b, c, d, ba, bb); break;
+    default: {
+      const int lane = threadIdx.x;
+      // TF32 inputs are rounded explicitly, as the programming guide requires.
+      for (int i = lane; i < 128; i += 32) {
+        ta[i] = nvcuda::wmma::__float_to_tf32(a[i]);
+        tb[i] = nvcuda::wmma::__float_to_tf32(b[i]);
+      }
+      __syncwarp();
+      nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, tf32, nvcuda::wmma::row_major> fa;
+      nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, tf32, nvcuda::wmma::row_major> fb;
+      nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> fc;
+      nvcuda::wmma::load_matrix_sync(fa, ta, 8);
+      nvcuda::wmma::load_matrix_sync(fb, tb, 16);
+      nvcuda::wmma::load_matrix_sync(fc, c, 16, nvcuda::wmma::mem_row_major);
+      nvcuda::wmma::mma_sync(fc, fa, fb, fc);
+      nvcuda::wmma::store_matrix_sync(d, fc, 16, nvcuda::wmma::mem_row_major);
+    }
+  }
+}
+
+// Blocks of per_block threads; thread t of block b moves x[b*per_block + t].
+__global__ void dyn_smem_kernel(const float* x, float* y, int* poisoned, int per_block) {
+  DYNAMIC_SHARED(float, buf);
+  __shared__ float untouched[4];
+  const int t = threadIdx.x, base = blockIdx.x * per_block;
+  if (t == 0) poisoned[blockIdx.x] = (buf[per_block - 1] != buf[per_block - 1]) + 2 * (untouched[3] != untouched[3]);
+  __syncthreads();
+  buf[t] = x[base + t];
+  if (t == 0) untouched[0] = 0.0f;
+  __syncthreads();
+  y[base + t] = buf[per_block - 1 - t];
+}
+
+__global__ void convert_kernel(const float* x, uint16_t* oh, uint16_t* ob, float* back, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const __half h = __float2half(x[i]);
+  const __nv_bfloat16 b = __float2bfloat16(x[i]);
+  oh[i] = __half_as_ushort(h);
+  ob[i] = __bfloat16_as_ushort(b);
+  back[i] = __half2float(h);
+}
+
+}  // namespace
+
+void barrier(float* out, int* counts, int threads, int live, cudaStream_t s) {
+  if (threads < 1 || threads > 1024 || live < 1 || live > threads)
+    throw std::invalid_argument("selftest.barrier: need 1 <= live <= threads <= 1024");
+  LAUNCH(barrier_kernel, dim3(1), dim3(unsigned(threads)), 0, s, out, counts, live);
+}
+
+void warp(const int* in, const int* arg, int* out, int warps, int op, unsigned mask, int width, cudaStream_t s) {
+  LAUNCH(warp_kernel, dim3(unsigned(warps)), dim3(32), 0, s, in, arg, out, op, mask, width);
+}
+
+void tree_sum(const float* x, float* out, int n, bool sync, cudaStream_t s) {
+  if (n < 1 || n > 1024 || (n & (n - 1))) throw std::invalid_argument("selftest.tree_sum: n must be a power of two <= 1024");
+  LAUNCH(tree_sum_kernel, dim3(1), dim3(unsigned(n)), 0, s, x, out, n, sync);
+}
+
+void divergent_barrier(float* out, int threads, int split, cudaStream_t s) {
+  LAUNCH(divergent_kernel, dim3(1), dim3(unsigned(threads)), 0, s, out, split);
+}
+
+void atomics(int* ints, float* f, int blocks, int threads, int reps, cudaStream_t s) {
+  LAUNCH(atomics_kernel, dim3(unsigned(blocks)), dim3(unsigned(threads)), 0, s, ints, f, reps);
+}
+
+void wmma(const float* a, const float* b, const float* c, float* d, int kind, cudaStream_t s) {
+  if (kind < 0 || kind > 4) throw std::invalid_argument("selftest.wmma: kind must be 0..4");
+  LAUNCH(wmma_kernel, dim3(1), dim3(32), 0, s, a, b, c, d, kind);
+}
+
+void dyn_smem_reverse(const float* x, float* y, int* poisoned, int blocks, int per_block, cudaStream_t s) {
+  LAUNCH(dyn_smem_kernel, dim3(unsigned(blocks)), dim3(unsigned(per_block)), size_t(per_block) * sizeof(float), s, x, y,
+         poisoned, per_block);
+}
+
+void convert(const float* x, uint16_t* oh, uint16_t* ob, float* back, int n, cudaStream_t s) {
+  if (n == 0) return;
+  LAUNCH(convert_kernel, dim3(ceil_div(n, 128)), dim3(128), 0, s, x, oh, ob, back, n);
+}
+
+}  // namespace alexnet::kernels::selftest

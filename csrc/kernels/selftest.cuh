@@ -1,0 +1,37 @@
+// Launchers of selftest.cu: small kernels that exercise the CUDA features the engine
+// relies on, so that the emulator's semantics are tested (and, on a GPU, compared with
+// the hardware's).
+#pragma once
+#include <cstdint>
+#include "common/cuda_common.h"
+
+namespace alexnet::kernels::selftest {
+// Threads with linear id >= live return at once; the others store, __syncthreads, read a
+// neighbour's value: out[t] = (t + 1) % live + 1 for t < live. counts[0..2] get
+// __syncthreads_count/and/or of (t % 3 == 0) over the live threads (from thread 0).
+void barrier(float* out, int* counts, int threads, int live, cudaStream_t s);
+// One warp per block of 32 * warps threads; lane l of warp w: v = in[32w + l]. Lanes not
+// in `mask` do not take part. op: 0 shfl, 1 up, 2 down, 3 xor (arg[32w+l] per lane,
+// `width`), 4 ballot, 5 any, 6 all (predicate in != 0), 7 syncwarp (out = in).
+void warp(const int* in, const int* arg, int* out, int warps, int op, unsigned mask, int width, cudaStream_t s);
+// Tree sum of x[0..n) (n a power of two <= 1024) in one block; with sync = false the
+// __syncthreads between tree levels is left out (a deliberate race).
+void tree_sum(const float* x, float* out, int n, bool sync, cudaStream_t s);
+// Threads 0..split-1 wait at one __syncthreads, the rest at another.
+void divergent_barrier(float* out, int threads, int split, cudaStream_t s);
+// blocks x threads threads, each doing `reps` atomicAdd(int) +1, atomicAdd(float) +1,
+// atomicMax(int) of its global id, and atomicCAS increments of a second counter.
+// ints[0] = add count, ints[1] = max, ints[2] = CAS count; f[0] = float sum.
+void atomics(int* ints, float* f, int blocks, int threads, int reps, cudaStream_t s);
+// One warp computes D = A * B + C with nvcuda::wmma. kind: 0 half m16n16k16,
+// 1 half m32n8k16, 2 half m8n32k16, 3 bf16 m16n16k16, 4 tf32 m16n16k8. A (M,K) and
+// B (K,N) are float arrays (converted inside), C and D (M,N) float, all row-major.
+void wmma(const float* a, const float* b, const float* c, float* d, int kind, cudaStream_t s);
+// Reverses each block's `per_block` floats through dynamic shared memory; before
+// writing, thread 0 records whether the untouched dynamic shared memory reads as NaN
+// (poisoned[block] = 1) and whether a static __shared__ array does (poisoned[block] += 2).
+void dyn_smem_reverse(const float* x, float* y, int* poisoned, int blocks, int per_block, cudaStream_t s);
+// out_half[i] = bits of __float2half(x[i]); out_bf16[i] = bits of __float2bfloat16(x[i]);
+// back[i] = __half2float(__float2half(x[i])).
+void convert(const float* x, uint16_t* out_half, uint16_t* out_bf16, float* back, int n, cudaStream_t s);
+}  // namespace alexnet::kernels::selftest
