@@ -21,12 +21,12 @@ void bind_selftest(py::module_& m) {
     py::gil_scoped_release g;
     st::barrier(o.f32(), c.as<int>(), threads, live, nullptr);
   });
-  t.def("warp", [](py::handle in, py::handle arg, py::handle out, int op, unsigned mask, int width) {
+  t.def("warp", [](py::handle in, py::handle arg, py::handle out, int op, unsigned mask, unsigned active, int width) {
     Array i = arr(in, "in", DType::I32), a = arr(arg, "arg", DType::I32), o = arr(out, "out", DType::I32);
     need(i.numel() % 32 == 0 && i.numel() > 0 && a.numel() == i.numel() && o.numel() == i.numel(),
          "in, arg and out need the same size, a multiple of 32");
     py::gil_scoped_release g;
-    st::warp(i.as<int>(), a.as<int>(), o.as<int>(), int(i.numel() / 32), op, mask, width, nullptr);
+    st::warp(i.as<int>(), a.as<int>(), o.as<int>(), int(i.numel() / 32), op, mask, active, width, nullptr);
   });
   t.def("tree_sum", [](py::handle x, py::handle out, bool sync) {
     Array X = arr(x, "x", DType::F32), o = arr(out, "out", DType::F32);
@@ -55,13 +55,13 @@ void bind_selftest(py::module_& m) {
     py::gil_scoped_release g;
     st::wmma(A.f32(), B.f32(), C.f32(), D.f32(), kind, nullptr);
   });
-  t.def("dyn_smem_reverse", [](py::handle x, py::handle y, py::handle poisoned, int per_block) {
+  t.def("dyn_smem_reverse", [](py::handle x, py::handle y, py::handle poisoned, int per_block, size_t extra_smem) {
     Array X = arr(x, "x", DType::F32), Y = arr(y, "y", DType::F32), P = arr(poisoned, "poisoned", DType::I32);
     need(per_block > 0 && X.numel() % per_block == 0 && Y.numel() == X.numel() && P.numel() == X.numel() / per_block,
          "x and y need blocks * per_block floats, poisoned `blocks` ints");
     py::gil_scoped_release g;
-    st::dyn_smem_reverse(X.f32(), Y.f32(), P.as<int>(), int(P.numel()), per_block, nullptr);
-  });
+    st::dyn_smem_reverse(X.f32(), Y.f32(), P.as<int>(), int(P.numel()), per_block, extra_smem, nullptr);
+  }, "x"_a, "y"_a, "poisoned"_a, "per_block"_a, "extra_smem"_a = 0);
   t.def("convert", [](py::handle x, py::handle oh, py::handle ob, py::handle back) {
     Array X = arr(x, "x", DType::F32), H = arr(oh, "out_half", DType::U16), B = arr(ob, "out_bf16", DType::U16),
           K = arr(back, "back", DType::F32);

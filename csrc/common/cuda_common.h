@@ -49,10 +49,12 @@ inline void launch_at(const char* file, int line, const char* name, void (*kerne
   auto body = [&]() { kernel(static_cast<P>(args)...); };
   try {
     emu::launch_kernel(reinterpret_cast<const void*>(kernel), name, grid, block, smem, emu::Thunk::of(body));
+  } catch (const emu::ConfigError& e) {
+    throw_cuda_error("cudaErrorInvalidConfiguration", e.what(), file, line);
   } catch (const emu::Error& e) {
     throw_cuda_error("cudaErrorLaunchFailure", e.what(), file, line);
   }
-#else
+#elif defined(__CUDACC__)
   kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
@@ -62,6 +64,8 @@ inline void launch_at(const char* file, int line, const char* name, void (*kerne
     if (e != cudaSuccess)
       throw_cuda_error(cudaGetErrorName(e), std::string(cudaGetErrorString(e)) + " in " + name, file, line);
   }
+#else
+  static_assert(sizeof...(P) < 0, "LAUNCH is for .cu files (nvcc or the emu build)");
 #endif
 }
 

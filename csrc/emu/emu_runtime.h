@@ -33,6 +33,10 @@ namespace emu {
 struct Error : std::runtime_error {
   explicit Error(const std::string& m) : std::runtime_error(m) {}
 };
+// A launch configuration the GPU would refuse (cudaErrorInvalidConfiguration).
+struct ConfigError : Error {
+  explicit ConfigError(const std::string& m) : Error(m) {}
+};
 
 // A type-erased call of the kernel body with its arguments bound.
 struct Thunk {

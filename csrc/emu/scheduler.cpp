@@ -483,7 +483,7 @@ std::string settings_summary() {
 void launch_kernel(const void* kernel_id, const char* name, dim3 grid, dim3 block, size_t smem, const Thunk& thunk) {
   const Settings st = read_settings();
   auto bad = [&](const std::string& why) {
-    throw Error(std::string("invalid configuration for kernel ") + name + ": " + why);
+    throw ConfigError(std::string("invalid configuration for kernel ") + name + ": " + why);
   };
   const uint64_t nthr = uint64_t(block.x) * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) bad("a grid dimension is 0");

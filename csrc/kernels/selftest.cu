@@ -37,9 +37,9 @@ __global__ void barrier_kernel(float* out, int* counts, int live) {
 }
 
 // One warp per block.
-__global__ void warp_kernel(const int* in, const int* arg, int* out, int op, unsigned mask, int width) {
+__global__ void warp_kernel(const int* in, const int* arg, int* out, int op, unsigned mask, unsigned active, int width) {
   const int lane = threadIdx.x, i = blockIdx.x * 32 + lane;
-  if (!((mask >> lane) & 1u)) return;
+  if (!((active >> lane) & 1u)) return;
   const int v = in[i];
   int r = 0;
   switch (op) {
@@ -148,6 +148,7 @@ __global__ void dyn_smem_kernel(const float* x, float* y, int* poisoned, int per
   if (t == 0) untouched[0] = 0.0f;
   __syncthreads();
   y[base + t] = buf[per_block - 1 - t];
+  untouched[t & 3] = y[base];  // a data-dependent write, so the compiler cannot fold the read above
 }
 
 __global__ void convert_kernel(const float* x, uint16_t* oh, uint16_t* ob, float* back, int n) {
@@ -168,8 +169,9 @@ void barrier(float* out, int* counts, int threads, int live, cudaStream_t s) {
   LAUNCH(barrier_kernel, dim3(1), dim3(unsigned(threads)), 0, s, out, counts, live);
 }
 
-void warp(const int* in, const int* arg, int* out, int warps, int op, unsigned mask, int width, cudaStream_t s) {
-  LAUNCH(warp_kernel, dim3(unsigned(warps)), dim3(32), 0, s, in, arg, out, op, mask, width);
+void warp(const int* in, const int* arg, int* out, int warps, int op, unsigned mask, unsigned active, int width,
+          cudaStream_t s) {
+  LAUNCH(warp_kernel, dim3(unsigned(warps)), dim3(32), 0, s, in, arg, out, op, mask, active, width);
 }
 
 void tree_sum(const float* x, float* out, int n, bool sync, cudaStream_t s) {
@@ -190,9 +192,10 @@ void wmma(const float* a, const float* b, const float* c, float* d, int kind, cu
   LAUNCH(wmma_kernel, dim3(1), dim3(32), 0, s, a, b, c, d, kind);
 }
 
-void dyn_smem_reverse(const float* x, float* y, int* poisoned, int blocks, int per_block, cudaStream_t s) {
-  LAUNCH(dyn_smem_kernel, dim3(unsigned(blocks)), dim3(unsigned(per_block)), size_t(per_block) * sizeof(float), s, x, y,
-         poisoned, per_block);
+void dyn_smem_reverse(const float* x, float* y, int* poisoned, int blocks, int per_block, size_t extra_smem,
+                      cudaStream_t s) {
+  LAUNCH(dyn_smem_kernel, dim3(unsigned(blocks)), dim3(unsigned(per_block)), size_t(per_block) * sizeof(float) + extra_smem,
+         s, x, y, poisoned, per_block);
 }
 
 void convert(const float* x, uint16_t* oh, uint16_t* ob, float* back, int n, cudaStream_t s) {

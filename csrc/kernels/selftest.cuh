@@ -11,9 +11,11 @@ namespace alexnet::kernels::selftest {
 // __syncthreads_count/and/or of (t % 3 == 0) over the live threads (from thread 0).
 void barrier(float* out, int* counts, int threads, int live, cudaStream_t s);
 // One warp per block of 32 * warps threads; lane l of warp w: v = in[32w + l]. Lanes not
-// in `mask` do not take part. op: 0 shfl, 1 up, 2 down, 3 xor (arg[32w+l] per lane,
+// in `active` return at once; the others call the collective with `mask` (normally
+// active == mask; the tests break that on purpose). op: 0 shfl, 1 up, 2 down, 3 xor (arg[32w+l] per lane,
 // `width`), 4 ballot, 5 any, 6 all (predicate in != 0), 7 syncwarp (out = in).
-void warp(const int* in, const int* arg, int* out, int warps, int op, unsigned mask, int width, cudaStream_t s);
+void warp(const int* in, const int* arg, int* out, int warps, int op, unsigned mask, unsigned active, int width,
+          cudaStream_t s);
 // Tree sum of x[0..n) (n a power of two <= 1024) in one block; with sync = false the
 // __syncthreads between tree levels is left out (a deliberate race).
 void tree_sum(const float* x, float* out, int n, bool sync, cudaStream_t s);
@@ -30,7 +32,9 @@ void wmma(const float* a, const float* b, const float* c, float* d, int kind, cu
 // Reverses each block's `per_block` floats through dynamic shared memory; before
 // writing, thread 0 records whether the untouched dynamic shared memory reads as NaN
 // (poisoned[block] = 1) and whether a static __shared__ array does (poisoned[block] += 2).
-void dyn_smem_reverse(const float* x, float* y, int* poisoned, int blocks, int per_block, cudaStream_t s);
+// extra_smem asks for that many more bytes of dynamic shared memory (unused).
+void dyn_smem_reverse(const float* x, float* y, int* poisoned, int blocks, int per_block, size_t extra_smem,
+                      cudaStream_t s);
 // out_half[i] = bits of __float2half(x[i]); out_bf16[i] = bits of __float2bfloat16(x[i]);
 // back[i] = __half2float(__float2half(x[i])).
 void convert(const float* x, uint16_t* out_half, uint16_t* out_bf16, float* back, int n, cudaStream_t s);

@@ -1,0 +1,119 @@
+"""Shared pieces of the benchmark scripts: timing on the GPU, the card's description,
+and writing results (JSON + a markdown table) under benchmarks/results/ with the card,
+the driver, the date and the commit.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def commit():
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return sha + ("-dirty" if dirty else "") if sha else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def card_info():
+    """Name, driver, memory of GPU 0 (via nvidia-smi), or the CPU for emu runs."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+        if out:
+            name, driver, mem = [s.strip() for s in out[0].split(",")]
+            return {"card": name, "driver": driver, "memory": mem}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"card": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", "driver": "n/a",
+            "memory": "n/a"}
+
+
+def time_cuda(fn, *, warmup=3, iters=20):
+    """Median milliseconds of fn() on the current cupy stream, timed with CUDA events."""
+    import cupy
+
+    for _ in range(warmup):
+        fn()
+    cupy.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def time_torch(fn, *, warmup=3, iters=20):
+    """Median milliseconds of fn() on torch's current stream."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measured_copy_bandwidth_gbs(nbytes=1 << 28):
+    """Device-to-device copy bandwidth (read + write bytes per second), in GB/s."""
+    import cupy
+
+    a = cupy.empty(nbytes // 4, dtype=cupy.float32)
+    b = cupy.empty_like(a)
+    ms = time_cuda(lambda: b.__setitem__(Ellipsis, a), iters=10)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def write_results(name, rows, columns, *, title, notes=()):
+    """Writes results/<name>.json and results/<name>.md; returns the markdown text."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {**card_info(), "date": _dt.date.today().isoformat(), "commit": commit()}
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [f"# {title}", "",
+             f"Card: {meta['card']} (driver {meta['driver']}), date {meta['date']}, commit {meta['commit']}.", ""]
+    lines += list(notes) + ([""] if notes else [])
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c, "")
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    md = "\n".join(lines) + "\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    return md
+
+
+def require_gpu(script):
+    """Exits with a clear message when the cuda backend or torch is missing."""
+    import sys
+
+    from alexnet_cuda.backends import _cuda_unusable_reason
+
+    why = _cuda_unusable_reason()
+    if why:
+        print(f"{script}: not run: {why}. This benchmark needs a GPU (results are never estimated).")
+        sys.exit(2)
