@@ -274,7 +274,7 @@ def test_bad_fiber_order_setting_is_reported(monkeypatch):
 
 
 @pytest.mark.parametrize("impl", ["asm", "ucontext"])
-def test_both_fiber_implementations(impl):
+def test_both_fiber_implementations(impl, tmp_path):
     # The implementation is chosen once per process, so each runs in a child process.
     code = (
         "import numpy as np, alexnet_cuda\n"
@@ -288,5 +288,7 @@ def test_both_fiber_implementations(impl):
         "print('ok')\n"
     )
     env = dict(os.environ, ALEXNET_EMU_FIBERS=impl)
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    # cwd outside the checkout: `python -c` puts the cwd first on sys.path.
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
