@@ -287,7 +287,10 @@ def test_both_fiber_implementations(impl, tmp_path):
         "assert abs(float(be.reduce_sum(x, version=2)) - x.sum(dtype=np.float64)) < 1e-3\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, ALEXNET_EMU_FIBERS=impl)
+    # The child imports the same alexnet_cuda as this process (installed, or the checkout).
+    pkg_parent = os.path.dirname(os.path.dirname(alexnet_cuda.__file__))
+    env = dict(os.environ, ALEXNET_EMU_FIBERS=impl,
+               PYTHONPATH=os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])))
     # cwd outside the checkout: `python -c` puts the cwd first on sys.path.
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                        cwd=tmp_path)
