@@ -291,6 +291,8 @@ def test_both_fiber_implementations(impl, tmp_path):
     pkg_parent = os.path.dirname(os.path.dirname(alexnet_cuda.__file__))
     env = dict(os.environ, ALEXNET_EMU_FIBERS=impl,
                PYTHONPATH=os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])))
+    if env.get("ALEXNET_CUDA_EXT_DIR"):
+        env["ALEXNET_CUDA_EXT_DIR"] = os.path.abspath(env["ALEXNET_CUDA_EXT_DIR"])
     # cwd outside the checkout: `python -c` puts the cwd first on sys.path.
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                        cwd=tmp_path)
