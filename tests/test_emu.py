@@ -177,7 +177,8 @@ def test_bad_shuffle_width_is_an_error():
 @pytest.mark.parametrize("threads", ["1", "4"])
 def test_atomics_exact_under_concurrent_blocks(kb, monkeypatch, threads):
     monkeypatch.setenv("ALEXNET_EMU_THREADS", threads)
-    blocks, per_block, reps = 96, 64, 50
+    # Enough work per block that the OS threads really overlap (a racy add loses updates).
+    blocks, per_block, reps = 96, 64, 2000
     ints, f = run(kb, lambda m: lambda i, fl: m.atomics(i, fl, blocks, per_block, reps),
                   np.zeros(3, np.int32), np.zeros(1, np.float32))
     total = blocks * per_block * reps  # < 2^24, so the float sum is exact too
