@@ -1,5 +1,127 @@
-"""Kernel-backed LRN, max-pooling, dropout, softmax cross-entropy, SGD and top-k ops."""
+"""Kernel-backed LRN, max-pooling, dropout, softmax cross-entropy, SGD and top-k ops.
+
+The signatures are the reference's (alexnet_cuda.reference) plus ``version=`` (0 = the
+dispatcher's choice; tests and benchmarks run each numbered version). Python scalars are
+checked here with the reference's own helpers, so a wrong scalar raises the same
+TypeError/ValueError with the same message on every backend; arrays are checked by the
+binding (dtype, ndim, shape, contiguity, device) before anything is launched. Outputs and
+workspaces are allocated here with the backend's array module and passed in.
+
+Labels out of range: the binding scans the labels on the device (one tiny kernel, one
+4-byte copy back and a stream synchronization) and raises ValueError before the op's
+kernels run. softmax_cross_entropy and topk_correct therefore synchronize the stream once
+per call; their results (the loss, the count) are read right after in training and
+evaluation anyway.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference as _ref
 
 
 class LayerOps:
-    pass
+    # ---- LRN ----------------------------------------------------------------------------
+    def lrn_forward(self, x, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False, version=0):
+        """(y, scale); ``alpha_scaled=True`` applies alpha/size to the sum (cuda-convnet, Caffe,
+        PyTorch) instead of the paper's alpha."""
+        size, a, beta, k = _ref._lrn_params("lrn_forward", size, alpha, beta, k, alpha_scaled)
+        y, scale = self._empty_like(x), self._empty_like(x)
+        self._mod.lrn_forward(x, y, scale, size=size, alpha=a, beta=beta, k=k, version=version,
+                              stream=self._stream())
+        return y, scale
+
+    def lrn_backward(self, dy, x, y, scale, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False, version=0):
+        size, a, beta, k = _ref._lrn_params("lrn_backward", size, alpha, beta, k, alpha_scaled)
+        dx = self._empty_like(x)
+        self._mod.lrn_backward(dy, x, y, scale, dx, size=size, alpha=a, beta=beta, version=version,
+                               stream=self._stream())
+        return dx
+
+    # ---- max pooling --------------------------------------------------------------------
+    def _pooled(self, fn, x, size, stride):
+        size = _ref._int(fn, "size", size, minimum=1)
+        stride = _ref._int(fn, "stride", stride, minimum=1)
+        shape = getattr(x, "shape", None)
+        if shape is not None and len(shape) == 4 and size <= min(shape[2], shape[3]):
+            N, C, H, W = shape
+            return size, stride, (N, C, (H - size) // stride + 1, (W - size) // stride + 1)
+        return size, stride, (0,)  # the binding rejects x with the reference's message
+
+    def maxpool_forward(self, x, *, size=3, stride=2, version=0):
+        size, stride, out = self._pooled("maxpool_forward", x, size, stride)
+        y = self._empty(out)
+        self._mod.maxpool_forward(x, y, size=size, stride=stride, version=version, stream=self._stream())
+        return y
+
+    def maxpool_backward(self, dy, x, y, *, size=3, stride=2, version=0):
+        size, stride, _ = self._pooled("maxpool_backward", x, size, stride)
+        dx = self._empty_like(x)
+        self._mod.maxpool_backward(dy, x, y, dx, size=size, stride=stride, version=version, stream=self._stream())
+        return dx
+
+    # ---- dropout ------------------------------------------------------------------------
+    def dropout_forward(self, x, *, p=0.5, seed, offset=0, version=0):
+        """(y, mask uint8): mask is bitwise reference.dropout_mask(x.shape, p=p, seed=seed, offset=offset)."""
+        fn = "dropout_forward"
+        p = _ref._prob(fn, "p", p)
+        seed = _ref._u64(fn, "seed", seed)
+        offset = _ref._u64(fn, "offset", offset)
+        y, mask = self._empty_like(x), self._empty_like(x, np.uint8)
+        self._mod.dropout_forward(x, y, mask, p=p, seed=seed, offset=offset, version=version, stream=self._stream())
+        return y, mask
+
+    def dropout_backward(self, dy, mask, *, p=0.5, version=0):
+        p = _ref._prob("dropout_backward", "p", p)
+        dx = self._empty_like(dy)
+        self._mod.dropout_backward(dy, mask, dx, p=p, version=version, stream=self._stream())
+        return dx
+
+    # ---- loss and metric ----------------------------------------------------------------
+    def softmax_cross_entropy(self, logits, labels, *, version=0):
+        """(loss as a 0-d float32 array, dlogits). Labels int32 or int64."""
+        shape = getattr(logits, "shape", (0, 0))
+        n = shape[0] if len(shape) == 2 else 0
+        loss = self._empty((1,))
+        dlogits = self._empty_like(logits)
+        row_loss = self._empty((n,))
+        check = self._empty((1,), np.int32)
+        self._mod.softmax_cross_entropy(logits, labels, loss, dlogits, row_loss, check, version=version,
+                                        stream=self._stream())
+        return loss.reshape(()), dlogits
+
+    def topk_correct(self, logits, labels, k, *, version=0):
+        """0-d int64 array (on the backend's device): rows whose label is in the top k."""
+        k = _ref._int("topk_correct", "k", k, minimum=1)
+        out = self._empty((1,), np.int64)
+        check = self._empty((1,), np.int32)
+        self._mod.topk_correct(logits, labels, out, check, k=k, version=version, stream=self._stream())
+        return out.reshape(())
+
+    # ---- SGD ----------------------------------------------------------------------------
+    def sgd_update(self, w, dw, v, *, lr, momentum=0.9, weight_decay=5e-4, version=0):
+        """In place: v = momentum*v - weight_decay*lr*w - lr*dw; w += v. Returns None."""
+        fn = "sgd_update"
+        lr = _ref._real(fn, "lr", lr)
+        momentum = _ref._real(fn, "momentum", momentum)
+        weight_decay = _ref._real(fn, "weight_decay", weight_decay)
+        self._mod.sgd_update(w, dw, v, lr=lr, momentum=momentum, weight_decay=weight_decay, version=version,
+                             stream=self._stream())
+
+    def sgd_update_multi(self, params, grads, vels, *, lr, momentum=0.9, weight_decays=None):
+        """sgd_update over every tensor of ``params`` (weight_decays[i] for params[i], default
+        5e-4 each) with ONE kernel launch: the binding copies a table of pointers and sizes
+        into a device buffer allocated here."""
+        fn = "sgd_update_multi"
+        params, grads, vels = list(params), list(grads), list(vels)
+        if weight_decays is None:
+            weight_decays = [5e-4] * len(params)
+        weight_decays = [_ref._real(fn, f"weight_decays[{i}]", wd) for i, wd in enumerate(weight_decays)]
+        if not (len(grads) == len(vels) == len(weight_decays) == len(params)):
+            raise ValueError(f"{fn}: params, grads, vels and weight_decays must have the same length "
+                             f"(got {len(params)}, {len(grads)}, {len(vels)}, {len(weight_decays)})")
+        lr = _ref._real(fn, "lr", lr)
+        momentum = _ref._real(fn, "momentum", momentum)
+        table = self._empty((max(1, len(params)) * self._mod.SGD_TABLE_WORDS,), np.int64)
+        self._mod.sgd_update_multi(params, grads, vels, table, lr=lr, momentum=momentum,
+                                   weight_decays=weight_decays, stream=self._stream())

@@ -1,0 +1,344 @@
+// LRN, max-pooling, dropout, softmax cross-entropy, SGD and top-k: argument checks and
+// dispatch to the launchers. Outputs (and workspaces) are allocated by Python and passed
+// in; every check below runs before anything is launched or written, except the label
+// range check, which scans the labels on the device first (kernels::first_bad_label, one
+// 4-byte copy back) and raises ValueError before the op's own kernels are launched, so a
+// bad label leaves the outputs unwritten as well.
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "bindings/arrays.h"
+#include "common/philox.h"
+#include "kernels/dropout.cuh"
+#include "kernels/lrn.cuh"
+#include "kernels/pool.cuh"
+#include "kernels/sgd.cuh"
+#include "kernels/softmax_xent.cuh"
+#include "kernels/topk.cuh"
+
+namespace alexnet {
+using namespace pybind11::literals;
+
+namespace {
+
+double finite(const char* op, const char* name, double v) {
+  if (!std::isfinite(v)) value_error(op, std::string(name) + " must be finite, got " + std::to_string(v));
+  return v;
+}
+
+void check_prob(const char* op, double p) {
+  if (!(p >= 0.0 && p < 1.0)) value_error(op, "p must be in [0, 1), got " + std::to_string(p));
+}
+
+void check_lrn_size(const char* op, int size) {
+  if (size < 1) value_error(op, "size must be >= 1, got " + std::to_string(size));
+  if (size % 2 == 0)
+    value_error(op, "size must be odd (a window centred on the channel), got " + std::to_string(size));
+}
+
+// (P, Q) of a pooling window over X (N, C, H, W), or ValueError.
+std::pair<int64_t, int64_t> pool_out(const char* op, const Array& X, int size, int stride) {
+  if (size < 1) value_error(op, "size must be >= 1, got " + std::to_string(size));
+  if (stride < 1) value_error(op, "stride must be >= 1, got " + std::to_string(stride));
+  const int64_t H = X.dim(2), W = X.dim(3);
+  if (size > H || size > W)
+    value_error(op, "size=" + std::to_string(size) + " pooling window is larger than the input x (" + std::to_string(H) +
+                        "x" + std::to_string(W) + ")");
+  return {(H - size) / stride + 1, (W - size) / stride + 1};
+}
+
+// logits (N, classes) with N, classes >= 1 and labels (N,) int32/int64.
+void check_logits_labels(const char* op, const Array& L, const Array& Y) {
+  if (L.dim(0) < 1 || L.dim(1) < 1)
+    value_error(op, "logits must have at least one row and one class, got shape " + L.shape_str());
+  if (Y.dim(0) != L.dim(0))
+    value_error(op, "labels has " + std::to_string(Y.dim(0)) + " entries, expected " + std::to_string(L.dim(0)) +
+                        " (one per row of logits)");
+}
+
+[[noreturn]] void bad_label(const char* op, int64_t classes, int64_t value) {
+  value_error(op, "labels must be in [0, " + std::to_string(classes) + "), found " + std::to_string(value));
+}
+
+void expect_outputs_apart(std::initializer_list<const Array*> outs, std::initializer_list<const Array*> others) {
+  for (const Array* o : outs)
+    for (const Array* a : others)
+      if (o != a) expect_no_overlap(*o, *a);
+}
+
+}  // namespace
+
+void bind_layers(py::module_& m) {
+  for (const char* op : {"lrn_forward", "lrn_backward", "maxpool_forward", "maxpool_backward", "dropout_forward",
+                         "dropout_backward", "softmax_cross_entropy", "sgd_update", "topk_correct"})
+    register_versions(op, {1, 2});
+
+  // ---- LRN -------------------------------------------------------------------------------
+  m.def(
+      "lrn_forward",
+      [](py::handle x, py::handle y, py::handle scale, int size, double alpha, double beta, double k, int version,
+         uintptr_t stream) {
+        const char* op = "lrn_forward";
+        Array X = input(x, op, "x", {DType::F32}, 4);
+        Array Y = output(y, op, "y", {DType::F32});
+        Array S = output(scale, op, "scale", {DType::F32});
+        expect_same_shape(X, Y);
+        expect_same_shape(X, S);
+        expect_outputs_apart({&Y, &S}, {&X, &Y, &S});
+        check_lrn_size(op, size);
+        finite(op, "alpha", alpha);
+        finite(op, "beta", beta);
+        finite(op, "k", k);
+        py::gil_scoped_release nogil;
+        kernels::lrn_forward(X.f32(), Y.f32(), S.f32(), X.dim(0), X.dim(1), X.dim(2) * X.dim(3), size, alpha, beta, k,
+                             version, as_stream(stream));
+      },
+      "x"_a, "y"_a, "scale"_a, py::kw_only(), "size"_a = 5, "alpha"_a = 1e-4, "beta"_a = 0.75, "k"_a = 2.0,
+      "version"_a = 0, "stream"_a = 0,
+      "scale = k + alpha * (window sum of x^2), y = x * scale^-beta; alpha is the coefficient applied to the sum "
+      "(divide by size first for the alpha/n convention). y and scale are written in place.");
+
+  m.def(
+      "lrn_backward",
+      [](py::handle dy, py::handle x, py::handle y, py::handle scale, py::handle dx, int size, double alpha,
+         double beta, int version, uintptr_t stream) {
+        const char* op = "lrn_backward";
+        Array X = input(x, op, "x", {DType::F32}, 4);
+        Array DY = input(dy, op, "dy", {DType::F32}, 4);
+        Array Y = input(y, op, "y", {DType::F32}, 4);
+        Array S = input(scale, op, "scale", {DType::F32}, 4);
+        Array DX = output(dx, op, "dx", {DType::F32});
+        for (const Array* a : {&DY, &Y, &S, &DX}) expect_same_shape(X, *a);
+        expect_outputs_apart({&DX}, {&X, &DY, &Y, &S});
+        check_lrn_size(op, size);
+        finite(op, "alpha", alpha);
+        finite(op, "beta", beta);
+        py::gil_scoped_release nogil;
+        kernels::lrn_backward(DY.f32(), X.f32(), Y.f32(), S.f32(), DX.f32(), X.dim(0), X.dim(1), X.dim(2) * X.dim(3),
+                              size, alpha, beta, version, as_stream(stream));
+      },
+      "dy"_a, "x"_a, "y"_a, "scale"_a, "dx"_a, py::kw_only(), "size"_a = 5, "alpha"_a = 1e-4, "beta"_a = 0.75,
+      "version"_a = 0, "stream"_a = 0, "Gradient of lrn_forward; dx is written in place.");
+
+  // ---- max pooling -----------------------------------------------------------------------
+  m.def(
+      "maxpool_forward",
+      [](py::handle x, py::handle y, int size, int stride, int version, uintptr_t stream) {
+        const char* op = "maxpool_forward";
+        Array X = input(x, op, "x", {DType::F32}, 4);
+        auto [P, Q] = pool_out(op, X, size, stride);
+        Array Y = output(y, op, "y", {DType::F32}, 4);
+        expect_shape(Y, {X.dim(0), X.dim(1), P, Q}, "(the pooled shape of x)");
+        expect_no_overlap(Y, X);
+        py::gil_scoped_release nogil;
+        kernels::maxpool_forward(X.f32(), Y.f32(), X.dim(0), X.dim(1), X.dim(2), X.dim(3), size, stride, version,
+                                 as_stream(stream));
+      },
+      "x"_a, "y"_a, py::kw_only(), "size"_a = 3, "stride"_a = 2, "version"_a = 0, "stream"_a = 0,
+      "y = max over size x size windows of x at the given stride (no padding); y is written in place.");
+
+  m.def(
+      "maxpool_backward",
+      [](py::handle dy, py::handle x, py::handle y, py::handle dx, int size, int stride, int version,
+         uintptr_t stream) {
+        const char* op = "maxpool_backward";
+        Array X = input(x, op, "x", {DType::F32}, 4);
+        auto [P, Q] = pool_out(op, X, size, stride);
+        Array Y = input(y, op, "y", {DType::F32}, 4);
+        Array DY = input(dy, op, "dy", {DType::F32}, 4);
+        Array DX = output(dx, op, "dx", {DType::F32});
+        const std::vector<int64_t> pooled{X.dim(0), X.dim(1), P, Q};
+        expect_shape(Y, pooled, "(the shape of maxpool_forward's output)");
+        expect_shape(DY, pooled, "(the shape of maxpool_forward's output)");
+        expect_same_shape(X, DX);
+        expect_outputs_apart({&DX}, {&X, &DY, &Y});
+        py::gil_scoped_release nogil;
+        kernels::maxpool_backward(DY.f32(), X.f32(), DX.f32(), X.dim(0), X.dim(1), X.dim(2), X.dim(3), size, stride,
+                                  version, as_stream(stream));
+      },
+      "dy"_a, "x"_a, "y"_a, "dx"_a, py::kw_only(), "size"_a = 3, "stride"_a = 2, "version"_a = 0, "stream"_a = 0,
+      "dx: each dy to the first maximum (row-major) of its window in x, overlaps accumulated; written in place.");
+
+  // ---- dropout ---------------------------------------------------------------------------
+  m.def(
+      "dropout_forward",
+      [](py::handle x, py::handle y, py::handle mask, double p, uint64_t seed, uint64_t offset, int version,
+         uintptr_t stream) {
+        const char* op = "dropout_forward";
+        Array X = input(x, op, "x", {DType::F32});
+        Array Y = output(y, op, "y", {DType::F32});
+        Array M = output(mask, op, "mask", {DType::U8});
+        expect_same_shape(X, Y);
+        expect_same_shape(X, M);
+        expect_outputs_apart({&Y, &M}, {&X, &Y, &M});
+        check_prob(op, p);
+        py::gil_scoped_release nogil;
+        kernels::dropout_forward(X.f32(), Y.f32(), M.as<uint8_t>(), X.numel(), p, seed, offset, version,
+                                 as_stream(stream));
+      },
+      "x"_a, "y"_a, "mask"_a, py::kw_only(), "p"_a = 0.5, "seed"_a, "offset"_a = 0, "version"_a = 0, "stream"_a = 0,
+      "Inverted dropout: mask (uint8) from Philox-4x32-10 keyed by (seed, offset, element index), "
+      "y = x * mask / (1 - p). y and mask are written in place.");
+
+  m.def(
+      "dropout_backward",
+      [](py::handle dy, py::handle mask, py::handle dx, double p, int version, uintptr_t stream) {
+        const char* op = "dropout_backward";
+        Array DY = input(dy, op, "dy", {DType::F32});
+        Array M = input(mask, op, "mask", {DType::U8});
+        Array DX = output(dx, op, "dx", {DType::F32});
+        expect_same_shape(DY, M);
+        expect_same_shape(DY, DX);
+        expect_outputs_apart({&DX}, {&DY, &M});
+        check_prob(op, p);
+        py::gil_scoped_release nogil;
+        kernels::dropout_backward(DY.f32(), M.as<uint8_t>(), DX.f32(), DY.numel(), p, version, as_stream(stream));
+      },
+      "dy"_a, "mask"_a, "dx"_a, py::kw_only(), "p"_a = 0.5, "version"_a = 0, "stream"_a = 0,
+      "dx = dy * mask / (1 - p); dx is written in place.");
+
+  m.def(
+      "philox4x32_10",
+      [](std::array<uint32_t, 4> c, std::array<uint32_t, 2> k) {
+        const Philox4 r = philox4x32_10(c[0], c[1], c[2], c[3], k[0], k[1]);
+        return py::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
+      },
+      "counter"_a, "key"_a, "Host build of common/philox.h (the words the kernels use): 4 uint32 words.");
+
+  // ---- softmax cross-entropy -------------------------------------------------------------
+  m.def(
+      "softmax_cross_entropy",
+      [](py::handle logits, py::handle labels, py::handle loss, py::handle dlogits, py::handle row_loss,
+         py::handle check, int version, uintptr_t stream) {
+        const char* op = "softmax_cross_entropy";
+        Array L = input(logits, op, "logits", {DType::F32}, 2);
+        Array Y = input(labels, op, "labels", {DType::I32, DType::I64}, 1);
+        check_logits_labels(op, L, Y);
+        Array LO = output(loss, op, "loss", {DType::F32});
+        Array DL = output(dlogits, op, "dlogits", {DType::F32});
+        Array RL = output(row_loss, op, "row_loss", {DType::F32}, 1);
+        Array CK = output(check, op, "check", {DType::I32});
+        expect_shape(LO, {1});
+        expect_same_shape(L, DL);
+        expect_shape(RL, {L.dim(0)}, "(one float per row of logits)");
+        expect_shape(CK, {1});
+        expect_outputs_apart({&LO, &DL, &RL, &CK}, {&L, &Y, &LO, &DL, &RL, &CK});
+        if (version < 0 || version > 2)
+          value_error(op, "no kernel version " + std::to_string(version) + " (have 1, 2)");
+        const bool is64 = Y.dtype == DType::I64;
+        int64_t bad_row, bad_value = 0;
+        {
+          py::gil_scoped_release nogil;
+          bad_row = kernels::first_bad_label(Y.ptr, is64, Y.dim(0), L.dim(1), CK.as<int>(), &bad_value,
+                                             as_stream(stream));
+          if (bad_row < 0)
+            kernels::softmax_cross_entropy(L.f32(), Y.ptr, is64, LO.f32(), DL.f32(), RL.f32(), L.dim(0), L.dim(1),
+                                           version, as_stream(stream));
+        }
+        if (bad_row >= 0) bad_label(op, L.dim(1), bad_value);
+      },
+      "logits"_a, "labels"_a, "loss"_a, "dlogits"_a, "row_loss"_a, "check"_a, py::kw_only(), "version"_a = 0,
+      "stream"_a = 0,
+      "loss[0] = mean softmax cross-entropy, dlogits = (softmax - onehot)/N. row_loss (N floats) and check (1 int32) "
+      "are workspaces. Labels out of range raise ValueError before anything is written (device check, one sync).");
+
+  // ---- top-k -------------------------------------------------------------------------------
+  m.def(
+      "topk_correct",
+      [](py::handle logits, py::handle labels, py::handle out, py::handle check, int64_t k, int version,
+         uintptr_t stream) {
+        const char* op = "topk_correct";
+        Array L = input(logits, op, "logits", {DType::F32}, 2);
+        Array Y = input(labels, op, "labels", {DType::I32, DType::I64}, 1);
+        check_logits_labels(op, L, Y);
+        Array O = output(out, op, "out", {DType::I64});
+        Array CK = output(check, op, "check", {DType::I32});
+        expect_shape(O, {1});
+        expect_shape(CK, {1});
+        expect_outputs_apart({&O, &CK}, {&L, &Y, &O, &CK});
+        if (k < 1) value_error(op, "k must be >= 1, got " + std::to_string(k));
+        if (version < 0 || version > 2)
+          value_error(op, "no kernel version " + std::to_string(version) + " (have 1, 2)");
+        const bool is64 = Y.dtype == DType::I64;
+        int64_t bad_row, bad_value = 0;
+        {
+          py::gil_scoped_release nogil;
+          bad_row = kernels::first_bad_label(Y.ptr, is64, Y.dim(0), L.dim(1), CK.as<int>(), &bad_value,
+                                             as_stream(stream));
+          if (bad_row < 0)
+            kernels::topk_correct(L.f32(), Y.ptr, is64, L.dim(0), L.dim(1), k, O.as<int64_t>(), version,
+                                  as_stream(stream));
+        }
+        if (bad_row >= 0) bad_label(op, L.dim(1), bad_value);
+      },
+      "logits"_a, "labels"_a, "out"_a, "check"_a, py::kw_only(), "k"_a, "version"_a = 0, "stream"_a = 0,
+      "out[0] (int64) = number of rows whose label is in the top k (ties in the label's favour). check: 1 int32 of "
+      "workspace.");
+
+  // ---- SGD -----------------------------------------------------------------------------------
+  m.def(
+      "sgd_update",
+      [](py::handle w, py::handle dw, py::handle v, double lr, double momentum, double weight_decay, int version,
+         uintptr_t stream) {
+        const char* op = "sgd_update";
+        Array W = output(w, op, "w", {DType::F32});
+        Array DW = input(dw, op, "dw", {DType::F32});
+        Array V = output(v, op, "v", {DType::F32});
+        expect_same_shape(W, DW);
+        expect_same_shape(W, V);
+        expect_no_overlap(W, V);
+        finite(op, "lr", lr);
+        finite(op, "momentum", momentum);
+        finite(op, "weight_decay", weight_decay);
+        py::gil_scoped_release nogil;
+        kernels::sgd_update(W.f32(), DW.f32(), V.f32(), W.numel(), lr, momentum, weight_decay * lr, version,
+                            as_stream(stream));
+      },
+      "w"_a, "dw"_a, "v"_a, py::kw_only(), "lr"_a, "momentum"_a = 0.9, "weight_decay"_a = 5e-4, "version"_a = 0,
+      "stream"_a = 0, "In place: v = momentum*v - weight_decay*lr*w - lr*dw; w += v.");
+
+  m.attr("SGD_TABLE_WORDS") = kernels::kSgdTableWords;
+  m.def(
+      "sgd_update_multi",
+      [](py::sequence params, py::sequence grads, py::sequence vels, py::handle table, double lr, double momentum,
+         py::sequence weight_decays, uintptr_t stream) {
+        const char* op = "sgd_update_multi";
+        const size_t n = py::len(params);
+        if (py::len(grads) != n || py::len(vels) != n || py::len(weight_decays) != n)
+          value_error(op, "params, grads, vels and weight_decays must have the same length (got " + std::to_string(n) +
+                              ", " + std::to_string(py::len(grads)) + ", " + std::to_string(py::len(vels)) + ", " +
+                              std::to_string(py::len(weight_decays)) + ")");
+        finite(op, "lr", lr);
+        finite(op, "momentum", momentum);
+        Array T = output(table, op, "table", {DType::I64}, 1);
+        if (T.numel() < int64_t(n) * kernels::kSgdTableWords)
+          value_error(op, "table must hold at least " + std::to_string(n * kernels::kSgdTableWords) + " int64 words");
+        std::vector<kernels::SgdTensor> tensors(n);
+        for (size_t i = 0; i < n; ++i) {
+          const std::string s = "[" + std::to_string(i) + "]";
+          Array W = output(params[i], op, ("params" + s).c_str(), {DType::F32});
+          Array DW = input(grads[i], op, ("grads" + s).c_str(), {DType::F32});
+          Array V = output(vels[i], op, ("vels" + s).c_str(), {DType::F32});
+          expect_same_shape(W, DW);
+          expect_same_shape(W, V);
+          expect_no_overlap(W, V);
+          expect_no_overlap(T, W);
+          expect_no_overlap(T, V);
+          const double wd = finite(op, ("weight_decays" + s).c_str(), weight_decays[i].cast<double>());
+          tensors[i] = kernels::SgdTensor{W.f32(), DW.f32(), V.f32(), W.numel(), 0, float(wd * lr), 0};
+        }
+        if (n == 0) return;
+        py::gil_scoped_release nogil;
+        kernels::sgd_update_multi(tensors.data(), int(n), T.as<kernels::SgdTensor>(), lr, momentum,
+                                  as_stream(stream));
+      },
+      "params"_a, "grads"_a, "vels"_a, "table"_a, py::kw_only(), "lr"_a, "momentum"_a = 0.9, "weight_decays"_a,
+      "stream"_a = 0,
+      "sgd_update over many tensors with ONE launch; table: SGD_TABLE_WORDS int64 words of device memory per tensor.");
+}
+
+}  // namespace alexnet

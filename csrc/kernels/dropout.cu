@@ -1,0 +1,162 @@
+// Inverted dropout, forward and backward (paper section 4.2; scaled at training time).
+//
+// Math:    mask[i] = keep(philox(group = i / 4, seed, offset)[i % 4], t)   (common/philox.h)
+//          y[i]    = (x[i] * mask[i]) * scale,   scale = float(1 / (1 - p)) (double on the host)
+//          dx[i]   = (dy[i] * mask[i]) * scale
+//          t = min(2^24, ceil(p * 2^24)) is computed on the host from p as a double. The
+//          products are rounded one at a time (__fmul_rn), so y is bitwise the reference's
+//          x * mask * scale (including -0 and NaN for dropped x = -v, inf, nan).
+// Layout:  any shape, n contiguous float32 elements; mask uint8 of the same shape.
+// Threads: forward: one thread per group of 4 elements (one Philox call), grid-stride loop,
+//          256 threads per block. Backward: as relu (elementwise, no RNG).
+//
+// version 1: scalar loads and stores; the thread of group g handles elements 4g .. 4g+3
+//            (fewer in the last group). Works for any alignment.
+// version 2: one float4 load/store and one 32-bit mask store per group (forward), or per
+//            4 elements (backward). Needs x, y (dy, dx) 16-byte and mask 4-byte aligned (the
+//            dispatcher picks version 1 otherwise); the n % 4 tail is done by the last group's
+//            thread with scalar accesses. Groups start at element 0 of the tensor, so the
+//            vector lanes are exactly the Philox lanes.
+// Both are memory-bound: forward reads 4 and writes 5 bytes per element, backward reads 5
+// and writes 4; ten Philox rounds per 4 elements are far below the memory time.
+#include "kernels/dropout.cuh"
+
+#include <stdexcept>
+#include <string>
+
+#include "common/philox.h"
+
+namespace alexnet::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(int64_t work) {
+  const int64_t blocks = (work + kThreads - 1) / kThreads;
+  return unsigned(blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks);
+}
+
+bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
+
+__device__ __forceinline__ float drop(float x, uint8_t m, float scale) {
+  return __fmul_rn(__fmul_rn(x, float(m)), scale);
+}
+
+// ---- version 1 ------------------------------------------------------------------
+__global__ void dropout_forward_v1(const float* __restrict__ x, float* __restrict__ y, uint8_t* __restrict__ mask,
+                                   int64_t n, uint64_t seed, uint64_t offset, uint32_t threshold, float scale) {
+  const int64_t groups = (n + 3) / 4;
+  for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += int64_t(gridDim.x) * blockDim.x) {
+    const Philox4 r = dropout_philox(uint64_t(g), seed, offset);
+    const int64_t base = g * 4;
+    for (int lane = 0; lane < 4 && base + lane < n; ++lane) {
+      const uint8_t m = dropout_keep(r.v[lane], threshold) ? 1 : 0;
+      mask[base + lane] = m;
+      y[base + lane] = drop(x[base + lane], m, scale);
+    }
+  }
+}
+
+__global__ void dropout_backward_v1(const float* __restrict__ dy, const uint8_t* __restrict__ mask,
+                                    float* __restrict__ dx, int64_t n, float scale) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dx[i] = drop(dy[i], mask[i], scale);
+}
+
+// ---- version 2 ------------------------------------------------------------------
+__global__ void dropout_forward_v2(const float4* __restrict__ x, float4* __restrict__ y, uint32_t* __restrict__ mask,
+                                   int64_t n, uint64_t seed, uint64_t offset, uint32_t threshold, float scale) {
+  const int64_t full = n / 4, groups = (n + 3) / 4;
+  for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += int64_t(gridDim.x) * blockDim.x) {
+    const Philox4 r = dropout_philox(uint64_t(g), seed, offset);
+    uint8_t m[4];
+    for (int lane = 0; lane < 4; ++lane) m[lane] = dropout_keep(r.v[lane], threshold) ? 1 : 0;
+    if (g < full) {
+      const float4 v = x[g];
+      y[g] = make_float4(drop(v.x, m[0], scale), drop(v.y, m[1], scale), drop(v.z, m[2], scale),
+                         drop(v.w, m[3], scale));
+      // little-endian: byte `lane` of the word is element 4g + lane
+      mask[g] = uint32_t(m[0]) | uint32_t(m[1]) << 8 | uint32_t(m[2]) << 16 | uint32_t(m[3]) << 24;
+    } else {  // the partial last group
+      const float* xs = reinterpret_cast<const float*>(x);
+      float* ys = reinterpret_cast<float*>(y);
+      uint8_t* ms = reinterpret_cast<uint8_t*>(mask);
+      for (int64_t i = g * 4; i < n; ++i) {
+        ms[i] = m[i - g * 4];
+        ys[i] = drop(xs[i], m[i - g * 4], scale);
+      }
+    }
+  }
+}
+
+__global__ void dropout_backward_v2(const float4* __restrict__ dy, const uint32_t* __restrict__ mask,
+                                    float4* __restrict__ dx, int64_t n, float scale) {
+  const int64_t full = n / 4, groups = (n + 3) / 4;
+  for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += int64_t(gridDim.x) * blockDim.x) {
+    if (g < full) {
+      const float4 v = dy[g];
+      const uint32_t m = mask[g];
+      dx[g] = make_float4(drop(v.x, uint8_t(m), scale), drop(v.y, uint8_t(m >> 8), scale),
+                          drop(v.z, uint8_t(m >> 16), scale), drop(v.w, uint8_t(m >> 24), scale));
+    } else {
+      const float* ds = reinterpret_cast<const float*>(dy);
+      const uint8_t* ms = reinterpret_cast<const uint8_t*>(mask);
+      float* xs = reinterpret_cast<float*>(dx);
+      for (int64_t i = g * 4; i < n; ++i) xs[i] = drop(ds[i], ms[i], scale);
+    }
+  }
+}
+
+[[noreturn]] void bad_version(const char* op, int v) {
+  throw std::invalid_argument(std::string(op) + ": no kernel version " + std::to_string(v) + " (have 1, 2)");
+}
+
+void check_p(const char* op, double p) {
+  if (!(p >= 0.0 && p < 1.0))
+    throw std::invalid_argument(std::string(op) + ": p must be in [0, 1), got " + std::to_string(p));
+}
+
+}  // namespace
+
+void dropout_forward(const float* x, float* y, uint8_t* mask, int64_t n, double p, uint64_t seed, uint64_t offset,
+                     int version, cudaStream_t stream) {
+  check_p("dropout_forward", p);
+  if (n == 0) return;
+  const uint32_t t = dropout_threshold(p);
+  const float scale = float(1.0 / (1.0 - p));
+  const bool al = aligned(x, 16) && aligned(y, 16) && aligned(mask, 4);
+  if (version == 0) version = al ? 2 : 1;
+  const int64_t groups = (n + 3) / 4;
+  if (version == 1) {
+    LAUNCH(dropout_forward_v1, dim3(grid_for(groups)), dim3(kThreads), 0, stream, x, y, mask, n, seed, offset, t, scale);
+  } else if (version == 2) {
+    if (!al)
+      throw std::invalid_argument("dropout_forward: version 2 needs 16-byte aligned x, y and 4-byte aligned mask");
+    LAUNCH(dropout_forward_v2, dim3(grid_for(groups)), dim3(kThreads), 0, stream, reinterpret_cast<const float4*>(x),
+           reinterpret_cast<float4*>(y), reinterpret_cast<uint32_t*>(mask), n, seed, offset, t, scale);
+  } else {
+    bad_version("dropout_forward", version);
+  }
+}
+
+void dropout_backward(const float* dy, const uint8_t* mask, float* dx, int64_t n, double p, int version,
+                      cudaStream_t stream) {
+  check_p("dropout_backward", p);
+  if (n == 0) return;
+  const float scale = float(1.0 / (1.0 - p));
+  const bool al = aligned(dy, 16) && aligned(dx, 16) && aligned(mask, 4);
+  if (version == 0) version = al ? 2 : 1;
+  if (version == 1) {
+    LAUNCH(dropout_backward_v1, dim3(grid_for(n)), dim3(kThreads), 0, stream, dy, mask, dx, n, scale);
+  } else if (version == 2) {
+    if (!al)
+      throw std::invalid_argument("dropout_backward: version 2 needs 16-byte aligned dy, dx and 4-byte aligned mask");
+    LAUNCH(dropout_backward_v2, dim3(grid_for((n + 3) / 4)), dim3(kThreads), 0, stream,
+           reinterpret_cast<const float4*>(dy), reinterpret_cast<const uint32_t*>(mask), reinterpret_cast<float4*>(dx), n,
+           scale);
+  } else {
+    bad_version("dropout_backward", version);
+  }
+}
+
+}  // namespace alexnet::kernels

@@ -1,0 +1,15 @@
+// Launchers of dropout.cu (host code; no CUDA syntax, so the bindings include it in both builds).
+#pragma once
+#include <cstdint>
+#include "common/cuda_common.h"
+
+namespace alexnet::kernels {
+// Inverted dropout over n float32 elements: mask[i] in {0, 1} from Philox-4x32-10 keyed by
+// (seed, offset, i) exactly as reference.dropout_mask; y = x * mask * float(1/(1-p)).
+// p in [0, 1) (std::invalid_argument otherwise). version 0 = the dispatcher's choice.
+void dropout_forward(const float* x, float* y, uint8_t* mask, int64_t n, double p, uint64_t seed, uint64_t offset,
+                     int version, cudaStream_t stream);
+// dx = dy * mask * float(1/(1-p)).
+void dropout_backward(const float* dy, const uint8_t* mask, float* dx, int64_t n, double p, int version,
+                      cudaStream_t stream);
+}  // namespace alexnet::kernels

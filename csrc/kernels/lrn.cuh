@@ -1,0 +1,16 @@
+// Launchers of lrn.cu (host code; no CUDA syntax, so the bindings include it in both builds).
+#pragma once
+#include <cstdint>
+#include "common/cuda_common.h"
+
+namespace alexnet::kernels {
+// Cross-channel LRN of x (N, C, H, W), HW = H*W: scale = k + a * (window sum of x^2),
+// y = x * scale^-beta. `a` is the coefficient applied to the sum (alpha, or alpha/size for
+// the cuda-convnet/Caffe/PyTorch convention; the caller decides). size odd (else
+// std::invalid_argument). version 0 = the dispatcher's choice.
+void lrn_forward(const float* x, float* y, float* scale, int64_t N, int64_t C, int64_t HW, int size, double a,
+                 double beta, double k, int version, cudaStream_t stream);
+// dx = dy * scale^-beta - 2*a*beta * x * (window sum of dy*y/scale).
+void lrn_backward(const float* dy, const float* x, const float* y, const float* scale, float* dx, int64_t N, int64_t C,
+                  int64_t HW, int size, double a, double beta, int version, cudaStream_t stream);
+}  // namespace alexnet::kernels

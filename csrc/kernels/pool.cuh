@@ -1,0 +1,15 @@
+// Launchers of pool.cu (host code; no CUDA syntax, so the bindings include it in both builds).
+#pragma once
+#include <cstdint>
+#include "common/cuda_common.h"
+
+namespace alexnet::kernels {
+// y (N, C, P, Q) = max over size x size windows of x (N, C, H, W) at the given stride, no
+// padding; P = (H - size)/stride + 1. std::invalid_argument when size > H or W.
+void maxpool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride,
+                     int version, cudaStream_t stream);
+// dx (N, C, H, W): each dy goes to the first maximum (row-major) of its window in x;
+// overlapping windows add up. Deterministic (a gather, no atomics).
+void maxpool_backward(const float* dy, const float* x, float* dx, int64_t N, int64_t C, int64_t H, int64_t W, int size,
+                      int stride, int version, cudaStream_t stream);
+}  // namespace alexnet::kernels

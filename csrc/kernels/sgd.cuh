@@ -1,0 +1,29 @@
+// Launchers of sgd.cu (host code; no CUDA syntax, so the bindings include it in both builds).
+#pragma once
+#include <cstdint>
+#include "common/cuda_common.h"
+
+namespace alexnet::kernels {
+// In place over n float32 elements (the paper's rule):
+//   v = momentum*v - wd_lr*w - lr*dw;  w = w + v,   wd_lr = weight_decay * lr (in double, by the caller).
+void sgd_update(float* w, const float* dw, float* v, int64_t n, double lr, double momentum, double wd_lr, int version,
+                cudaStream_t stream);
+
+// One entry of the multi-tensor table (plain data; filled on the host, copied to the device).
+struct SgdTensor {
+  float* w;
+  const float* dw;
+  float* v;
+  int64_t n;
+  int64_t first_block;  // filled by sgd_update_multi
+  float wd_lr;          // weight_decay_i * lr, rounded from double
+  int32_t vectorized;   // filled by sgd_update_multi: 1 when w, dw, v are 16-byte aligned
+};
+constexpr int kSgdTableWords = int(sizeof(SgdTensor) / 8);  // int64 words per entry
+
+// Updates every tensor of `tensors` (count entries, host memory) with ONE kernel launch:
+// the table is copied (cudaMemcpyAsync, host buffer reusable on return) into device_table
+// (count * kSgdTableWords int64 words of device memory), then a grid spanning all tensors runs.
+void sgd_update_multi(SgdTensor* tensors, int count, SgdTensor* device_table, double lr, double momentum,
+                      cudaStream_t stream);
+}  // namespace alexnet::kernels
