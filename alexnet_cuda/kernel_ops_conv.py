@@ -1,5 +1,80 @@
-"""Kernel-backed conv2d and linear ops."""
+"""Kernel-backed conv2d and linear ops (csrc/kernels/conv.cu, gemm.cu; csrc/bindings/bind_conv.cpp).
+
+The extension checks every argument first (``*_check`` returns the output shapes and the
+split-reduction plan without launching anything), then this mixin allocates the outputs
+and the workspace with the backend's array module and launches. Hyper-parameters are
+checked here with the reference's helpers, so a bool or float ``stride`` raises the same
+TypeError as on the numpy backend.
+
+Backward passes run three kernel families: data, filter/weight (a split reduction whose
+partial sums go to a workspace and are added in a fixed order: deterministic) and bias.
+``version`` selects the numbered kernels (1 = direct loops, 2 = tiled implicit GEMM,
+0 = the best) for every piece of the op.
+"""
+from __future__ import annotations
+
+from .reference import _int
+
+
+def _hyper(fn, stride, padding, groups):
+    return (_int(fn, "stride", stride, minimum=1), _int(fn, "padding", padding, minimum=0),
+            _int(fn, "groups", groups, minimum=1))
+
+
+def _version(fn, version):
+    return _int(fn, "version", version, minimum=0)
 
 
 class ConvOps:
-    pass
+    def _work(self, floats):
+        return self._empty((int(floats),)) if floats > 0 else None
+
+    # ---- conv2d ---------------------------------------------------------------------------
+    def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0):
+        fn = "conv2d_forward"
+        stride, padding, groups = _hyper(fn, stride, padding, groups)
+        version = _version(fn, version)
+        shape = self._mod.conv2d_forward_check(x, w, b, stride=stride, padding=padding, groups=groups)
+        y = self._empty(shape)
+        self._mod.conv2d_forward(x, w, b, y, stride=stride, padding=padding, groups=groups, version=version,
+                                 stream=self._stream())
+        return y
+
+    def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0):
+        fn = "conv2d_backward"
+        stride, padding, groups = _hyper(fn, stride, padding, groups)
+        version = _version(fn, version)
+        geo = dict(stride=stride, padding=padding, groups=groups)
+        plan = self._mod.conv2d_backward_check(dy, x, w, version=version, **geo)
+        dx = self._empty(x.shape)
+        dw = self._empty(w.shape)
+        db = self._empty((w.shape[0],))
+        work = self._work(plan["workspace"])
+        s = self._stream()
+        self._mod.conv2d_backward_data(dy, x, w, dx, version=version, stream=s, **geo)
+        self._mod.conv2d_backward_filter(dy, x, w, dw, work, version=version, stream=s, **geo)
+        self._mod.conv2d_backward_bias(dy, db, version=version, stream=s)
+        return dx, dw, db
+
+    # ---- linear ---------------------------------------------------------------------------
+    def linear_forward(self, x, w, b, *, version=0):
+        version = _version("linear_forward", version)
+        plan = self._mod.linear_check(x, w, b, None, version=version)["forward"]
+        y = self._empty((x.shape[0], w.shape[0]))
+        self._mod.linear_forward(x, w, b, y, self._work(plan["workspace"]), version=version, stream=self._stream())
+        return y
+
+    def linear_backward(self, dy, x, w, *, version=0):
+        version = _version("linear_backward", version)
+        plans = self._mod.linear_check(x, w, None, dy, version=version)
+        dx = self._empty(x.shape)
+        dw = self._empty(w.shape)
+        db = self._empty((w.shape[0],))
+        # The data and weight GEMMs run one after the other on one stream: one workspace.
+        work = self._work(max(plans["data"]["workspace"], plans["weight"]["workspace"]))
+        s = self._stream()
+        self._mod.linear_backward_data(dy, x, w, dx, work, version=version, stream=s)
+        self._mod.linear_backward_weight(dy, x, w, dw, work, version=version, stream=s)
+        self._mod.linear_backward_bias(dy, db, version=version, stream=s)
+        return dx, dw, db
+

@@ -3,5 +3,7 @@
 #pragma once
 #define ALEXNET_BINDING_FAMILIES(X) \
   X(core)                           \
+  X(conv)                           \
   X(elementwise)                    \
+  X(layers)                         \
   X(selftest)

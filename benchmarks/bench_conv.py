@@ -1,0 +1,265 @@
+"""AlexNet's five convolutions, batch 128: our kernels (every numbered version) vs cuDNN
+through PyTorch, forward, backward-data and backward-filter, in one run on one card.
+
+    python benchmarks/bench_conv.py [--iters 20] [--warmup 3] [--batch-size 128]
+                                    [--versions 0,1,2] [--only conv1,conv3] [--v1-iters 3]
+    python benchmarks/bench_conv.py --check      # correctness only, tiny sizes, no GPU needed
+
+Shapes (the paper, two towers as groups=2; input 227x227):
+  conv1 11x11 s4      3x227x227 -> 96x55x55
+  conv2  5x5 p2 g2   96x27x27   -> 256x27x27
+  conv3  3x3 p1     256x13x13   -> 384x13x13
+  conv4  3x3 p1 g2  384x13x13   -> 384x13x13
+  conv5  3x3 p1 g2  384x13x13   -> 256x13x13
+
+Each row: median milliseconds (CUDA events), TFLOP/s with FLOPs = 2*N*K*P*Q*(C/groups)*R*S
+for every direction, and "x cuDNN" = our time / cuDNN's time (<= 1 is as fast or faster;
+the goal is <= 2 for every layer and direction and <= 1.5 for the sum). Our kernels are
+called through the extension with preallocated outputs and workspace (the allocation is
+not timed; cuDNN's output allocation through PyTorch's caching allocator is). The
+backward-filter time includes the split-reduction's second pass. The bias gradient is
+listed separately (cuDNN's weight gradient does not compute it) and is not in the sums.
+"max |err|" is our version-0 result against cuDNN's, relative to max |cuDNN result|.
+
+cuDNN settings: torch.backends.cudnn.benchmark = True (it picks its fastest algorithm per
+shape), cudnn.allow_tf32 = False and cuda.matmul.allow_tf32 = False (FP32 against FP32).
+Backward pieces: torch.nn.grad.conv2d_input and conv2d_weight (aten.convolution_backward
+with one output each).
+
+Writes benchmarks/results/bench_conv.json and .md (card, driver, date, commit). Without a
+usable GPU it prints why and exits with status 2 (never estimated); --check runs anywhere
+(cuda when usable, else emu) and exits 1 on a mismatch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+
+# name: (C, H, W, K, R, S, stride, padding, groups)
+LAYERS = {
+    "conv1": (3, 227, 227, 96, 11, 11, 4, 0, 1),
+    "conv2": (96, 27, 27, 256, 5, 5, 1, 2, 2),
+    "conv3": (256, 13, 13, 384, 3, 3, 1, 1, 1),
+    "conv4": (384, 13, 13, 384, 3, 3, 1, 1, 2),
+    "conv5": (384, 13, 13, 256, 3, 3, 1, 1, 2),
+}
+# --check: the same kernel/stride/padding/groups with channels / 8 and small images
+CHECK_LAYERS = {
+    "conv1": (3, 35, 35, 12, 11, 11, 4, 0, 1),
+    "conv2": (12, 9, 9, 32, 5, 5, 1, 2, 2),
+    "conv3": (32, 5, 5, 48, 3, 3, 1, 1, 1),
+    "conv4": (48, 5, 5, 48, 3, 3, 1, 1, 2),
+    "conv5": (48, 5, 5, 32, 3, 3, 1, 1, 2),
+}
+DIRECTIONS = ("forward", "data", "filter")
+
+
+def out_size(H, W, R, S, st, pad):
+    return (H + 2 * pad - R) // st + 1, (W + 2 * pad - S) // st + 1
+
+
+def flops(N, layer):
+    C, H, W, K, R, S, st, pad, g = layer
+    P, Q = out_size(H, W, R, S, st, pad)
+    return 2.0 * N * K * P * Q * (C // g) * R * S
+
+
+class OurConv:
+    """Preallocated outputs and workspace; one callable per (direction, version)."""
+
+    def __init__(self, be, x, w, b, dy, geo):
+        self.be, self.m, self.x, self.w, self.b, self.dy, self.geo = be, be._mod, x, w, b, dy, geo
+        xp = be.xp
+        self.y = xp.empty(dy.shape, dtype=np.float32)
+        self.dx = xp.empty(x.shape, dtype=np.float32)
+        self.dw = xp.empty(w.shape, dtype=np.float32)
+        self.db = xp.empty((w.shape[0],), dtype=np.float32)
+        self.work = {}
+        for v in [0] + be.versions("conv2d_backward"):
+            n = self.m.conv2d_backward_check(dy, x, w, version=v, **geo)["workspace"]
+            self.work[v] = xp.empty(n, dtype=np.float32) if n else None
+
+    def stream(self):
+        return self.be._stream()
+
+    def fn(self, direction, v):
+        m, g = self.m, self.geo
+        if direction == "forward":
+            return lambda: m.conv2d_forward(self.x, self.w, self.b, self.y, version=v, stream=self.stream(), **g)
+        if direction == "data":
+            return lambda: m.conv2d_backward_data(self.dy, self.x, self.w, self.dx, version=v, stream=self.stream(), **g)
+        if direction == "filter":
+            return lambda: m.conv2d_backward_filter(self.dy, self.x, self.w, self.dw, self.work[v], version=v,
+                                                    stream=self.stream(), **g)
+        if direction == "bias":
+            return lambda: m.conv2d_backward_bias(self.dy, self.db, version=v, stream=self.stream())
+        raise ValueError(direction)
+
+    def result(self, direction):
+        return {"forward": self.y, "data": self.dx, "filter": self.dw, "bias": self.db}[direction]
+
+
+def torch_fns(torch, x, w, b, dy, geo):
+    F = torch.nn.functional
+    st, pad, g = geo["stride"], geo["padding"], geo["groups"]
+    return {
+        "forward": lambda: F.conv2d(x, w, b, stride=st, padding=pad, groups=g),
+        "data": lambda: torch.nn.grad.conv2d_input(x.shape, w, dy, stride=st, padding=pad, groups=g),
+        "filter": lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, stride=st, padding=pad, groups=g),
+        "bias": lambda: dy.sum(dim=(0, 2, 3)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+def check(args):
+    """Every version and direction at tiny sizes against the float64 reference (and torch's CPU
+    convolution when torch is importable)."""
+    from alexnet_cuda import available_backends, get_backend
+    from alexnet_cuda import reference as ref
+
+    name = "cuda" if "cuda" in available_backends() else "emu"
+    be = get_backend(name)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    N = 2
+    worst, ok = 0.0, True
+    print(f"bench_conv.py --check on the {name} backend (N={N}, channels / 8, small images)"
+          f"{'; also against torch (CPU)' if torch else ''}")
+    for lname, layer in CHECK_LAYERS.items():
+        C, H, W, K, R, S, st, pad, g = layer
+        P, Q = out_size(H, W, R, S, st, pad)
+        geo = dict(stride=st, padding=pad, groups=g)
+        x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+        w = rng.standard_normal((K, C // g, R, S)).astype(np.float32)
+        b = rng.standard_normal(K).astype(np.float32)
+        dy = rng.standard_normal((N, K, P, Q)).astype(np.float32)
+        d = [a.astype(np.float64) for a in (x, w, b, dy)]
+        want = {"forward": ref.conv2d_forward(d[0], d[1], d[2], **geo)}
+        want["data"], want["filter"], want["bias"] = ref.conv2d_backward(d[3], d[0], d[1], **geo)
+        if torch is not None:
+            tx, tw, tb, tdy = (torch.from_numpy(a) for a in d)
+            tf = torch_fns(torch, tx, tw, tb, tdy, geo)
+            for k in want:
+                diff = np.abs(tf[k]().numpy() - want[k]).max() / max(1e-30, np.abs(want[k]).max())
+                assert diff < 1e-10, f"torch and the reference disagree on {lname} {k}: {diff}"
+        ours = OurConv(be, *(be.asarray(a) for a in (x, w, b, dy)), geo)
+        for v in [0] + be.versions("conv2d_forward"):
+            errs = []
+            for k in ("forward", "data", "filter", "bias"):
+                ours.fn(k, v)()
+                got = be.to_numpy(ours.result(k)).astype(np.float64)
+                e = np.abs(got - want[k]).max() / max(1e-30, np.abs(want[k]).max())
+                errs.append(e)
+                worst = max(worst, e)
+                if not e < 1e-5:
+                    ok = False
+            print(f"  {lname} v{v}: max |err| / max |ref|  forward {errs[0]:.1e}  data {errs[1]:.1e}  "
+                  f"filter {errs[2]:.1e}  bias {errs[3]:.1e}")
+    print(("OK" if ok else "MISMATCH") + f": worst relative error {worst:.2e} (limit 1e-5)")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------------------
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--v1-iters", type=int, default=3, help="iterations for version 1 (direct loops: slow)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--versions", default="", help="comma-separated kernel versions (default: 0 and every numbered one)")
+    ap.add_argument("--only", default="", help="comma-separated layers (conv1..conv5)")
+    ap.add_argument("--check", action="store_true", help="correctness at tiny sizes on cuda or emu, then exit")
+    args = ap.parse_args(argv)
+    if args.check:
+        return check(args)
+    common.require_gpu("bench_conv.py")
+
+    import cupy
+    import torch
+
+    from alexnet_cuda import get_backend
+
+    if not torch.cuda.is_available():
+        print("bench_conv.py: not run: torch cannot see the GPU (cuDNN is the baseline of this benchmark).")
+        return 2
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    be = get_backend("cuda")
+    versions = ([int(v) for v in args.versions.split(",") if v.strip()] if args.versions
+                else [0] + be.versions("conv2d_forward"))
+    only = [s.strip() for s in args.only.split(",") if s.strip()] or list(LAYERS)
+    N = args.batch_size
+    rnd = cupy.random.default_rng(0)
+    rows = []
+    sums = {}  # impl -> ms over layers and directions
+
+    def tt(a):
+        return torch.as_tensor(a, device="cuda")
+
+    for lname in only:
+        layer = LAYERS[lname]
+        C, H, W, K, R, S, st, pad, g = layer
+        P, Q = out_size(H, W, R, S, st, pad)
+        geo = dict(stride=st, padding=pad, groups=g)
+        x = rnd.standard_normal((N, C, H, W), dtype=cupy.float32)
+        w = rnd.standard_normal((K, C // g, R, S), dtype=cupy.float32) * np.float32(0.05)
+        b = rnd.standard_normal((K,), dtype=cupy.float32)
+        dy = rnd.standard_normal((N, K, P, Q), dtype=cupy.float32)
+        ours = OurConv(be, x, w, b, dy, geo)
+        tf = torch_fns(torch, tt(x), tt(w), tt(b), tt(dy), geo)
+        fl = flops(N, layer)
+        shape = f"{N}x{C}x{H}x{W} -> {K}x{P}x{Q}"
+        for direction in DIRECTIONS + ("bias",):
+            t_ms = common.time_torch(tf[direction], warmup=args.warmup, iters=args.iters)
+            ref_out = tf[direction]()
+            torch.cuda.synchronize()
+            ours.fn(direction, 0)()
+            cupy.cuda.get_current_stream().synchronize()
+            err = float((tt(ours.result(direction)) - ref_out).abs().max() / ref_out.abs().max().clamp_min(1e-30))
+            is_conv = direction in DIRECTIONS
+            rows.append({"layer": lname, "shape": shape, "direction": direction, "impl": "cuDNN", "ms": t_ms,
+                         "TFLOP/s": fl / (t_ms * 1e-3) / 1e12 if is_conv else "", "x cuDNN": 1.0, "max |err|": ""})
+            if is_conv:
+                sums["cuDNN"] = sums.get("cuDNN", 0.0) + t_ms
+            print(f"{lname} {direction:8s} cuDNN    {t_ms:9.3f} ms", flush=True)
+            for v in versions:
+                iters = args.v1_iters if v == 1 else args.iters
+                ms = common.time_cuda(ours.fn(direction, v), warmup=1 if v == 1 else args.warmup, iters=iters)
+                rows.append({"layer": lname, "shape": shape, "direction": direction, "impl": f"ours v{v}", "ms": ms,
+                             "TFLOP/s": fl / (ms * 1e-3) / 1e12 if is_conv else "", "x cuDNN": ms / t_ms,
+                             "max |err|": f"{err:.1e}" if v == 0 else ""})
+                if is_conv:
+                    sums[f"ours v{v}"] = sums.get(f"ours v{v}", 0.0) + ms
+                print(f"{lname} {direction:8s} ours v{v}  {ms:9.3f} ms  x cuDNN {ms / t_ms:6.2f}"
+                      + (f"  max|err| {err:.1e}" if v == 0 else ""), flush=True)
+        del ours, x, w, b, dy
+    total_fl = sum(flops(N, LAYERS[l]) for l in only) * len(DIRECTIONS)
+    for impl, ms in sums.items():
+        rows.append({"layer": "sum", "shape": ",".join(only), "direction": "fwd+data+filter", "impl": impl, "ms": ms,
+                     "TFLOP/s": total_fl / (ms * 1e-3) / 1e12, "x cuDNN": ms / sums["cuDNN"], "max |err|": ""})
+        print(f"sum {impl:10s} {ms:9.3f} ms  x cuDNN {ms / sums['cuDNN']:6.2f}")
+    md = common.write_results(
+        "bench_conv", rows, ["layer", "shape", "direction", "impl", "ms", "TFLOP/s", "x cuDNN", "max |err|"],
+        title=f"AlexNet convolutions, batch {N}: ours vs cuDNN (FP32, TF32 off)",
+        notes=["FLOPs = 2*N*K*P*Q*(C/groups)*R*S per direction; x cuDNN = our time / cuDNN's time "
+               "(goal: <= 2 per layer and direction, <= 1.5 for the sum). Version 0 = the dispatcher's choice.",
+               "The bias rows are not in the sums; max |err| is version 0 vs cuDNN relative to max |cuDNN|."])
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

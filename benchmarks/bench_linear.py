@@ -1,0 +1,200 @@
+"""AlexNet's fully connected layers, batch 128: our SGEMM kernels (every numbered version) vs
+cuBLAS through PyTorch, forward, backward-data and backward-weight, in one run on one card.
+
+    python benchmarks/bench_linear.py [--iters 20] [--warmup 3] [--batch-size 128]
+                                      [--versions 0,1,2] [--only fc6,fc8] [--v1-iters 3]
+    python benchmarks/bench_linear.py --check    # correctness only, tiny sizes, no GPU needed
+
+Shapes: fc6 9216 -> 4096, fc7 4096 -> 4096, fc8 4096 -> 1000; x (N, I), w (O, I), dy (N, O):
+  forward  y  = x w^T + b    (torch.addmm(b, x, w.t()))
+  data     dx = dy w         (dy @ w)
+  weight   dw = dy^T x       (dy.t() @ x)
+  bias     db = column sums of dy (dy.sum(0)); listed, not in the sums
+FLOPs = 2*N*I*O per direction. Each row: median ms (CUDA events), TFLOP/s, "x cuBLAS" = our
+time / cuBLAS's time (<= 1: as fast or faster). Ours are called through the extension with
+preallocated outputs and split-K workspace; the split-K second pass is timed.
+torch.backends.cuda.matmul.allow_tf32 = False (FP32 against FP32).
+
+Writes benchmarks/results/bench_linear.json and .md (card, driver, date, commit). Without a
+usable GPU it prints why and exits with status 2; --check runs anywhere (cuda when usable,
+else emu) and exits 1 on a mismatch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+
+LAYERS = {"fc6": (9216, 4096), "fc7": (4096, 4096), "fc8": (4096, 1000)}  # (I, O)
+CHECK_LAYERS = {"fc6": (288, 128), "fc7": (128, 128), "fc8": (128, 31)}  # / 32, odd fc8
+DIRECTIONS = ("forward", "data", "weight")
+
+
+class OurLinear:
+    def __init__(self, be, x, w, b, dy):
+        self.be, self.m, self.x, self.w, self.b, self.dy = be, be._mod, x, w, b, dy
+        xp = be.xp
+        self.y = xp.empty(dy.shape, dtype=np.float32)
+        self.dx = xp.empty(x.shape, dtype=np.float32)
+        self.dw = xp.empty(w.shape, dtype=np.float32)
+        self.db = xp.empty((w.shape[0],), dtype=np.float32)
+        self.work = {}
+        for v in [0] + be.versions("linear_forward"):
+            f = self.m.linear_check(x, w, b, None, version=v)["forward"]["workspace"]
+            p = self.m.linear_check(x, w, None, dy, version=v)
+            n = max(f, p["data"]["workspace"], p["weight"]["workspace"])
+            self.work[v] = xp.empty(n, dtype=np.float32) if n else None
+
+    def fn(self, direction, v):
+        m, s = self.m, self.be._stream
+        wk = self.work.get(v)
+        if direction == "forward":
+            return lambda: m.linear_forward(self.x, self.w, self.b, self.y, wk, version=v, stream=s())
+        if direction == "data":
+            return lambda: m.linear_backward_data(self.dy, self.x, self.w, self.dx, wk, version=v, stream=s())
+        if direction == "weight":
+            return lambda: m.linear_backward_weight(self.dy, self.x, self.w, self.dw, wk, version=v, stream=s())
+        if direction == "bias":
+            return lambda: m.linear_backward_bias(self.dy, self.db, version=v, stream=s())
+        raise ValueError(direction)
+
+    def result(self, direction):
+        return {"forward": self.y, "data": self.dx, "weight": self.dw, "bias": self.db}[direction]
+
+
+def torch_fns(torch, x, w, b, dy):
+    return {
+        "forward": lambda: torch.addmm(b, x, w.t()),
+        "data": lambda: dy @ w,
+        "weight": lambda: dy.t() @ x,
+        "bias": lambda: dy.sum(0),
+    }
+
+
+def check(args):
+    from alexnet_cuda import available_backends, get_backend
+    from alexnet_cuda import reference as ref
+
+    name = "cuda" if "cuda" in available_backends() else "emu"
+    be = get_backend(name)
+    rng = np.random.default_rng(0)
+    N = 5
+    ok, worst = True, 0.0
+    print(f"bench_linear.py --check on the {name} backend (N={N}, features / 32)")
+    for lname, (I, O) in CHECK_LAYERS.items():
+        x = rng.standard_normal((N, I)).astype(np.float32)
+        w = rng.standard_normal((O, I)).astype(np.float32)
+        b = rng.standard_normal(O).astype(np.float32)
+        dy = rng.standard_normal((N, O)).astype(np.float32)
+        d = [a.astype(np.float64) for a in (x, w, b, dy)]
+        want = {"forward": ref.linear_forward(d[0], d[1], d[2])}
+        want["data"], want["weight"], want["bias"] = ref.linear_backward(d[3], d[0], d[1])
+        ours = OurLinear(be, *(be.asarray(a) for a in (x, w, b, dy)))
+        for v in [0] + be.versions("linear_forward"):
+            errs = []
+            for k in ("forward", "data", "weight", "bias"):
+                ours.fn(k, v)()
+                got = be.to_numpy(ours.result(k)).astype(np.float64)
+                e = np.abs(got - want[k]).max() / max(1e-30, np.abs(want[k]).max())
+                errs.append(e)
+                worst = max(worst, e)
+                ok &= bool(e < 1e-5)
+            print(f"  {lname} v{v}: max |err| / max |ref|  forward {errs[0]:.1e}  data {errs[1]:.1e}  "
+                  f"weight {errs[2]:.1e}  bias {errs[3]:.1e}")
+    print(("OK" if ok else "MISMATCH") + f": worst relative error {worst:.2e} (limit 1e-5)")
+    return 0 if ok else 1
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--v1-iters", type=int, default=3, help="iterations for version 1 (naive: slow)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--versions", default="", help="comma-separated kernel versions (default: 0 and every numbered one)")
+    ap.add_argument("--only", default="", help="comma-separated layers (fc6,fc7,fc8)")
+    ap.add_argument("--check", action="store_true", help="correctness at tiny sizes on cuda or emu, then exit")
+    args = ap.parse_args(argv)
+    if args.check:
+        return check(args)
+    common.require_gpu("bench_linear.py")
+
+    import cupy
+    import torch
+
+    from alexnet_cuda import get_backend
+
+    if not torch.cuda.is_available():
+        print("bench_linear.py: not run: torch cannot see the GPU (cuBLAS is the baseline of this benchmark).")
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    be = get_backend("cuda")
+    versions = ([int(v) for v in args.versions.split(",") if v.strip()] if args.versions
+                else [0] + be.versions("linear_forward"))
+    only = [s.strip() for s in args.only.split(",") if s.strip()] or list(LAYERS)
+    N = args.batch_size
+    rnd = cupy.random.default_rng(0)
+    rows, sums = [], {}
+
+    def tt(a):
+        return torch.as_tensor(a, device="cuda")
+
+    for lname in only:
+        I, O = LAYERS[lname]
+        x = rnd.standard_normal((N, I), dtype=cupy.float32)
+        w = rnd.standard_normal((O, I), dtype=cupy.float32) * np.float32(0.01)
+        b = rnd.standard_normal((O,), dtype=cupy.float32)
+        dy = rnd.standard_normal((N, O), dtype=cupy.float32)
+        ours = OurLinear(be, x, w, b, dy)
+        tf = torch_fns(torch, tt(x), tt(w), tt(b), tt(dy))
+        fl = 2.0 * N * I * O
+        shape = f"{N}x{I} -> {O}"
+        for direction in DIRECTIONS + ("bias",):
+            is_mm = direction in DIRECTIONS
+            t_ms = common.time_torch(tf[direction], warmup=args.warmup, iters=args.iters)
+            ref_out = tf[direction]()
+            torch.cuda.synchronize()
+            ours.fn(direction, 0)()
+            cupy.cuda.get_current_stream().synchronize()
+            err = float((tt(ours.result(direction)) - ref_out).abs().max() / ref_out.abs().max().clamp_min(1e-30))
+            rows.append({"layer": lname, "shape": shape, "direction": direction, "impl": "cuBLAS", "ms": t_ms,
+                         "TFLOP/s": fl / (t_ms * 1e-3) / 1e12 if is_mm else "", "x cuBLAS": 1.0, "max |err|": ""})
+            if is_mm:
+                sums["cuBLAS"] = sums.get("cuBLAS", 0.0) + t_ms
+            print(f"{lname} {direction:8s} cuBLAS   {t_ms:9.3f} ms", flush=True)
+            for v in versions:
+                ms = common.time_cuda(ours.fn(direction, v), warmup=1 if v == 1 else args.warmup,
+                                      iters=args.v1_iters if v == 1 else args.iters)
+                rows.append({"layer": lname, "shape": shape, "direction": direction, "impl": f"ours v{v}", "ms": ms,
+                             "TFLOP/s": fl / (ms * 1e-3) / 1e12 if is_mm else "", "x cuBLAS": ms / t_ms,
+                             "max |err|": f"{err:.1e}" if v == 0 else ""})
+                if is_mm:
+                    sums[f"ours v{v}"] = sums.get(f"ours v{v}", 0.0) + ms
+                print(f"{lname} {direction:8s} ours v{v}  {ms:9.3f} ms  x cuBLAS {ms / t_ms:6.2f}"
+                      + (f"  max|err| {err:.1e}" if v == 0 else ""), flush=True)
+        del ours, x, w, b, dy
+    total_fl = sum(2.0 * N * I * O for I, O in (LAYERS[l] for l in only)) * len(DIRECTIONS)
+    for impl, ms in sums.items():
+        rows.append({"layer": "sum", "shape": ",".join(only), "direction": "fwd+data+weight", "impl": impl, "ms": ms,
+                     "TFLOP/s": total_fl / (ms * 1e-3) / 1e12, "x cuBLAS": ms / sums["cuBLAS"], "max |err|": ""})
+        print(f"sum {impl:10s} {ms:9.3f} ms  x cuBLAS {ms / sums['cuBLAS']:6.2f}")
+    md = common.write_results(
+        "bench_linear", rows, ["layer", "shape", "direction", "impl", "ms", "TFLOP/s", "x cuBLAS", "max |err|"],
+        title=f"AlexNet fully connected layers, batch {N}: ours vs cuBLAS (FP32, TF32 off)",
+        notes=["FLOPs = 2*N*I*O per direction; x cuBLAS = our time / cuBLAS's time. Version 0 = the dispatcher's "
+               "choice. The bias rows are not in the sums; max |err| is version 0 vs cuBLAS relative to max |cuBLAS|."])
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

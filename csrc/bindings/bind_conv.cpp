@@ -1,0 +1,373 @@
+// conv2d and linear: argument checks, then the launchers of conv.cu and gemm.cu.
+//
+// Outputs (and the split-reduction workspace) are allocated by Python and passed in. Every
+// argument is checked (kind, dtype, ndim, contiguity, shapes, hyper-parameters, overlap of an
+// output with an input) before anything is launched, so a failed check writes nothing.
+// The `*_check` functions run the same checks without launching and return the shapes the
+// outputs need, so Python allocates only after the arguments are known to be good.
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "bindings/arrays.h"
+#include "kernels/conv.cuh"
+#include "kernels/gemm.cuh"
+
+namespace alexnet {
+using namespace pybind11::literals;
+
+namespace {
+
+int checked_int(const char* op, const char* name, int64_t v, int64_t minimum) {
+  if (v < minimum)
+    value_error(op, std::string(name) + " must be >= " + std::to_string(minimum) + ", got " + std::to_string(v));
+  if (v > (int64_t(1) << 30)) value_error(op, std::string(name) + " is too large: " + std::to_string(v));
+  return int(v);
+}
+
+int dim_int(const Array& a, int i) {
+  const int64_t v = a.dim(i);
+  if (v > 0x7fffffff) value_error(a.op, a.name + " has a dimension larger than 2^31-1");
+  return int(v);
+}
+
+// The reference's _conv_geometry, message for message.
+kernels::ConvShape conv_shape(const char* op, const Array& X, const Array& Wt, int64_t stride, int64_t padding,
+                              int64_t groups) {
+  kernels::ConvShape s{};
+  s.stride = checked_int(op, "stride", stride, 1);
+  s.pad = checked_int(op, "padding", padding, 0);
+  s.groups = checked_int(op, "groups", groups, 1);
+  s.N = dim_int(X, 0);
+  s.C = dim_int(X, 1);
+  s.H = dim_int(X, 2);
+  s.W = dim_int(X, 3);
+  s.K = dim_int(Wt, 0);
+  const int Cg = dim_int(Wt, 1);
+  s.R = dim_int(Wt, 2);
+  s.S = dim_int(Wt, 3);
+  const std::string g = std::to_string(s.groups);
+  if (s.C % s.groups)
+    value_error(op, "x has C=" + std::to_string(s.C) + " channels, not divisible by groups=" + g);
+  if (s.K % s.groups)
+    value_error(op, "w has K=" + std::to_string(s.K) + " output channels, not divisible by groups=" + g);
+  if (Cg != s.C / s.groups)
+    value_error(op, "w has " + std::to_string(Cg) + " input channels per group, expected " +
+                        std::to_string(s.C / s.groups) + " (x has C=" + std::to_string(s.C) + ", groups=" + g + ")");
+  if (s.R < 1 || s.S < 1) value_error(op, "w has an empty kernel " + std::to_string(s.R) + "x" + std::to_string(s.S));
+  if (s.C < 1 || s.H < 1 || s.W < 1) value_error(op, "x has an empty channel or spatial dimension " + X.shape_str());
+  const int64_t Hp = int64_t(s.H) + 2 * int64_t(s.pad), Wp = int64_t(s.W) + 2 * int64_t(s.pad);
+  if (s.R > Hp || s.S > Wp)
+    value_error(op, "w kernel " + std::to_string(s.R) + "x" + std::to_string(s.S) + " is larger than the padded input x " +
+                        std::to_string(Hp) + "x" + std::to_string(Wp) + " (H=" + std::to_string(s.H) +
+                        ", W=" + std::to_string(s.W) + ", padding=" + std::to_string(s.pad) + ")");
+  s.P = int((Hp - s.R) / s.stride + 1);
+  s.Q = int((Wp - s.S) / s.stride + 1);
+  const int64_t lim = 0x7fffffff;
+  if (int64_t(s.N) * s.C * s.H * s.W > lim || int64_t(s.N) * s.K * s.P * s.Q > lim ||
+      int64_t(s.K) * Cg * s.R * s.S > lim)
+    value_error(op, "a tensor of this convolution has more than 2^31-1 elements (not supported)");
+  return s;
+}
+
+void check_bias(const char* op, const Array& B, int64_t n, const char* what) {
+  if (B.dim(0) != n)
+    value_error(op, "b has length " + std::to_string(B.dim(0)) + ", expected " + std::to_string(n) + " (" + what + ")");
+}
+
+std::vector<int64_t> y_shape(const kernels::ConvShape& s) { return {s.N, s.K, s.P, s.Q}; }
+
+struct ConvIn {
+  Array X, Wt;
+  kernels::ConvShape s;
+};
+
+// Checks of conv2d_forward's inputs (x, w, b, hyper-parameters).
+ConvIn forward_inputs(const char* op, py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding,
+                      int64_t groups, Array* Bout) {
+  ConvIn in{input(x, op, "x", {DType::F32}, 4), input(w, op, "w", {DType::F32}, 4), {}};
+  in.s = conv_shape(op, in.X, in.Wt, stride, padding, groups);
+  if (!b.is_none()) {
+    Array B = input(b, op, "b", {DType::F32}, 1);
+    check_bias(op, B, in.s.K, "one per output channel");
+    if (Bout) *Bout = B;
+  }
+  return in;
+}
+
+// Checks of conv2d_backward's inputs (dy, x, w, hyper-parameters).
+ConvIn backward_inputs(const char* op, py::handle dy, py::handle x, py::handle w, int64_t stride, int64_t padding,
+                       int64_t groups, Array& DY) {
+  ConvIn in{input(x, op, "x", {DType::F32}, 4), input(w, op, "w", {DType::F32}, 4), {}};
+  in.s = conv_shape(op, in.X, in.Wt, stride, padding, groups);
+  DY = input(dy, op, "dy", {DType::F32}, 4);
+  expect_shape(DY, y_shape(in.s), "(the shape of conv2d_forward's output)");
+  return in;
+}
+
+void check_version(const char* op, int version) {
+  if (version < 0 || version > 2)
+    value_error(op, "no kernel version " + std::to_string(version) + " (have 1, 2; 0 = the best)");
+}
+
+// Linear layers: x (N, I), w (O, I).
+struct LinIn {
+  Array X, Wt;
+  int N, I, O;
+};
+
+LinIn linear_inputs(const char* op, py::handle x, py::handle w) {
+  LinIn in{input(x, op, "x", {DType::F32}, 2), input(w, op, "w", {DType::F32}, 2), 0, 0, 0};
+  if (in.Wt.dim(1) != in.X.dim(1))
+    value_error(op, "w has " + std::to_string(in.Wt.dim(1)) + " input features, expected " +
+                        std::to_string(in.X.dim(1)) + " (x has shape " + in.X.shape_str() + ")");
+  in.N = dim_int(in.X, 0);
+  in.I = dim_int(in.X, 1);
+  in.O = dim_int(in.Wt, 0);
+  return in;
+}
+
+Array workspace(py::handle work, const char* op, int64_t need) {
+  if (work.is_none()) {
+    if (need > 0) value_error(op, "work is None but this call needs a workspace of " + std::to_string(need) + " floats");
+    return Array{};
+  }
+  Array Wk = output(work, op, "work", {DType::F32}, 1);
+  if (Wk.numel() < need)
+    value_error(op, "work holds " + std::to_string(Wk.numel()) + " floats, " + std::to_string(need) + " needed");
+  return Wk;
+}
+
+void no_overlap(const Array& out, std::initializer_list<const Array*> others) {
+  if (!out.ptr) return;
+  for (const Array* a : others)
+    if (a && a->ptr) expect_no_overlap(*a, out);
+}
+
+}  // namespace
+
+void bind_conv(py::module_& m) {
+  register_versions("conv2d_forward", {1, 2});
+  register_versions("conv2d_backward", {1, 2});
+  register_versions("linear_forward", {1, 2});
+  register_versions("linear_backward", {1, 2});
+
+  // ---- conv2d ------------------------------------------------------------------------------
+  m.def(
+      "conv2d_forward_check",
+      [](py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding, int64_t groups) {
+        ConvIn in = forward_inputs("conv2d_forward", x, w, b, stride, padding, groups, nullptr);
+        return py::make_tuple(in.s.N, in.s.K, in.s.P, in.s.Q);
+      },
+      "x"_a, "w"_a, "b"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1,
+      "Checks conv2d_forward's arguments; returns the shape of y.");
+
+  m.def(
+      "conv2d_forward",
+      [](py::handle x, py::handle w, py::handle b, py::handle y, int64_t stride, int64_t padding, int64_t groups,
+         int version, uintptr_t stream) {
+        const char* op = "conv2d_forward";
+        Array B;
+        ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B);
+        Array Y = output(y, op, "y", {DType::F32}, 4);
+        expect_shape(Y, y_shape(in.s), "(N, K, P, Q)");
+        no_overlap(Y, {&in.X, &in.Wt, &B});
+        check_version(op, version);
+        py::gil_scoped_release nogil;
+        kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), B.ptr ? B.f32() : nullptr, Y.f32(), in.s, version,
+                                as_stream(stream));
+      },
+      "x"_a, "w"_a, "b"_a, "y"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
+      "stream"_a = 0, "y = conv2d(x, w) + b (b may be None), written into y.");
+
+  m.def(
+      "conv2d_backward_check",
+      [](py::handle dy, py::handle x, py::handle w, int64_t stride, int64_t padding, int64_t groups, int version,
+         int splits) {
+        const char* op = "conv2d_backward";
+        Array DY;
+        ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
+        check_version(op, version);
+        const kernels::SplitPlan plan = kernels::conv2d_backward_filter_plan(in.s, version, splits);
+        return py::dict("splits"_a = plan.splits, "workspace"_a = plan.workspace);
+      },
+      "dy"_a, "x"_a, "w"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
+      "splits"_a = 0,
+      "Checks conv2d_backward's arguments; returns the backward-filter plan: {'splits', 'workspace' (floats)}.");
+
+  m.def(
+      "conv2d_backward_data",
+      [](py::handle dy, py::handle x, py::handle w, py::handle dx, int64_t stride, int64_t padding, int64_t groups,
+         int version, uintptr_t stream) {
+        const char* op = "conv2d_backward";
+        Array DY;
+        ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
+        Array DX = output(dx, op, "dx", {DType::F32}, 4);
+        expect_same_shape(in.X, DX);
+        no_overlap(DX, {&DY, &in.Wt});
+        check_version(op, version);
+        py::gil_scoped_release nogil;
+        kernels::conv2d_backward_data(DY.f32(), in.Wt.f32(), DX.f32(), in.s, version, as_stream(stream));
+      },
+      "dy"_a, "x"_a, "w"_a, "dx"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
+      "stream"_a = 0, "dx of conv2d (x is read only for its shape).");
+
+  m.def(
+      "conv2d_backward_filter",
+      [](py::handle dy, py::handle x, py::handle w, py::handle dw, py::handle work, int64_t stride, int64_t padding,
+         int64_t groups, int version, int splits, uintptr_t stream) {
+        const char* op = "conv2d_backward";
+        Array DY;
+        ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
+        Array DW = output(dw, op, "dw", {DType::F32}, 4);
+        expect_same_shape(in.Wt, DW);
+        check_version(op, version);
+        const kernels::SplitPlan plan = kernels::conv2d_backward_filter_plan(in.s, version, splits);
+        Array WK = workspace(work, op, plan.workspace);
+        no_overlap(DW, {&DY, &in.X, &WK});
+        no_overlap(WK, {&DY, &in.X});
+        py::gil_scoped_release nogil;
+        kernels::conv2d_backward_filter(DY.f32(), in.X.f32(), DW.f32(), WK.ptr ? WK.f32() : nullptr, WK.numel(), in.s,
+                                        version, splits, as_stream(stream));
+      },
+      "dy"_a, "x"_a, "w"_a, "dw"_a, "work"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1,
+      "version"_a = 0, "splits"_a = 0, "stream"_a = 0,
+      "dw of conv2d (w is read only for its shape). work: float32 workspace of the size conv2d_backward_check "
+      "returns (None when it is 0). splits > 0 forces the split of the N*P*Q reduction.");
+
+  m.def(
+      "conv2d_backward_bias",
+      [](py::handle dy, py::handle db, int version, uintptr_t stream) {
+        const char* op = "conv2d_backward";
+        Array DY = input(dy, op, "dy", {DType::F32}, 4);
+        Array DB = output(db, op, "db", {DType::F32}, 1);
+        expect_shape(DB, {DY.dim(1)}, "(one per output channel of dy)");
+        no_overlap(DB, {&DY});
+        check_version(op, version);
+        if (DY.dim(2) * DY.dim(3) > 0x7fffffff || DY.dim(0) > 0x7fffffff) value_error(op, "dy is too large");
+        py::gil_scoped_release nogil;
+        kernels::conv2d_backward_bias(DY.f32(), DB.f32(), int(DY.dim(0)), int(DY.dim(1)), int(DY.dim(2) * DY.dim(3)),
+                                      version, as_stream(stream));
+      },
+      "dy"_a, "db"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "db[k] = sum of dy[:, k].");
+
+  // ---- linear ------------------------------------------------------------------------------
+  m.def(
+      "linear_check",
+      [](py::handle x, py::handle w, py::handle b, py::handle dy, int version, int splits) {
+        // Forward when dy is None, backward otherwise. Returns the plans (splits, workspace)
+        // of the GEMMs involved: forward {'forward'}, backward {'data', 'weight'}.
+        const bool fwd = dy.is_none();
+        const char* op = fwd ? "linear_forward" : "linear_backward";
+        LinIn in = linear_inputs(op, x, w);
+        if (fwd && !b.is_none()) {
+          Array B = input(b, op, "b", {DType::F32}, 1);
+          check_bias(op, B, in.O, "one per output feature");
+        }
+        if (!fwd) {
+          Array DY = input(dy, op, "dy", {DType::F32}, 2);
+          expect_shape(DY, {in.N, in.O}, "((N, O) from x and w)");
+        }
+        check_version(op, version);
+        auto plan = [](const kernels::SplitPlan& p) {
+          return py::dict("splits"_a = p.splits, "workspace"_a = p.workspace);
+        };
+        py::dict out;
+        if (fwd) {
+          out["forward"] = plan(kernels::gemm_plan(in.N, in.O, in.I, version, splits));
+        } else {
+          out["data"] = plan(kernels::gemm_plan(in.N, in.I, in.O, version, splits));
+          out["weight"] = plan(kernels::gemm_plan(in.O, in.I, in.N, version, splits));
+        }
+        return out;
+      },
+      "x"_a, "w"_a, "b"_a = py::none(), "dy"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
+      "Checks linear_forward's (dy None) or linear_backward's arguments; returns the GEMM plans.");
+
+  m.def(
+      "linear_forward",
+      [](py::handle x, py::handle w, py::handle b, py::handle y, py::handle work, int version, int splits,
+         uintptr_t stream) {
+        const char* op = "linear_forward";
+        LinIn in = linear_inputs(op, x, w);
+        Array B;
+        if (!b.is_none()) {
+          B = input(b, op, "b", {DType::F32}, 1);
+          check_bias(op, B, in.O, "one per output feature");
+        }
+        Array Y = output(y, op, "y", {DType::F32}, 2);
+        expect_shape(Y, {in.N, in.O}, "(N, O)");
+        check_version(op, version);
+        const kernels::SplitPlan plan = kernels::gemm_plan(in.N, in.O, in.I, version, splits);
+        Array WK = workspace(work, op, plan.workspace);
+        no_overlap(Y, {&in.X, &in.Wt, &B, &WK});
+        no_overlap(WK, {&in.X, &in.Wt, &B});
+        py::gil_scoped_release nogil;
+        kernels::gemm(false, true, in.N, in.O, in.I, in.X.f32(), in.I, in.Wt.f32(), in.I, Y.f32(),
+                      B.ptr ? B.f32() : nullptr, WK.ptr ? WK.f32() : nullptr, WK.numel(), version, splits,
+                      as_stream(stream));
+      },
+      "x"_a, "w"_a, "b"_a, "y"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
+      "stream"_a = 0, "y = x w^T + b (b may be None), written into y.");
+
+  m.def(
+      "linear_backward_data",
+      [](py::handle dy, py::handle x, py::handle w, py::handle dx, py::handle work, int version, int splits,
+         uintptr_t stream) {
+        const char* op = "linear_backward";
+        LinIn in = linear_inputs(op, x, w);
+        Array DY = input(dy, op, "dy", {DType::F32}, 2);
+        expect_shape(DY, {in.N, in.O}, "((N, O) from x and w)");
+        Array DX = output(dx, op, "dx", {DType::F32}, 2);
+        expect_same_shape(in.X, DX);
+        check_version(op, version);
+        const kernels::SplitPlan plan = kernels::gemm_plan(in.N, in.I, in.O, version, splits);
+        Array WK = workspace(work, op, plan.workspace);
+        no_overlap(DX, {&DY, &in.Wt, &WK});
+        no_overlap(WK, {&DY, &in.Wt});
+        py::gil_scoped_release nogil;
+        kernels::gemm(false, false, in.N, in.I, in.O, DY.f32(), in.O, in.Wt.f32(), in.I, DX.f32(), nullptr,
+                      WK.ptr ? WK.f32() : nullptr, WK.numel(), version, splits, as_stream(stream));
+      },
+      "dy"_a, "x"_a, "w"_a, "dx"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
+      "stream"_a = 0, "dx = dy w (x is read only for its shape).");
+
+  m.def(
+      "linear_backward_weight",
+      [](py::handle dy, py::handle x, py::handle w, py::handle dw, py::handle work, int version, int splits,
+         uintptr_t stream) {
+        const char* op = "linear_backward";
+        LinIn in = linear_inputs(op, x, w);
+        Array DY = input(dy, op, "dy", {DType::F32}, 2);
+        expect_shape(DY, {in.N, in.O}, "((N, O) from x and w)");
+        Array DW = output(dw, op, "dw", {DType::F32}, 2);
+        expect_same_shape(in.Wt, DW);
+        check_version(op, version);
+        const kernels::SplitPlan plan = kernels::gemm_plan(in.O, in.I, in.N, version, splits);
+        Array WK = workspace(work, op, plan.workspace);
+        no_overlap(DW, {&DY, &in.X, &WK});
+        no_overlap(WK, {&DY, &in.X});
+        py::gil_scoped_release nogil;
+        kernels::gemm(true, false, in.O, in.I, in.N, DY.f32(), in.O, in.X.f32(), in.I, DW.f32(), nullptr,
+                      WK.ptr ? WK.f32() : nullptr, WK.numel(), version, splits, as_stream(stream));
+      },
+      "dy"_a, "x"_a, "w"_a, "dw"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
+      "stream"_a = 0, "dw = dy^T x (w is read only for its shape).");
+
+  m.def(
+      "linear_backward_bias",
+      [](py::handle dy, py::handle db, int version, uintptr_t stream) {
+        const char* op = "linear_backward";
+        Array DY = input(dy, op, "dy", {DType::F32}, 2);
+        Array DB = output(db, op, "db", {DType::F32}, 1);
+        expect_shape(DB, {DY.dim(1)}, "(one per column of dy)");
+        no_overlap(DB, {&DY});
+        check_version(op, version);
+        if (DY.dim(0) > 0x7fffffff || DY.dim(1) > 0x7fffffff) value_error(op, "dy is too large");
+        py::gil_scoped_release nogil;
+        kernels::column_sums(DY.f32(), DB.f32(), int(DY.dim(0)), int(DY.dim(1)), version, as_stream(stream));
+      },
+      "dy"_a, "db"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "db = column sums of dy.");
+}
+
+}  // namespace alexnet

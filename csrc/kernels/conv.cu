@@ -1,0 +1,581 @@
+// Grouped 2-D convolution (cross-correlation), forward and backward (paper section 3.5).
+//
+// Math (xp = x zero-padded by `pad`, Cg = C/groups, Kg = K/groups, g(k) = k / Kg):
+//   forward  y[n,k,p,q]  = b[k] + sum_{c<Cg,r<R,s<S} w[k,c,r,s] * xp[n, g*Cg+c, p*st+r, q*st+s]
+//   data     dx[n,c,h,w] = sum_{k in g(c), r, s : h+pad-r = p*st, w+pad-s = q*st, p<P, q<Q}
+//                          dy[n,k,p,q] * w[k, c-g*Cg, r, s]
+//   filter   dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * xp[n, g*Cg+c, p*st+r, q*st+s]
+//   bias     db[k]       = sum_{n,p,q} dy[n,k,p,q]
+// All FP32 with FFMA. Layout: NCHW tensors, weights (K, Cg, R, S) as PyTorch; all C-contiguous.
+//
+// version 1 (every direction): one thread per output element, direct loops over the terms
+//   in the order the formula reads. Obviously correct, slow; the oracle for version 2.
+// version 2: implicit GEMM on the tile engine of gemm_tile.cuh (block tile BM x BN x BK with
+//   double-buffered shared tiles and a TMxTN register micro-tile per thread; BM picked from
+//   {128, 64, 32, 8} by the GEMM's M so small channel counts waste little). One GEMM per
+//   group (blockIdx.z); the NCHW operands are gathered into the shared tiles on the fly:
+//   forward   M = Kg (k), N = N*P*Q (n,p,q), Kdim = Cg*R*S (c,r,s).
+//             A = w viewed as (Kg x CRS) row-major: dense, float4 loads when CRS % 4 == 0.
+//             B = im2col(x): each thread keeps its column's image pointer and window origin
+//             and walks (c,r,s) with a mixed-radix counter (no division in the loop).
+//   data      "phase" decomposition of the transposed convolution: dx positions are split
+//             by (h mod st, w mod st) (blockIdx.z = group * st*st + phase); within a phase
+//             only the taps r = r0 + i*st, s = s0 + j*st contribute, and each to one dy row
+//             p = h' + dp - i. So the GEMM is M = Cg, N = N*ceil((H-ph)/st)*ceil((W-pw)/st),
+//             Kdim = Kg*Rp*Sp with no zero taps (for stride 1 there is one phase and it is
+//             the usual "dy conv rotated w").
+//             A = w[k, c, r0+i*st, s0+j*st] (gathered), B = dy[n, k, h'+dp-i, w'+dq-j].
+//   filter    M = Kg (k), N = Cg*R*S (c,r,s), Kdim = N*P*Q (n,p,q): the long reduction is
+//             split across blocks (blockIdx.z = split * groups + g); each split writes a full
+//             partial dw to the workspace and splitk_reduce (gemm.cu) sums them in split
+//             order: deterministic, no atomics. dy is gathered with consecutive threads on
+//             consecutive (p,q) (k-fast mapping: coalesced along q); x with consecutive threads
+//             on consecutive (c,r,s) (k-slow mapping: coalesced along s, also at stride 4,
+//             and a thread's elements share one column, which keeps the gather state small).
+//   bias      one block of 256 threads per channel, a strided sum then a shared-memory tree.
+// Threads: v1 256 per block over the output; v2 grid (ceil(N/BN), ceil(M/BM), z), the
+//   config's THREADS per block.
+// Constraints: x, y and w each hold fewer than 2^31 elements (32-bit offsets; checked).
+#include "kernels/conv.cuh"
+#include "kernels/gemm_tile.cuh"
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace alexnet::kernels {
+namespace {
+
+using namespace tile;
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// The geometry as the kernels see it (derived once on the host).
+struct Geo {
+  int N, C, H, W, K, R, S, st, pad, groups, P, Q;
+  int Cg, Kg, HW, PQ, RS, CRS, NPQ, CHW, KPQ;
+};
+
+Geo make_geo(const ConvShape& s) {
+  Geo d{s.N, s.C, s.H, s.W, s.K, s.R, s.S, s.stride, s.pad, s.groups, s.P, s.Q, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  if (s.N < 0 || s.C < 1 || s.H < 1 || s.W < 1 || s.K < 1 || s.R < 1 || s.S < 1 || s.stride < 1 || s.pad < 0 ||
+      s.groups < 1 || s.C % s.groups || s.K % s.groups || s.P < 1 || s.Q < 1)
+    throw std::invalid_argument("conv2d: invalid geometry");
+  const int64_t lim = std::numeric_limits<int>::max();
+  const int64_t Cg = s.C / s.groups, N = s.N;
+  // Offsets inside x, y and w are 32-bit in the kernels.
+  if (N * s.C * s.H * s.W > lim || N * s.K * s.P * s.Q > lim || int64_t(s.K) * Cg * s.R * s.S > lim)
+    throw std::invalid_argument("conv2d: a tensor has more than 2^31-1 elements (not supported by these kernels)");
+  d.Cg = int(Cg);
+  d.Kg = s.K / s.groups;
+  d.HW = s.H * s.W;
+  d.PQ = s.P * s.Q;
+  d.RS = s.R * s.S;
+  d.CRS = d.Cg * d.RS;
+  d.NPQ = s.N * d.PQ;
+  d.CHW = s.C * d.HW;
+  d.KPQ = s.K * d.PQ;
+  return d;
+}
+
+// ============================ version 1: direct loops ======================================
+__global__ void conv_fwd_v1(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                            float* __restrict__ y, Geo d) {
+  const int64_t total = int64_t(d.N) * d.K * d.PQ;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int q = int(idx % d.Q), p = int(idx / d.Q % d.P), k = int(idx / d.PQ % d.K);
+    const int64_t n = idx / (int64_t(d.PQ) * d.K);
+    const int g = k / d.Kg;
+    float acc = 0.0f;
+    for (int c = 0; c < d.Cg; ++c) {
+      const float* xc = x + (n * d.C + g * d.Cg + c) * d.HW;
+      const float* wc = w + (int64_t(k) * d.Cg + c) * d.RS;
+      for (int r = 0; r < d.R; ++r) {
+        const int h = p * d.st - d.pad + r;
+        if (h < 0 || h >= d.H) continue;
+        for (int s = 0; s < d.S; ++s) {
+          const int ww = q * d.st - d.pad + s;
+          if (ww >= 0 && ww < d.W) acc = fmaf(wc[r * d.S + s], xc[h * d.W + ww], acc);
+        }
+      }
+    }
+    y[idx] = acc + (b ? b[k] : 0.0f);
+  }
+}
+
+__global__ void conv_bwd_data_v1(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                                 Geo d) {
+  const int64_t total = int64_t(d.N) * d.C * d.HW;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int ww = int(idx % d.W), h = int(idx / d.W % d.H), c = int(idx / d.HW % d.C);
+    const int64_t n = idx / (int64_t(d.HW) * d.C);
+    const int g = c / d.Cg, cl = c - g * d.Cg;
+    float acc = 0.0f;
+    for (int k = g * d.Kg; k < (g + 1) * d.Kg; ++k) {
+      for (int r = 0; r < d.R; ++r) {
+        const int hp = h + d.pad - r;
+        if (hp < 0 || hp % d.st != 0 || hp / d.st >= d.P) continue;
+        const int p = hp / d.st;
+        for (int s = 0; s < d.S; ++s) {
+          const int wp = ww + d.pad - s;
+          if (wp < 0 || wp % d.st != 0 || wp / d.st >= d.Q) continue;
+          const int q = wp / d.st;
+          acc = fmaf(dy[((n * d.K + k) * d.P + p) * d.Q + q], w[((int64_t(k) * d.Cg + cl) * d.R + r) * d.S + s], acc);
+        }
+      }
+    }
+    dx[idx] = acc;
+  }
+}
+
+__global__ void conv_bwd_filter_v1(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ dw,
+                                   Geo d) {
+  const int64_t total = int64_t(d.K) * d.CRS;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int s = int(idx % d.S), r = int(idx / d.S % d.R), c = int(idx / d.RS % d.Cg), k = int(idx / d.CRS);
+    const int g = k / d.Kg;
+    float acc = 0.0f;
+    for (int64_t n = 0; n < d.N; ++n) {
+      const float* dyn = dy + (n * d.K + k) * d.PQ;
+      const float* xn = x + (n * d.C + g * d.Cg + c) * d.HW;
+      for (int p = 0; p < d.P; ++p) {
+        const int h = p * d.st - d.pad + r;
+        if (h < 0 || h >= d.H) continue;
+        for (int q = 0; q < d.Q; ++q) {
+          const int ww = q * d.st - d.pad + s;
+          if (ww >= 0 && ww < d.W) acc = fmaf(dyn[p * d.Q + q], xn[h * d.W + ww], acc);
+        }
+      }
+    }
+    dw[idx] = acc;
+  }
+}
+
+__global__ void conv_bias_v1(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= K) return;
+  float acc = 0.0f;
+  for (int64_t n = 0; n < N; ++n)
+    for (int i = 0; i < PQ; ++i) acc += dy[(n * K + k) * PQ + i];
+  db[k] = acc;
+}
+
+// ============================ version 2: implicit GEMM =====================================
+
+// ---- forward: B = im2col(x), element ((c,r,s), (n,p,q)) --------------------------------------
+// (Sources follow GatherTile's interface in gemm_tile.cuh; offsets are 32-bit, -1 = outside.)
+struct Im2colSrc {
+  const float* __restrict__ x;
+  Geo d;
+  int g, n0;
+  struct Col {
+    int off = -1, h0 = 0, w0 = 0;  // image + group offset, window origin (p*st - pad, q*st - pad)
+  };
+  __device__ __forceinline__ Col col(int mn) const {
+    Col c;
+    const int n = n0 + mn;
+    if (n < d.NPQ) {
+      const int img = n / d.PQ, pq = n - img * d.PQ, p = pq / d.Q, q = pq - p * d.Q;
+      c.off = img * d.CHW + g * d.Cg * d.HW;
+      c.h0 = p * d.st - d.pad;
+      c.w0 = q * d.st - d.pad;
+    }
+    return c;
+  }
+  __device__ __forceinline__ Digits kpos(int k) const { return split3(k, d.R, d.S); }
+  __device__ __forceinline__ void advance(Digits& k, const Digits& step) const { advance3(k, step, d.R, d.S); }
+  __device__ __forceinline__ float fetch(const Col& c, const Digits& k) const {
+    const int h = c.h0 + k.mid, w = c.w0 + k.lo;
+    return c.off >= 0 && k.hi < d.Cg && unsigned(h) < unsigned(d.H) && unsigned(w) < unsigned(d.W)
+               ? __ldg(x + c.off + k.hi * d.HW + h * d.W + w)
+               : 0.0f;
+  }
+};
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
+    conv_fwd_v2(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                float* __restrict__ y, Geo d, bool vec_w) {
+  __shared__ __align__(16) float As[2 * Cfg::A_TILE];
+  __shared__ __align__(16) float Bs[2 * Cfg::B_TILE];
+  const int t = threadIdx.x, tx = t % Cfg::TX, ty = t / Cfg::TX;
+  const int g = blockIdx.z, m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
+
+  const Im2colSrc src{x, d, g, n0};
+  DenseTile<Cfg, Cfg::BM, true> la(w + int64_t(g) * d.Kg * d.CRS, d.CRS, d.Kg, d.CRS, m0, 0, vec_w);
+  GatherTile<Cfg, Cfg::BN, false, Im2colSrc> lb(src, 0);
+  float acc[Cfg::TM][Cfg::TN] = {};
+  mainloop<Cfg>(la, lb, (d.CRS + Cfg::BK - 1) / Cfg::BK, As, Bs, tx, ty, acc);
+
+#pragma unroll
+  for (int j = 0; j < Cfg::TN; ++j) {
+    const int n = n0 + col_of<Cfg>(tx, j);
+    if (n >= d.NPQ) continue;
+    const int img = n / d.PQ, pq = n - img * d.PQ;
+    float* yc = y + int64_t(img) * d.K * d.PQ + pq;
+#pragma unroll
+    for (int i = 0; i < Cfg::TM; ++i) {
+      const int m = m0 + row_of<Cfg>(ty, i);
+      if (m < d.Kg) {
+        const int k = g * d.Kg + m;
+        yc[int64_t(k) * d.PQ] = acc[i][j] + (b ? b[k] : 0.0f);
+      }
+    }
+  }
+}
+
+// ---- backward data: one residue class of (h, w) modulo the stride ---------------------------
+struct Phase {
+  int ph, pw;    // the residue class: h = ph + h'*st, w = pw + w'*st
+  int Hph, Wph;  // how many h', w'
+  int r0, s0;    // first contributing tap: r = r0 + i*st (i < Rp), s = s0 + j*st (j < Sp)
+  int Rp, Sp;    // (clamped to >= 1 for the digit arithmetic; kdim says when there are none)
+  int dp, dq;    // p = h' + dp - i, q = w' + dq - j
+  int kdim, ncols;
+  __device__ __forceinline__ Phase(const Geo& d, int phase) {
+    ph = phase / d.st;
+    pw = phase - ph * d.st;
+    Hph = ph < d.H ? (d.H - ph + d.st - 1) / d.st : 0;
+    Wph = pw < d.W ? (d.W - pw + d.st - 1) / d.st : 0;
+    r0 = (ph + d.pad) % d.st;
+    s0 = (pw + d.pad) % d.st;
+    const int rp = r0 < d.R ? (d.R - r0 + d.st - 1) / d.st : 0;
+    const int sp = s0 < d.S ? (d.S - s0 + d.st - 1) / d.st : 0;
+    kdim = d.Kg * rp * sp;
+    Rp = max(rp, 1);
+    Sp = max(sp, 1);
+    dp = (ph + d.pad - r0) / d.st;
+    dq = (pw + d.pad - s0) / d.st;
+    ncols = d.N * Hph * Wph;
+  }
+};
+
+// A: element (c, (k,i,j)) = w[g*Kg + k, c, r0 + i*st, s0 + j*st]
+struct RotWeightSrc {
+  const float* __restrict__ w;
+  Geo d;
+  Phase ph;
+  int g, m0;
+  struct Col {
+    int off = -1;  // w[g*Kg, c, r0, s0]
+  };
+  __device__ __forceinline__ Col col(int mn) const {
+    Col c;
+    const int ch = m0 + mn;
+    if (ch < d.Cg) c.off = (g * d.Kg * d.Cg + ch) * d.RS + ph.r0 * d.S + ph.s0;
+    return c;
+  }
+  __device__ __forceinline__ Digits kpos(int k) const { return split3(k, ph.Rp, ph.Sp); }
+  __device__ __forceinline__ void advance(Digits& k, const Digits& step) const { advance3(k, step, ph.Rp, ph.Sp); }
+  __device__ __forceinline__ float fetch(const Col& c, const Digits& k) const {
+    return c.off >= 0 && k.hi < d.Kg ? __ldg(w + c.off + k.hi * d.CRS + (k.mid * d.S + k.lo) * d.st) : 0.0f;
+  }
+};
+
+// B: element ((k,i,j), (n,h',w')) = dy[n, g*Kg + k, h' + dp - i, w' + dq - j]
+struct DyGatherSrc {
+  const float* __restrict__ dy;
+  Geo d;
+  Phase ph;
+  int g, n0;
+  struct Col {
+    int off = -1, p0 = 0, q0 = 0;  // dy[n, g*Kg] and the row/column reached with i = j = 0
+  };
+  __device__ __forceinline__ Col col(int mn) const {
+    Col c;
+    const int n = n0 + mn;
+    if (n < ph.ncols) {
+      const int per = ph.Hph * ph.Wph;
+      const int img = n / per, rem = n - img * per, hq = rem / ph.Wph, wq = rem - hq * ph.Wph;
+      c.off = img * d.KPQ + g * d.Kg * d.PQ;
+      c.p0 = hq + ph.dp;
+      c.q0 = wq + ph.dq;
+    }
+    return c;
+  }
+  __device__ __forceinline__ Digits kpos(int k) const { return split3(k, ph.Rp, ph.Sp); }
+  __device__ __forceinline__ void advance(Digits& k, const Digits& step) const { advance3(k, step, ph.Rp, ph.Sp); }
+  __device__ __forceinline__ float fetch(const Col& c, const Digits& k) const {
+    const int p = c.p0 - k.mid, q = c.q0 - k.lo;
+    return c.off >= 0 && k.hi < d.Kg && unsigned(p) < unsigned(d.P) && unsigned(q) < unsigned(d.Q)
+               ? __ldg(dy + c.off + k.hi * d.PQ + p * d.Q + q)
+               : 0.0f;
+  }
+};
+
+// The backward kernels with T64 (128 threads, 8x8 per thread, 8 gathered elements per thread
+// and tile) spill under a 128-register cap on sm_80, so they ask for 3 blocks per SM (170).
+template <class Cfg>
+constexpr int relaxed_min_blocks() {
+  return Cfg::BM == 64 ? 3 : Cfg::MIN_BLOCKS;
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::THREADS, relaxed_min_blocks<Cfg>())
+    conv_bwd_data_v2(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, Geo d) {
+  __shared__ __align__(16) float As[2 * Cfg::A_TILE];
+  __shared__ __align__(16) float Bs[2 * Cfg::B_TILE];
+  const int t = threadIdx.x, tx = t % Cfg::TX, ty = t / Cfg::TX;
+  const int phases = d.st * d.st;
+  const int g = blockIdx.z / phases, m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
+  const Phase ph(d, int(blockIdx.z) - g * phases);
+  if (n0 >= ph.ncols) return;  // block-uniform: this phase has fewer columns than the grid
+
+  const RotWeightSrc asrc{w, d, ph, g, m0};
+  const DyGatherSrc bsrc{dy, d, ph, g, n0};
+  GatherTile<Cfg, Cfg::BM, false, RotWeightSrc> la(asrc, 0);
+  GatherTile<Cfg, Cfg::BN, false, DyGatherSrc> lb(bsrc, 0);
+  float acc[Cfg::TM][Cfg::TN] = {};
+  mainloop<Cfg>(la, lb, (ph.kdim + Cfg::BK - 1) / Cfg::BK, As, Bs, tx, ty, acc);
+
+  const int per = ph.Hph * ph.Wph;
+#pragma unroll
+  for (int j = 0; j < Cfg::TN; ++j) {
+    const int n = n0 + col_of<Cfg>(tx, j);
+    if (n >= ph.ncols) continue;
+    const int img = n / per, rem = n - img * per, hq = rem / ph.Wph, wq = rem - hq * ph.Wph;
+    float* dxc = dx + (int64_t(img) * d.C + g * d.Cg) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st;
+#pragma unroll
+    for (int i = 0; i < Cfg::TM; ++i) {
+      const int c = m0 + row_of<Cfg>(ty, i);
+      if (c < d.Cg) dxc[int64_t(c) * d.HW] = acc[i][j];
+    }
+  }
+}
+
+// ---- backward filter --------------------------------------------------------------------------
+// A: element (k, (n,p,q)) = dy[n, g*Kg + k, p, q]
+struct DyRowsSrc {
+  const float* __restrict__ dy;
+  Geo d;
+  int g, m0;
+  struct Col {
+    int off = -1;  // dy[0, g*Kg + k]
+  };
+  __device__ __forceinline__ Col col(int mn) const {
+    Col c;
+    const int km = m0 + mn;
+    if (km < d.Kg) c.off = (g * d.Kg + km) * d.PQ;
+    return c;
+  }
+  __device__ __forceinline__ Digits kpos(int k) const { return split3(k, d.P, d.Q); }
+  __device__ __forceinline__ void advance(Digits& k, const Digits& step) const { advance3(k, step, d.P, d.Q); }
+  __device__ __forceinline__ float fetch(const Col& c, const Digits& k) const {
+    return c.off >= 0 && k.hi < d.N ? __ldg(dy + c.off + k.hi * d.KPQ + k.mid * d.Q + k.lo) : 0.0f;
+  }
+};
+
+// B: element ((n,p,q), (c,r,s)) = xp[n, g*Cg + c, p*st + r, q*st + s]
+struct XColsSrc {
+  const float* __restrict__ x;
+  Geo d;
+  int g, n0;
+  struct Col {
+    int off = -1, rr = 0, ss = 0;  // x[0, g*Cg + c], r - pad, s - pad
+  };
+  __device__ __forceinline__ Col col(int mn) const {
+    Col c;
+    const int n = n0 + mn;
+    if (n < d.CRS) {
+      const int ch = n / d.RS, rs = n - ch * d.RS, r = rs / d.S, s = rs - r * d.S;
+      c.off = (g * d.Cg + ch) * d.HW;
+      c.rr = r - d.pad;
+      c.ss = s - d.pad;
+    }
+    return c;
+  }
+  __device__ __forceinline__ Digits kpos(int k) const { return split3(k, d.P, d.Q); }
+  __device__ __forceinline__ void advance(Digits& k, const Digits& step) const { advance3(k, step, d.P, d.Q); }
+  __device__ __forceinline__ float fetch(const Col& c, const Digits& k) const {
+    const int h = k.mid * d.st + c.rr, w = k.lo * d.st + c.ss;
+    return c.off >= 0 && k.hi < d.N && unsigned(h) < unsigned(d.H) && unsigned(w) < unsigned(d.W)
+               ? __ldg(x + c.off + k.hi * d.CHW + h * d.W + w)
+               : 0.0f;
+  }
+};
+
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::THREADS, relaxed_min_blocks<Cfg>())
+    conv_bwd_filter_v2(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ dw,
+                       float* __restrict__ work, Geo d, int splits) {
+  __shared__ __align__(16) float As[2 * Cfg::A_TILE];
+  __shared__ __align__(16) float Bs[2 * Cfg::B_TILE];
+  const int t = threadIdx.x, tx = t % Cfg::TX, ty = t / Cfg::TX;
+  const int split = blockIdx.z / d.groups, g = blockIdx.z - split * d.groups;
+  const int m0 = blockIdx.y * Cfg::BM, n0 = blockIdx.x * Cfg::BN;
+  int kt0, kt1;
+  split_range((d.NPQ + Cfg::BK - 1) / Cfg::BK, splits, split, kt0, kt1);
+
+  const DyRowsSrc asrc{dy, d, g, m0};
+  const XColsSrc bsrc{x, d, g, n0};
+  GatherTile<Cfg, Cfg::BM, true, DyRowsSrc> la(asrc, kt0 * Cfg::BK);
+  GatherTile<Cfg, Cfg::BN, false, XColsSrc> lb(bsrc, kt0 * Cfg::BK);
+  float acc[Cfg::TM][Cfg::TN] = {};
+  mainloop<Cfg>(la, lb, kt1 - kt0, As, Bs, tx, ty, acc);
+
+  float* out = splits > 1 ? work + int64_t(split) * d.K * d.CRS : dw;
+#pragma unroll
+  for (int i = 0; i < Cfg::TM; ++i) {
+    const int m = m0 + row_of<Cfg>(ty, i);
+    if (m >= d.Kg) continue;
+    float* row = out + int64_t(g * d.Kg + m) * d.CRS;
+#pragma unroll
+    for (int j = 0; j < Cfg::TN; ++j) {
+      const int n = n0 + col_of<Cfg>(tx, j);
+      if (n < d.CRS) row[n] = acc[i][j];
+    }
+  }
+}
+
+// ---- bias gradient, version 2 ---------------------------------------------------------------
+__global__ void conv_bias_v2(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ) {
+  __shared__ float part[256];
+  const int k = blockIdx.x, t = threadIdx.x;
+  const int64_t total = int64_t(N) * PQ;
+  float acc = 0.0f;
+  for (int64_t i = t; i < total; i += 256) {
+    const int64_t n = i / PQ;
+    acc += dy[(n * K + k) * PQ + (i - n * PQ)];
+  }
+  part[t] = acc;
+  __syncthreads();
+  for (int half = 128; half > 0; half >>= 1) {
+    if (t < half) part[t] += part[t + half];
+    __syncthreads();
+  }
+  if (t == 0) db[k] = part[0];
+}
+
+// ============================ dispatch ==========================================================
+enum class Tile { k128, k64, k32, k8 };
+
+Tile pick_tile(int M) { return M <= 8 ? Tile::k8 : M <= 32 ? Tile::k32 : M <= 64 ? Tile::k64 : Tile::k128; }
+int tile_bm(Tile t) { return t == Tile::k8 ? T8::BM : t == Tile::k32 ? T32::BM : t == Tile::k64 ? T64::BM : T128::BM; }
+int tile_bn(Tile t) { return t == Tile::k8 ? T8::BN : T128::BN; }
+int tile_bk(Tile t) { return t == Tile::k8 ? T8::BK : T128::BK; }
+
+// Runs LAUNCHER<Cfg>(args...) with the config chosen for the GEMM's M.
+#define CONV_WITH_TILE(M, LAUNCHER, ...)                                  \
+  switch (pick_tile(M)) {                                                 \
+    case Tile::k8: LAUNCHER<T8>(__VA_ARGS__); break;                      \
+    case Tile::k32: LAUNCHER<T32>(__VA_ARGS__); break;                    \
+    case Tile::k64: LAUNCHER<T64>(__VA_ARGS__); break;                    \
+    case Tile::k128: LAUNCHER<T128>(__VA_ARGS__); break;                  \
+  }
+
+template <class Cfg>
+void launch_fwd_v2(const float* x, const float* w, const float* b, float* y, const Geo& d, cudaStream_t stream) {
+  const bool vec_w = aligned16(w) && d.CRS % 4 == 0;
+  const dim3 grid(ceil_div(d.NPQ, Cfg::BN), ceil_div(d.Kg, Cfg::BM), unsigned(d.groups));
+  auto conv_fwd_v2_tiled = conv_fwd_v2<Cfg>;
+  LAUNCH(conv_fwd_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, x, w, b, y, d, vec_w);
+}
+
+template <class Cfg>
+void launch_bwd_data_v2(const float* dy, const float* w, float* dx, const Geo& d, cudaStream_t stream) {
+  // Columns of the largest phase (phase 0): ceil(H/st) * ceil(W/st) per image.
+  const int64_t cols = int64_t(d.N) * ((d.H + d.st - 1) / d.st) * ((d.W + d.st - 1) / d.st);
+  const dim3 grid(ceil_div(cols, Cfg::BN), ceil_div(d.Cg, Cfg::BM), unsigned(d.groups * d.st * d.st));
+  auto conv_bwd_data_v2_tiled = conv_bwd_data_v2<Cfg>;
+  LAUNCH(conv_bwd_data_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, dy, w, dx, d);
+}
+
+template <class Cfg>
+void launch_bwd_filter_v2(const float* dy, const float* x, float* dw, float* work, const Geo& d, int splits,
+                          cudaStream_t stream) {
+  const dim3 grid(ceil_div(d.CRS, Cfg::BN), ceil_div(d.Kg, Cfg::BM), unsigned(d.groups * splits));
+  auto conv_bwd_filter_v2_tiled = conv_bwd_filter_v2<Cfg>;
+  LAUNCH(conv_bwd_filter_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, dy, x, dw, work, d, splits);
+}
+
+int check_version(const char* op, int version) {
+  if (version < 0 || version > 2)
+    throw std::invalid_argument(std::string(op) + ": no kernel version " + std::to_string(version) + " (have 1, 2)");
+  return version == 0 ? 2 : version;
+}
+
+unsigned grid_1d(int64_t work) {
+  const int64_t blocks = (work + 255) / 256;
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>(blocks, 1 << 20)));
+}
+
+}  // namespace
+
+void conv2d_forward(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int version,
+                    cudaStream_t stream) {
+  version = check_version("conv2d_forward", version);
+  const Geo d = make_geo(s);
+  if (d.N == 0) return;
+  if (version == 1) {
+    LAUNCH(conv_fwd_v1, dim3(grid_1d(int64_t(d.NPQ) * d.K)), dim3(256), 0, stream, x, w, b, y, d);
+    return;
+  }
+  CONV_WITH_TILE(d.Kg, launch_fwd_v2, x, w, b, y, d, stream)
+}
+
+void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,
+                          cudaStream_t stream) {
+  version = check_version("conv2d_backward_data", version);
+  const Geo d = make_geo(s);
+  if (d.N == 0) return;
+  if (version == 1) {
+    LAUNCH(conv_bwd_data_v1, dim3(grid_1d(int64_t(d.N) * d.C * d.HW)), dim3(256), 0, stream, dy, w, dx, d);
+    return;
+  }
+  CONV_WITH_TILE(d.Cg, launch_bwd_data_v2, dy, w, dx, d, stream)
+}
+
+SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int splits) {
+  version = check_version("conv2d_backward_filter", version);
+  const Geo d = make_geo(s);
+  SplitPlan plan;
+  if (version == 1 || d.N == 0) return plan;
+  const Tile t = pick_tile(d.Kg);
+  const int64_t tiles = int64_t(ceil_div(d.Kg, tile_bm(t))) * ceil_div(d.CRS, tile_bn(t)) * d.groups;
+  const int ktiles = int(ceil_div(d.NPQ, tile_bk(t)));
+  int n = splits;
+  if (n <= 0) {
+    // Two waves of blocks, at least 32 k-tiles per split.
+    const int64_t want = (2 * int64_t(device_sm_count()) + tiles - 1) / tiles;
+    n = int(std::min<int64_t>(want, std::max(1, ktiles / 32)));
+  }
+  n = std::max(1, std::min({n, ktiles, 4096}));
+  const int64_t zmax = 65535 / d.groups;
+  n = int(std::min<int64_t>(n, std::max<int64_t>(1, zmax)));
+  plan.splits = n;
+  plan.workspace = n > 1 ? int64_t(n) * d.K * d.CRS : 0;
+  return plan;
+}
+
+void conv2d_backward_filter(const float* dy, const float* x, float* dw, float* work, int64_t work_floats,
+                            const ConvShape& s, int version, int splits, cudaStream_t stream) {
+  version = check_version("conv2d_backward_filter", version);
+  const Geo d = make_geo(s);
+  if (version == 1) {
+    LAUNCH(conv_bwd_filter_v1, dim3(grid_1d(int64_t(d.K) * d.CRS)), dim3(256), 0, stream, dy, x, dw, d);
+    return;
+  }
+  const SplitPlan plan = conv2d_backward_filter_plan(s, version, splits);
+  if (plan.workspace > work_floats)
+    throw std::invalid_argument("conv2d_backward_filter: the workspace holds " + std::to_string(work_floats) +
+                                " floats, " + std::to_string(plan.workspace) + " needed");
+  CONV_WITH_TILE(d.Kg, launch_bwd_filter_v2, dy, x, dw, work, d, plan.splits, stream)
+  if (plan.splits > 1) splitk_reduce(work, plan.splits, int64_t(d.K) * d.CRS, dw, nullptr, 1, stream);
+}
+
+void conv2d_backward_bias(const float* dy, float* db, int N, int K, int PQ, int version, cudaStream_t stream) {
+  version = check_version("conv2d_backward_bias", version);
+  if (K <= 0) return;
+  if (version == 1) {
+    LAUNCH(conv_bias_v1, dim3(ceil_div(K, 128)), dim3(128), 0, stream, dy, db, N, K, PQ);
+  } else {
+    LAUNCH(conv_bias_v2, dim3(unsigned(K)), dim3(256), 0, stream, dy, db, N, K, PQ);
+  }
+}
+
+}  // namespace alexnet::kernels

@@ -1,0 +1,35 @@
+// Launchers of conv.cu (host code; no CUDA syntax, so the bindings include it in both builds).
+#pragma once
+#include <cstdint>
+
+#include "common/cuda_common.h"
+#include "kernels/gemm.cuh"
+
+namespace alexnet::kernels {
+
+// The geometry of one grouped convolution (checked by the caller):
+// x (N, C, H, W), w (K, C/groups, R, S), y (N, K, P, Q) with
+// P = (H + 2*pad - R)/stride + 1, Q = (W + 2*pad - S)/stride + 1.
+struct ConvShape {
+  int N, C, H, W, K, R, S, stride, pad, groups, P, Q;
+};
+
+// y = conv(x, w) + b (b may be null). version 1: direct loops; 2: implicit GEMM; 0: the best.
+void conv2d_forward(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int version,
+                    cudaStream_t stream);
+
+// dx = the gradient of the forward pass with respect to x (every element written).
+void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,
+                          cudaStream_t stream);
+
+// The split of backward_filter's reduction over N*P*Q; `splits` > 0 forces the count.
+SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int splits);
+
+// dw = the gradient with respect to w; `work` holds the plan's workspace floats.
+void conv2d_backward_filter(const float* dy, const float* x, float* dw, float* work, int64_t work_floats,
+                            const ConvShape& s, int version, int splits, cudaStream_t stream);
+
+// db[k] = sum over n, p, q of dy[n, k, p, q]; dy is (N, K, PQ).
+void conv2d_backward_bias(const float* dy, float* db, int N, int K, int PQ, int version, cudaStream_t stream);
+
+}  // namespace alexnet::kernels

@@ -1,0 +1,43 @@
+// Launchers of gemm.cu (host code; no CUDA syntax, so the bindings include it in both builds).
+#pragma once
+#include <cstdint>
+
+#include "common/cuda_common.h"
+
+namespace alexnet::kernels {
+
+// How a reduction is cut across blocks: `splits` partial results, each a full output, summed
+// afterwards in split order by a second pass (deterministic, no atomics); `workspace` floats
+// hold them (0 when splits == 1).
+struct SplitPlan {
+  int splits = 1;
+  int64_t workspace = 0;
+};
+
+// The plan gemm() uses for this shape and version; `splits` > 0 forces the split count
+// (clamped to the number of k-tiles), 0 lets the planner choose from the device's SM count.
+SplitPlan gemm_plan(int M, int N, int K, int version, int splits);
+
+// C (M x N, row-major, leading dimension N) = op(A) op(B) (+ bias[n] for every row when bias
+// is not null), where op(A) is M x K and op(B) is K x N:
+//   op(A)[m, k] = trans_a ? A[k * lda + m] : A[m * lda + k]
+//   op(B)[k, n] = trans_b ? B[n * ldb + k] : B[k * ldb + n]
+// `work` holds at least gemm_plan(M, N, K, version, splits).workspace floats.
+// version 1: one thread per output; version 2: shared-memory tiles, register blocking,
+// float4 loads, split-K; version 0: the best (2).
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+          const float* bias, float* work, int64_t work_floats, int version, int splits, cudaStream_t stream);
+
+// out[c] = sum_r X[r * cols + c] (column sums, e.g. a linear layer's bias gradient), in a fixed order.
+// version 1: one thread per column; version 2: 32 x 8 thread blocks with a shared-memory combine.
+void column_sums(const float* X, float* out, int rows, int cols, int version, cudaStream_t stream);
+
+// out[i] = sum_{s < splits} work[s * n + i] (+ bias[i % bias_len] when bias is not null),
+// summed in split order: the second pass of every split reduction.
+void splitk_reduce(const float* work, int splits, int64_t n, float* out, const float* bias, int bias_len,
+                   cudaStream_t stream);
+
+// Multiprocessor count of the current device (the emu build reports its OS threads).
+int device_sm_count();
+
+}  // namespace alexnet::kernels
