@@ -81,6 +81,7 @@ class TrainLoader:
         if self.pca_std < 0:
             raise ValueError(f"pca_std must be >= 0, got {pca_std}")
         self.drop_last = bool(drop_last)
+        self._mean_chw_flipped = np.ascontiguousarray(self._mean_chw[:, :, ::-1])
         self._images = _plain(dataset.images)
         self._labels = np.asarray(dataset.labels, np.int64)
         self.eigvals = np.asarray(getattr(dataset, "eigvals", np.zeros(3)), np.float64).reshape(3)
@@ -129,17 +130,18 @@ class TrainLoader:
         offsets = offsets.astype(np.float32)
         x = np.empty((n, 3, c, c), np.float32)
         tmp = np.empty((3, c, c), np.uint8)
-        images, mean = self._images, self._mean_chw
+        images, mean, mean_f, S = self._images, self._mean_chw, self._mean_chw_flipped, self.S
         for k in range(n):
             r0, c0 = rows[k], cols[k]
             src = images[idx[k], r0:r0 + c, c0:c0 + c].transpose(2, 0, 1)
-            m = mean[:, r0:r0 + c, c0:c0 + c]
-            if flips[k]:
-                src, m = src[:, :, ::-1], m[:, :, ::-1]
-            np.copyto(tmp, src)                       # gather + HWC->CHW in uint8
+            if flips[k]:  # the mirrored mean window is a plain window of the mirrored mean
+                src, m = src[:, :, ::-1], mean_f[:, r0:r0 + c, S - c0 - c:S - c0]
+            else:
+                m = mean[:, r0:r0 + c, c0:c0 + c]
+            np.copyto(tmp, src)                       # gather (+ mirror) + HWC->CHW in uint8
             o = x[k]
-            np.subtract(tmp, m, out=o, dtype=np.float32)
-            o += offsets[k][:, None, None]
+            np.subtract(tmp, m, out=o, dtype=np.float32)   # to float32, minus the mean
+            o += offsets[k][:, None, None]                 # PCA lighting
         if self.scale != 1.0:
             x *= np.float32(self.scale)
         return x, self._labels[idx]

@@ -152,7 +152,7 @@ def _process_chunk(split, k, items, src, size, mm, offset, pool, record_path):
     jobs = [(str(src / rel), size) for rel, _ in items]
     results = pool.map(_decode_one, jobs, chunksize=8) if pool is not None else map(_decode_one, jobs)
     labels, skipped, errors = [], [], []
-    img_sum = np.zeros((size, size, 3) if split == "train" else (0,), np.int64)
+    img_sum = np.zeros((size, size, 3) if split == "train" else (0,), np.uint32)
     pix_sum = np.zeros(3, np.float64)
     pix_outer = np.zeros((3, 3), np.float64)
     n = 0
@@ -188,6 +188,13 @@ def _plan_digest(src: Path, size: int, chunk_size: int, files) -> str:
         for rel, label in files[split]:
             h.update(f"{rel}\0{label}\n".encode())
     return h.hexdigest()
+
+
+def _npy_rows(path: Path) -> int:
+    try:
+        return int(np.load(path, mmap_mode="r").shape[0])
+    except Exception:
+        return -1
 
 
 def _read_meta(path: Path):
@@ -260,10 +267,15 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
             raise DataError(f"destination {dst} is not empty and is not a prepared dataset "
                             f"(found {strangers[0]}); choose an empty or new folder")
     rowbytes = size * size * 3
-    if chunk_size is None:
-        chunk_size = int(max(1, min(1000, (256 << 20) // rowbytes)))
-    digest = _plan_digest(src, size, chunk_size, files)
     plan_file = partial / "plan.json"
+    if chunk_size is None:  # the unfinished run's, else about 256 MB of images, at most 1000
+        try:
+            chunk_size = int(json.loads(plan_file.read_text())["chunk_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            chunk_size = int(max(1, min(1000, (256 << 20) // rowbytes)))
+    if chunk_size < 1:
+        raise DataError(f"prepare: chunk_size must be positive, got {chunk_size}")
+    digest = _plan_digest(src, size, chunk_size, files)
     if partial.is_dir():
         try:
             old = json.loads(plan_file.read_text()).get("digest")
@@ -284,9 +296,9 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
                                                    "chunk_size": chunk_size}).encode())
 
     total = sum(len(files[s]) for s in SPLITS)
-    if workers is None:
-        workers = os.cpu_count() or 1
-    use_pool = workers > 1 and total >= 64
+    if workers is None:  # all cores, unless the job is too small to pay for them
+        workers = (os.cpu_count() or 1) if total >= 64 else 1
+    use_pool = workers > 1
     log(f"prepare: {src} -> {dst}: {len(classes)} classes, {len(files['train'])} train and "
         f"{len(files['val'])} val files, {size}x{size}, chunks of {chunk_size}"
         + (f", {workers} processes" if use_pool else "") + (" (resuming)" if resumed else ""))
@@ -299,62 +311,71 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
         for split in SPLITS:
             items = files[split]
             n_total = len(items)
-            final_img = dst / f"{split}_images.npy"
             nchunks = (n_total + chunk_size - 1) // chunk_size
             rec_paths = [partial / f"{split}-{k:05d}.npz" for k in range(nchunks)]
-            done_marker = partial / f"{split}.done"
-            if done_marker.is_file() and final_img.is_file():
-                records[split] = [_load_record(p) for p in rec_paths]
-                done_files += n_total
-                continue
+            final_img = dst / f"{split}_images.npy"
             part_img = partial / f"{split}_images.npy"
             full_len = _HEADER_LEN + n_total * rowbytes
-            if not part_img.is_file() or part_img.stat().st_size != full_len:
-                with open(part_img, "wb") as f:
-                    f.write(_npy_header((n_total, size, size, 3)))
-                    f.truncate(full_len)  # sparse
-            mm = np.memmap(part_img, np.uint8, "r+", offset=_HEADER_LEN,
-                           shape=(n_total, size, size, 3))
-            recs, offset, missing = [], 0, False
-            for k in range(nchunks):
-                chunk = items[k * chunk_size:(k + 1) * chunk_size]
-                if not missing and rec_paths[k].is_file():
-                    try:
-                        rec = _load_record(rec_paths[k])
-                    except Exception:
-                        rec = None
-                    if rec is not None:
+            # the committed chunks: the longest prefix of readable records
+            recs = []
+            for rp in rec_paths:
+                try:
+                    recs.append(_load_record(rp))
+                except Exception:  # missing or torn: redo from here
+                    break
+            for rp in rec_paths[len(recs):]:
+                rp.unlink(missing_ok=True)
+            n_done = sum(int(r["n_ok"]) for r in recs)
+            complete = len(recs) == nchunks
+            done_files += sum(len(items[k * chunk_size:(k + 1) * chunk_size])
+                              for k in range(len(recs)))
+            if complete and final_img.is_file() and _npy_rows(final_img) == n_done:
+                pass  # finalized by the interrupted run
+            else:
+                final_img.unlink(missing_ok=True)
+                psize = part_img.stat().st_size if part_img.is_file() else -1
+                truncated = complete and psize == _HEADER_LEN + n_done * rowbytes
+                if psize != full_len and not truncated:
+                    if recs:
+                        log(f"prepare: the partial {split} image file is missing or damaged; "
+                            f"redoing {split}/")
+                    for rp in rec_paths:
+                        rp.unlink(missing_ok=True)
+                    recs, n_done, complete = [], 0, nchunks == 0
+                    with open(part_img, "wb") as f:
+                        f.write(_npy_header((n_total, size, size, 3)))
+                        f.truncate(full_len)  # sparse
+                if not truncated:
+                    mm = np.memmap(part_img, np.uint8, "r+", offset=_HEADER_LEN,
+                                   shape=(n_total, size, size, 3))
+                    for k in range(len(recs), nchunks):
+                        chunk = items[k * chunk_size:(k + 1) * chunk_size]
+                        rec = _process_chunk(split, k, chunk, src, size, mm, n_done, pool,
+                                             rec_paths[k])
+                        for rel, err in zip(rec["skipped"], rec["errors"]):
+                            named += 1
+                            if named <= _MAX_NAMED:
+                                log(f"prepare: skipped unreadable file {src / str(rel)} ({err})")
                         recs.append(rec)
-                        offset += int(rec["n_ok"])
+                        n_done += int(rec["n_ok"])
                         done_files += len(chunk)
-                        continue
-                missing = True
-                rec = _process_chunk(split, k, chunk, src, size, mm, offset, pool, rec_paths[k])
-                for rel, err in zip(rec["skipped"], rec["errors"]):
-                    named += 1
-                    if named <= _MAX_NAMED:
-                        log(f"prepare: skipped unreadable file {src / str(rel)} ({err})")
-                recs.append(rec)
-                offset += int(rec["n_ok"])
-                done_files += len(chunk)
-                decoded_now += len(chunk)
-                rate = decoded_now / max(time.perf_counter() - t0, 1e-9)
-                log(f"prepare: {split} {min((k + 1) * chunk_size, n_total)}/{n_total} "
-                    f"({done_files}/{total} overall, {rate:.0f} images/s)")
-            del mm
-            n_ok = offset
-            if n_ok == 0:
-                raise DataError(f"no readable images in {src / split}")
-            # finalize: header for n_ok rows, drop the unused tail, rename into place
-            with open(part_img, "r+b") as f:
-                f.write(_npy_header((n_ok, size, size, 3)))
-                f.truncate(_HEADER_LEN + n_ok * rowbytes)
-                f.flush()
-                os.fsync(f.fileno())
+                        decoded_now += len(chunk)
+                        rate = decoded_now / max(time.perf_counter() - t0, 1e-9)
+                        log(f"prepare: {split} {min((k + 1) * chunk_size, n_total)}/{n_total} "
+                            f"({done_files}/{total} overall, {rate:.0f} images/s)")
+                    del mm
+                if n_done == 0:
+                    raise DataError(f"no readable images in {src / split}")
+                # finalize: header for n_done rows, drop the unused tail, rename into place
+                # (each step can be repeated if interrupted)
+                with open(part_img, "r+b") as f:
+                    f.write(_npy_header((n_done, size, size, 3)))
+                    f.truncate(_HEADER_LEN + n_done * rowbytes)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(part_img, final_img)
             labels = np.concatenate([r["labels"] for r in recs]).astype(np.int64)
             _atomic_save_npy(dst / f"{split}_labels.npy", labels)
-            os.replace(part_img, final_img)
-            _atomic_write_bytes(done_marker, b"done\n")
             records[split] = recs
     finally:
         if pool is not None:
@@ -363,7 +384,9 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
     # statistics of the training set
     tr = records["train"]
     n_train = sum(int(r["n_ok"]) for r in tr)
-    img_sum = np.sum([r["img_sum"] for r in tr], axis=0, dtype=np.int64)
+    img_sum = np.zeros((size, size, 3), np.int64)
+    for r in tr:
+        img_sum += r["img_sum"]
     mean = (img_sum / n_train).astype(np.float32)
     pix_sum = np.sum([r["pix_sum"] for r in tr], axis=0)
     pix_outer = np.sum([r["pix_outer"] for r in tr], axis=0)

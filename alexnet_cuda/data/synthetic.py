@@ -11,7 +11,7 @@ texture has to be recognised. `stripes` and `checker` are a disc or a square
 filled with that texture, so their outline is shared with other classes.
 
 Layout (the ImageNet image-folder layout, JPEG):
-    <root>/synthetic-v1-c10-t600-v100-s96-seed0/{train,val}/<class>/00000.jpg
+    <root>/synthetic-v2-c10-t600-v100-s96-seed0/{train,val}/<class>/00000.jpg
     ... and synthetic.json (parameters, classes), written last.
 
 Each image is a pure function of (seed, split, class, index), so the set is
@@ -37,7 +37,7 @@ from .errors import DataError
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "ellipse",
           "crescent", "stripes", "checker", "hexagon", "arrow")
-VERSION = 1
+VERSION = 2  # bump whenever the rendering changes: cached sets are keyed by it
 _SPLIT_ID = {"train": 0, "val": 1}
 _SS = 2  # supersampling factor of the shape mask (antialiased edges)
 
@@ -49,7 +49,7 @@ def default_cache_root() -> Path:
 
 
 # ---------------------------------------------------------------- geometry
-def _regular(n, phase=0.0, k=96):
+def _regular(n, phase=0.0):
     t = phase + np.arange(n) * (2 * np.pi / n)
     return np.stack([np.cos(t), np.sin(t)], 1)
 
@@ -106,15 +106,20 @@ def _shape_polys(name, rng):
 
 
 # ---------------------------------------------------------------- rendering
-def _contrasting(rng, ref, min_dist):
-    best, best_d = None, -1.0
-    for _ in range(24):
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _contrasting(rng, ref, min_dist, min_luma):
+    """A random colour at least `min_dist` (RGB distance) and `min_luma`
+    (luminance difference) away from `ref`, or the best of 32 tries."""
+    best, best_score = None, -1.0
+    for _ in range(32):
         c = rng.uniform(0, 255, 3)
-        d = float(np.linalg.norm(c - ref))
-        if d >= min_dist:
+        score = min(float(np.linalg.norm(c - ref)) / min_dist, abs(float((c - ref) @ _LUMA)) / min_luma)
+        if score >= 1.0:
             return c
-        if d > best_d:
-            best, best_d = c, d
+        if score > best_score:
+            best, best_score = c, score
     return best
 
 
@@ -128,14 +133,14 @@ def _background(rng, S):
     g = int(rng.integers(3, 7))
     low = rng.uniform(0, 255, (g, g, 3)).astype(np.uint8)
     blot = np.asarray(Image.fromarray(low).resize((S, S), Image.BICUBIC), np.float32)
-    bg += rng.uniform(0.0, 0.45) * (blot - 127.5)
+    bg += rng.uniform(0.0, 0.2) * (blot - 127.5)
     return np.clip(bg, 0, 255)
 
 
 def _strokes(draw, rng, S, n):
     for _ in range(n):
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
-        w = int(rng.integers(1, max(2, S // 32) + 1))
+        w = int(rng.integers(1, max(1, S // 48) + 1))
         kind = rng.random()
         if kind < 0.55:
             x0, y0, x1, y1 = (float(v) for v in rng.uniform(-0.1, 1.1, 4) * S)
@@ -156,12 +161,12 @@ def render_image(name: str, rng: np.random.Generator, S: int) -> np.ndarray:
     """One synthetic image of class `name`: uint8 (S, S, 3)."""
     bg = _background(rng, S)
     img = Image.fromarray(bg.astype(np.uint8))
-    _strokes(ImageDraw.Draw(img), rng, S, int(rng.integers(3, 10)))
+    _strokes(ImageDraw.Draw(img), rng, S, int(rng.integers(1, 5)))
     bg = np.asarray(img, np.float32)
 
     # geometry of the foreground object
-    r = rng.uniform(0.22, 0.40) * S
-    cx, cy = rng.uniform(0.85 * r, S - 0.85 * r, 2)
+    r = rng.uniform(0.28, 0.44) * S
+    cx, cy = rng.uniform(0.9 * r, S - 0.9 * r, 2)
     theta = rng.uniform(0, 2 * np.pi)
     jitter = rng.uniform(0.88, 1.0, 2)  # slight anisotropy
     c, s = math.cos(theta), math.sin(theta)
@@ -176,11 +181,11 @@ def render_image(name: str, rng: np.random.Generator, S: int) -> np.ndarray:
     mask = np.asarray(big.resize((S, S), Image.BOX), np.float32)[:, :, None] / 255.0
 
     iy, ix = min(S - 1, int(cy)), min(S - 1, int(cx))
-    ca = _contrasting(rng, bg[iy, ix], 110.0)
+    ca = _contrasting(rng, bg[iy, ix], 150.0, 70.0)
     if texture is None:
         fg = np.broadcast_to(ca.astype(np.float32), (S, S, 3))
     else:
-        cb = _contrasting(rng, ca, 120.0)
+        cb = _contrasting(rng, ca, 120.0, 60.0)
         yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
         phi = rng.uniform(0, np.pi)
         u = (xx - cx) * math.cos(phi) + (yy - cy) * math.sin(phi)
@@ -195,9 +200,9 @@ def render_image(name: str, rng: np.random.Generator, S: int) -> np.ndarray:
     out = bg * (1.0 - mask) + fg * mask
 
     img = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
-    _strokes(ImageDraw.Draw(img), rng, S, int(rng.integers(0, 3)))  # occluders
+    _strokes(ImageDraw.Draw(img), rng, S, int(rng.random() < 0.1))  # an occluder
     out = np.asarray(img, np.float32)
-    out += rng.normal(0.0, rng.uniform(2.0, 16.0), out.shape).astype(np.float32)
+    out += rng.normal(0.0, rng.uniform(2.0, 6.0), out.shape).astype(np.float32)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -221,7 +226,7 @@ def make_synthetic_dataset(root=None, *, num_classes: int = 10, train_per_class:
 
     `root` is the cache root (default $ALEXNET_CUDA_CACHE or
     ~/.cache/alexnet-cuda); the set lives in the subfolder
-    synthetic-v1-c<classes>-t<train>-v<val>-s<size>-seed<seed>, which holds
+    synthetic-v2-c<classes>-t<train>-v<val>-s<size>-seed<seed>, which holds
     train/<class>/*.jpg and val/<class>/*.jpg. Reused when present.
     `workers`: processes for rendering (default: all cores for big sets);
     the result does not depend on it.
@@ -247,6 +252,7 @@ def make_synthetic_dataset(root=None, *, num_classes: int = 10, train_per_class:
     classes = list(SHAPES[:num_classes])
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
     t0 = time.perf_counter()
     total = num_classes * (train_per_class + val_per_class)
     try:
