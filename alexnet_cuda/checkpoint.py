@@ -63,6 +63,12 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 def atomic_write_bytes(path, chunks):
     """Write the bytes-like `chunks` (one or an iterable) to `path` atomically."""
     path = Path(path)
@@ -71,6 +77,7 @@ def atomic_write_bytes(path, chunks):
         chunks = [chunks]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             for c in chunks:
                 f.write(c)
@@ -106,7 +113,7 @@ def save_file(tensors, path, metadata=None):
         a = np.asarray(a)
         if a.dtype not in _CODES:
             raise TypeError(f"save_file: tensor {name!r} has unsupported dtype {a.dtype}")
-        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        a = np.asarray(a, dtype=a.dtype.newbyteorder("<"), order="C")  # (keeps 0-d arrays 0-d)
         nbytes = a.nbytes
         header[name] = {"dtype": _CODES[np.dtype(a.dtype.newbyteorder("="))], "shape": list(a.shape),
                         "data_offsets": [offset, offset + nbytes]}
@@ -190,7 +197,7 @@ def load_file(path):
     tensors = {}
     for b, e, name, dt, shape in spans:
         a = np.frombuffer(data, dtype=np.dtype(dt).newbyteorder("<"), count=math.prod(shape), offset=b)
-        tensors[name] = a.astype(dt).reshape(shape)  # native byte order, writable copy
+        tensors[name] = a.astype(dt).reshape(tuple(shape))  # native byte order, writable copy
     # keep the file's order
     order = {name: i for i, name in enumerate(header)}
     return dict(sorted(tensors.items(), key=lambda kv: order[kv[0]])), dict(meta)

@@ -47,8 +47,8 @@ def build_parser():
                                   "folder; raw folders are prepared into the cache once")
     t.add_argument("--out", help="run folder for config.json, metrics.jsonl, checkpoint.safetensors "
                                  "(default runs/alexnet-<preset>)")
-    t.add_argument("--epochs", type=int, help="epochs to train (default: the preset's, full 90, small 12)")
-    t.add_argument("--batch-size", type=int, help="batch size (default 128)")
+    t.add_argument("--epochs", type=int, help="epochs to train (default: the preset's, full 90, small 25)")
+    t.add_argument("--batch-size", type=int, help="batch size (default: the preset's, full 128, small 64)")
     t.add_argument("--lr", type=float, help="initial learning rate (default 0.01)")
     t.add_argument("--preset", choices=["full", "small"],
                    help="full: the paper's network at 227x227; small: quarter width at 67x67 "

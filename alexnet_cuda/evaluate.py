@@ -13,11 +13,10 @@ nothing but the checkpoint and the images.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from .train import TrainError, evaluate_model, model_from_checkpoint
+from .train import TrainError, evaluate_model, limit_blas_threads, model_from_checkpoint
 
 __all__ = ["evaluate", "predict", "format_predictions"]
 
@@ -25,9 +24,12 @@ __all__ = ["evaluate", "predict", "format_predictions"]
 def _backend_name(name):
     from .backends import get_backend
     try:
-        return get_backend(name)
+        be = get_backend(name)
     except RuntimeError as e:
         raise TrainError(str(e)) from None
+    if be.name in ("numpy", "emu"):
+        limit_blas_threads()
+    return be
 
 
 def evaluate(checkpoint, data=None, *, ten_crop=False, batch_size=None, backend=None, log=print):

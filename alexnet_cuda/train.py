@@ -48,10 +48,6 @@ CONFIG = "config.json"
 FORMAT = "alexnet-cuda-checkpoint"
 FORMAT_VERSION = "1"
 
-# Pixel scale of the network input ((pixel - mean) * input_scale). The paper
-# feeds raw 0..255 values minus the mean, which its N(0, 0.01) init expects;
-# the fan-in-scaled init of the small preset expects inputs of order one.
-INPUT_SCALE = {"full": 1.0, "small": 1.0 / 64}
 
 # Config keys that `resume` may change; everything else comes from the checkpoint.
 RESUME_OVERRIDES = ("epochs", "workers", "backend")
@@ -61,6 +57,57 @@ EXIT_OK, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 130
 
 class TrainError(Exception):
     """A user-facing problem (bad option, missing checkpoint, ...): printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------
+# BLAS threads on the CPU backends
+# ---------------------------------------------------------------------------
+
+_BLAS_ENV = ("ALEXNET_CUDA_BLAS_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_blas_threads(n=None):
+    """Set the thread count of the OpenBLAS that numpy loaded (default 1); returns the count set or None.
+
+    Why: the small preset's matrices are small. Measured on a 2-core machine: one OpenBLAS thread trains
+    at ~470-500 images/s, two at about the same when the cores are idle, and 10x slower (44-92 images/s)
+    when another process shares the cores (OpenBLAS threads spin waiting for each other). Respects an
+    explicit OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS (then it does nothing), and
+    ALEXNET_CUDA_BLAS_THREADS=N picks N. Linux only (it finds the library in /proc/self/maps, as
+    threadpoolctl does); elsewhere it does nothing.
+    """
+    import ctypes
+    env = {k: os.environ.get(k) for k in _BLAS_ENV}
+    if n is None:
+        if env["ALEXNET_CUDA_BLAS_THREADS"]:
+            try:
+                n = int(env["ALEXNET_CUDA_BLAS_THREADS"])
+            except ValueError:
+                return None
+        elif any(env[k] for k in _BLAS_ENV[1:]):
+            return None
+        else:
+            n = 1
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return None
+    done = None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                    "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, sym, None)
+            if fn is not None:
+                fn.argtypes, fn.restype = [ctypes.c_int], None
+                fn(int(n))
+                done = int(n)
+                break
+    return done
 
 
 # ---------------------------------------------------------------------------
@@ -172,6 +219,7 @@ class Progress:
         self.t0 = time.perf_counter()
         self.last = 0.0 if tty else self.t0
         self.drawn = False
+        self._start = 0
 
     def line(self, done, loss, lr, ips):
         frac = done / self.total if self.total else 1.0
@@ -225,7 +273,7 @@ def default_config(**kw):
         "preset": preset,
         "backend": "numpy",
         "epochs": p["epochs"],
-        "batch_size": 128,
+        "batch_size": p["batch_size"],
         "lr": 0.01,
         "momentum": MOMENTUM,
         "weight_decay": WEIGHT_DECAY,
@@ -235,11 +283,13 @@ def default_config(**kw):
         "workers": 0,
         "data_size": p["data_size"],
         "input_size": p["input_size"],
-        "input_scale": INPUT_SCALE[preset],
+        # (pixel - mean) * input_scale: the paper feeds raw 0..255 values minus the mean (what its
+        # N(0, 0.01) init expects); the fan-in-scaled init of the small preset expects inputs of order one
+        "input_scale": p["input_scale"],
         "width": p["width"],
         "init": p["init"],
         "towers": 2,
-        "dropout": 0.5,
+        "dropout": p["dropout"],
         "lrn": True,
         "pca_std": 0.1,
         "flip": True,
@@ -351,7 +401,7 @@ def evaluate_model(model, loader, *, stop=None):
     if n == 0:
         raise TrainError("the validation set is empty")
     c1, c5 = int(be.to_numpy(c1)), int(be.to_numpy(c5))
-    return 1.0 - c1 / n, 1.0 - c5 / n, n
+    return (n - c1) / n, (n - c5) / n, n
 
 
 # ---------------------------------------------------------------------------
@@ -443,7 +493,9 @@ def train(cfg=None, *, resume=False, out=None, overrides=None, log=print, progre
     schedule = LRSchedule.parse(cfg["schedule"], cfg["lr"], cfg["patience"])
 
     # -- data
-    prepared = ensure_prepared(cfg["prepared"] or cfg["data"], None, size=cfg["data_size"], log=log)
+    from .data import is_prepared
+    src = cfg["prepared"] if cfg.get("prepared") and is_prepared(cfg["prepared"]) else cfg["data"]
+    prepared = ensure_prepared(src, None, size=cfg["data_size"], log=log)
     cfg["prepared"] = str(prepared)
     train_ds, val_ds = PreparedDataset(prepared, "train"), PreparedDataset(prepared, "val")
     if resume and cfg.get("classes") not in (None, list(train_ds.classes)):
@@ -456,6 +508,8 @@ def train(cfg=None, *, resume=False, out=None, overrides=None, log=print, progre
         raise TrainError(f"the input crop {cfg['input_size']} does not fit the prepared images of "
                          f"{train_ds.size}x{train_ds.size} in {prepared}")
     be = get_backend(cfg["backend"])
+    if be.name in ("numpy", "emu"):
+        limit_blas_threads()
     model = AlexNet(backend=be, **_model_kwargs(cfg, train_ds.num_classes))
     cfg["model"] = dict(model.config)
     cfg["num_parameters"] = model.num_parameters()
@@ -521,7 +575,9 @@ def train(cfg=None, *, resume=False, out=None, overrides=None, log=print, progre
             b = b0
             try:
                 for x, y in gen:
-                    loss = model.train_step(x, y, lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported below
+                        loss = model.train_step(x, y, lr, momentum=cfg["momentum"],
+                                                weight_decay=cfg["weight_decay"])
                     if not math.isfinite(loss):
                         bar.close()
                         msg = (f"error: the loss became {loss} at step {model.step} (epoch {epoch + 1}, batch "

@@ -1,0 +1,304 @@
+"""Checkpoint format, LR schedule, the training loop: metrics, resume == uninterrupted, NaN stop, Ctrl-C.
+
+A tiny generated dataset (3 classes, 67x67 crops of 72x72 images) and a 1/16-width model keep it fast.
+"""
+import json
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from alexnet_cuda import available_backends, checkpoint as ck
+from alexnet_cuda import train as T
+from alexnet_cuda.model import AlexNet
+
+TIMING = ("images_per_sec", "seconds")
+
+
+# ---------------------------------------------------------------------------
+# checkpoint.py
+# ---------------------------------------------------------------------------
+
+def test_safetensors_round_trip(tmp_path):
+    t = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([1, -2], np.int64),
+         "c": np.zeros((0, 5), np.float64), "d": np.array(7, np.uint8), "e": np.array([True, False])}
+    p = tmp_path / "x.safetensors"
+    ck.save_file(t, p, {"k": "v", "json": json.dumps({"x": 1})})
+    got, meta = ck.load_file(p)
+    assert list(got) == list(t)
+    for k in t:
+        assert got[k].dtype == t[k].dtype and got[k].shape == t[k].shape
+        np.testing.assert_array_equal(got[k], t[k])
+        assert got[k].flags.writeable
+    assert meta == {"k": "v", "json": '{"x": 1}'}
+    assert ck.read_metadata(p) == meta
+    raw = p.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert n % 8 == 0
+    header = json.loads(raw[8:8 + n])
+    assert header["a"] == {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]}
+    assert raw[8 + n:8 + n + 48] == t["a"].astype("<f4").tobytes()
+    assert [x for x in os.listdir(tmp_path)] == ["x.safetensors"]   # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == 0o666 & ~umask           # not mkstemp's 0600
+
+
+def test_safetensors_readable_by_the_reference_library(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    t = {"w": np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)}
+    ck.save_file(t, tmp_path / "a.safetensors", {"m": "1"})
+    np.testing.assert_array_equal(st.load_file(str(tmp_path / "a.safetensors"))["w"], t["w"])
+    st.save_file(t, str(tmp_path / "b.safetensors"), metadata={"m": "2"})
+    got, meta = ck.load_file(tmp_path / "b.safetensors")
+    np.testing.assert_array_equal(got["w"], t["w"])
+    assert meta == {"m": "2"}
+
+
+def test_reader_validates(tmp_path):
+    p = tmp_path / "c.safetensors"
+    ck.save_file({"a": np.ones(4, np.float32)}, p)
+    raw = p.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    cases = {
+        "short": raw[:5],
+        "truncated": raw[:-3],
+        "hugeheader": (10 ** 12).to_bytes(8, "little") + raw[8:],
+        "badjson": raw[:8] + b"x" + raw[9:],
+        "extra": raw + b"\0\0\0\0",
+    }
+    header = json.loads(raw[8:8 + n])
+    for name, mod in {"dtype": ("dtype", "F99"), "offsets": ("data_offsets", [0, 8]),
+                      "shape": ("shape", [-1])}.items():
+        h = json.loads(json.dumps(header))
+        h["a"][mod[0]] = mod[1]
+        hb = json.dumps(h).encode()
+        cases[name] = len(hb).to_bytes(8, "little") + hb + raw[8 + n:]
+    for name, data in cases.items():
+        q = tmp_path / f"{name}.safetensors"
+        q.write_bytes(data)
+        with pytest.raises(ck.CheckpointError, match=str(q.name)):
+            ck.load_file(q)
+    with pytest.raises(ck.CheckpointError, match="cannot read"):
+        ck.load_file(tmp_path / "missing.safetensors")
+    with pytest.raises(TypeError):
+        ck.save_file({"a": np.ones(2)}, tmp_path / "m.safetensors", {"k": 1})
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    p = tmp_path / "ckpt.safetensors"
+    ck.save_file({"a": np.ones(3, np.float32)}, p, {"v": "old"})
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_file({"a": np.zeros(3, np.float32)}, p, {"v": "new"})
+    monkeypatch.undo()
+    got, meta = ck.load_file(p)
+    assert meta["v"] == "old" and np.all(got["a"] == 1)
+    assert os.listdir(tmp_path) == ["ckpt.safetensors"]
+
+
+# ---------------------------------------------------------------------------
+# LR schedule
+# ---------------------------------------------------------------------------
+
+def test_plateau_schedule_divides_by_10_at_most_three_times():
+    s = T.LRSchedule.parse("plateau", 0.01, patience=2)
+    lrs = []
+    for e, err in enumerate([0.5, 0.4, 0.4, 0.41, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]):
+        lrs.append(s.lr_for_epoch(e))
+        s.end_epoch(e, err)
+    assert lrs[:4] == [0.01] * 4
+    assert lrs[4] == pytest.approx(0.001)       # 2 epochs without improvement after epoch 2
+    assert min(lrs) == pytest.approx(1e-5) and s.reductions == 3
+    st = s.state_dict()
+    s2 = T.LRSchedule(1.0)
+    s2.load_state_dict(json.loads(json.dumps(st)))
+    assert s2.state_dict() == st
+
+
+def test_step_schedule():
+    s = T.LRSchedule.parse("step:2,4,5,6", 0.1, patience=1)
+    lrs = []
+    for e in range(8):
+        lrs.append(s.lr_for_epoch(e))
+        s.end_epoch(e, 0.5)
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 1e-4, 1e-4, 1e-4])
+    for bad in ("step:", "step:a", "cosine", "step:0"):
+        with pytest.raises(T.TrainError):
+            T.LRSchedule.parse(bad, 0.1, 2)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from alexnet_cuda.data import make_synthetic_dataset, prepare_dataset
+    root = tmp_path_factory.mktemp("data")
+    raw = make_synthetic_dataset(root, num_classes=3, train_per_class=16, val_per_class=4, image_size=24,
+                                 log=None, workers=1)
+    return str(prepare_dataset(raw, root / "prepared", size=72, log=lambda *a, **k: None, workers=1))
+
+
+def tiny_cfg(data, out, **kw):
+    base = dict(data=data, out=str(out), preset="small", backend="numpy", epochs=2, batch_size=8,
+                width=1 / 16, data_size=72, eval_batch_size=16, dropout=0.5)  # dropout on: resume must replay masks
+    base.update(kw)
+    return T.default_config(**base)
+
+
+def read_metrics(out):
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+def strip_timing(recs):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in recs]
+
+
+def quiet(*a, **k):
+    pass
+
+
+def test_train_writes_metrics_config_checkpoint(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    logs = []
+    assert T.train(tiny_cfg(tiny_data, out), log=logs.append) == 0
+    recs = read_metrics(out)
+    assert [r["epoch"] for r in recs] == [1, 2]
+    for r in recs:
+        assert set(r) >= {"epoch", "step", "lr", "train_loss", "val_top1_err", "val_top5_err",
+                          "images_per_sec", "seconds"}
+        assert 0 <= r["val_top1_err"] <= 1 and 0 <= r["val_top5_err"] <= r["val_top1_err"]
+        assert math.isfinite(r["train_loss"]) and r["images_per_sec"] > 0
+    assert recs[1]["step"] == 2 * (48 // 8)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data"] == tiny_data and cfg["classes"] == ["circle", "square", "triangle"]
+    assert cfg["model"]["width"] == 1 / 16 and cfg["num_classes"] == 3
+    tensors, info = T.load_checkpoint(out / "checkpoint.safetensors")
+    assert info["epoch"] == 2 and info["batch"] == 0 and info["step"] == 12
+    assert "momentum.fc8.weight" in tensors and tensors["data.mean"].shape == (72, 72, 3)
+    assert sum(1 for l in logs if l.startswith("epoch ")) == 2      # one summary line per epoch
+    model, info = T.model_from_checkpoint(out / "checkpoint.safetensors")
+    assert model.step == 12 and model.num_classes == 3
+    # a fresh run refuses to overwrite
+    with pytest.raises(T.TrainError, match="--resume"):
+        T.train(tiny_cfg(tiny_data, out), log=quiet)
+
+
+@pytest.mark.parametrize("backend", [b for b in available_backends() if b in ("numpy", "emu")])
+def test_resume_equals_uninterrupted(tiny_data, tmp_path, backend):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert T.train(tiny_cfg(tiny_data, a, epochs=2, backend=backend), log=quiet) == 0
+    assert T.train(tiny_cfg(tiny_data, b, epochs=1, backend=backend), log=quiet) == 0
+    assert T.train(resume=True, out=b, overrides={"epochs": 2}, log=quiet) == 0
+    ra, rb = read_metrics(a), read_metrics(b)
+    assert len(ra) == len(rb) == 2
+    assert strip_timing(ra) == strip_timing(rb)
+    wa, _ = T.load_checkpoint(a / "checkpoint.safetensors")
+    wb, _ = T.load_checkpoint(b / "checkpoint.safetensors")
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert T.train(tiny_cfg(tiny_data, a, epochs=2), log=quiet) == 0
+
+    orig = AlexNet.train_step
+
+    def step_then_sigint(self, *args, **kw):
+        loss = orig(self, *args, **kw)
+        if self.step == 9:                    # batch 3 of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(AlexNet, "train_step", step_then_sigint)
+    logs = []
+    assert T.train(tiny_cfg(tiny_data, b, epochs=2), log=logs.append) == T.EXIT_INTERRUPTED
+    monkeypatch.undo()
+    assert any("interrupted at step 9" in l for l in logs)
+    _, info = T.load_checkpoint(b / "checkpoint.safetensors")
+    assert (info["epoch"], info["batch"], info["step"]) == (1, 3, 9)
+    assert len(read_metrics(b)) == 1
+    assert T.train(resume=True, out=b, log=quiet) == 0
+    assert strip_timing(read_metrics(a)) == strip_timing(read_metrics(b))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    orig = AlexNet.train_step
+
+    def nan_at_8(self, *args, **kw):
+        loss = orig(self, *args, **kw)
+        return float("nan") if self.step == 8 else loss
+
+    monkeypatch.setattr(AlexNet, "train_step", nan_at_8)
+    logs = []
+    assert T.train(tiny_cfg(tiny_data, out, epochs=3), log=logs.append) == T.EXIT_DIVERGED
+    msg = [l for l in logs if "nan" in l]
+    assert msg and "step 8" in msg[0] and "last good checkpoint" in msg[0]
+    _, info = T.load_checkpoint(out / "checkpoint.safetensors")
+    assert info["epoch"] == 1 and info["step"] == 6
+    assert len(read_metrics(out)) == 1
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_huge_lr_diverges_with_a_message(tiny_data, tmp_path):
+    logs = []
+    rc = T.train(tiny_cfg(tiny_data, tmp_path / "big", epochs=2, lr=1e12), log=logs.append)
+    assert rc == T.EXIT_DIVERGED
+    assert any("the loss became" in l and "step" in l for l in logs)
+
+
+def test_warns_when_loss_sits_at_chance(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(AlexNet, "train_step", lambda self, x, y, lr, **kw: math.log(3))
+    logs = []
+    assert T.train(tiny_cfg(tiny_data, tmp_path / "flat", epochs=2), log=logs.append, chance_warn_steps=5) == 0
+    assert sum("chance" in l for l in logs) == 1
+
+
+def test_resume_errors(tiny_data, tmp_path):
+    with pytest.raises(T.TrainError, match="no checkpoint"):
+        T.train(resume=True, out=tmp_path / "none", log=quiet)
+    out = tmp_path / "r"
+    assert T.train(tiny_cfg(tiny_data, out, epochs=1), log=quiet) == 0
+    with pytest.raises(T.TrainError, match="cannot change"):
+        T.train(resume=True, out=out, overrides={"lr": 0.1}, log=quiet)
+    (out / "checkpoint.safetensors").write_bytes(b"garbage!")
+    with pytest.raises(T.TrainError, match="safetensors"):
+        T.train(resume=True, out=out, log=quiet)
+
+
+def test_progress_plain_lines_when_not_a_tty():
+    import io
+    s = io.StringIO()
+    p = T.Progress(10, "epoch 1/2", stream=s, interval=0.0)
+    p.start(0)
+    for i in range(1, 11):
+        p.update(i, 1.5, 0.01, 100.0)
+    p.close()
+    lines = s.getvalue().splitlines()
+    assert len(lines) == 10 and "\r" not in s.getvalue()
+    assert "loss 1.5000" in lines[-1] and "lr 0.01" in lines[-1] and "img/s" in lines[-1] and "ETA" in lines[-1]
+    t = io.StringIO()
+    p = T.Progress(4, "e", stream=t, tty=True)
+    p.start(0)
+    p.update(2, 1.0, 0.01, 10.0, force=True)
+    assert t.getvalue().startswith("\r") and "[" in t.getvalue()
+
+
+def test_limit_blas_threads_respects_explicit_settings(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.delenv("ALEXNET_CUDA_BLAS_THREADS", raising=False)
+    assert T.limit_blas_threads() is None                 # the user's explicit choice wins
+    monkeypatch.setenv("ALEXNET_CUDA_BLAS_THREADS", "bad")
+    assert T.limit_blas_threads() is None
+    monkeypatch.setenv("ALEXNET_CUDA_BLAS_THREADS", "1")
+    assert T.limit_blas_threads() in (1, None)            # None where numpy's BLAS is not OpenBLAS
