@@ -38,6 +38,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .model import MOMENTUM, PRESETS, WEIGHT_DECAY, AlexNet
+from .visualize import write_curves
 
 __all__ = ["TrainError", "LRSchedule", "default_config", "train", "load_checkpoint", "model_from_checkpoint",
            "evaluate_model", "Progress", "CHECKPOINT", "METRICS", "CONFIG"]
@@ -641,6 +642,7 @@ def train(cfg=None, *, resume=False, out=None, overrides=None, log=print, progre
                 os.fsync(f.fileno())
             partial = {"loss_sum": 0.0, "loss_count": 0, "train_seconds": 0.0, "seconds": 0.0}
             save(epoch + 1, 0)
+            write_curves(out, log=log)
             nxt = schedule.lr_for_epoch(epoch + 1)
             note = f" (lr -> {nxt:g})" if nxt < lr and epoch + 1 < cfg["epochs"] else ""
             log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {train_loss:.4f}, val top-1 err {top1:.2%}, "

@@ -39,7 +39,8 @@ def trained(raw_data, tmp_path_factory):
 
 def test_train_end_to_end(trained, raw_data):
     out, cache = trained
-    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoint.safetensors"}
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoint.safetensors",
+                                               "curves.png"}  # curves rewritten at every epoch end
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"] == raw_data and cfg["backend"] == "numpy" and cfg["preset"] == "small"
     assert Path(cfg["prepared"]).is_relative_to(cache)
