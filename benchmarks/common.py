@@ -16,6 +16,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def commit():
+    """The commit measured: ALEXNET_COMMIT when set (a copy of the tree without .git), else git's."""
+    if os.environ.get("ALEXNET_COMMIT"):
+        return os.environ["ALEXNET_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent).stdout.strip()
