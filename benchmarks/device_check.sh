@@ -49,7 +49,12 @@ if ! step build 150 "$PY" -m pip install --no-build-isolation --no-deps -v .; th
       -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$PWD/build/device/ext && cmake --build build/device -j $(nproc)" \
     || { log "build failed; stopping"; exit 1; }
   export ALEXNET_CUDA_EXT_DIR="$PWD/build/device/ext"
+else
+  # tests and benchmarks run from the checkout, whose alexnet_cuda/ has no built extensions:
+  # point it at the installed ones
+  export ALEXNET_CUDA_EXT_DIR="$(cd / && "$PY" -c 'import alexnet_cuda, os; print(os.path.dirname(alexnet_cuda.__file__))')"
 fi
+log "extensions from $ALEXNET_CUDA_EXT_DIR"
 "$PY" -c "import alexnet_cuda as a; print('backends:', a.available_backends()); print(a.get_backend('cuda')._mod.device_properties())" \
   2>&1 | tail -n 3 | tee -a "$OUT/summary.txt"
 
