@@ -40,18 +40,19 @@ class ConvOps:
                                  stream=self._stream())
         return y
 
-    def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0):
+    def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True):
         fn = "conv2d_backward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
         geo = dict(stride=stride, padding=padding, groups=groups)
         plan = self._mod.conv2d_backward_check(dy, x, w, version=version, **geo)
-        dx = self._empty(x.shape)
+        dx = self._empty(x.shape) if need_dx else None
         dw = self._empty(w.shape)
         db = self._empty((w.shape[0],))
         work = self._work(plan["workspace"])
         s = self._stream()
-        self._mod.conv2d_backward_data(dy, x, w, dx, version=version, stream=s, **geo)
+        if need_dx:  # the first layer's dx (the image's gradient) is never used: skip its kernel
+            self._mod.conv2d_backward_data(dy, x, w, dx, version=version, stream=s, **geo)
         self._mod.conv2d_backward_filter(dy, x, w, dw, work, version=version, stream=s, **geo)
         self._mod.conv2d_backward_bias(dy, db, version=version, stream=s)
         return dx, dw, db

@@ -204,9 +204,10 @@ class Conv2d(Layer):
         return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride,
                                  padding=self.padding, groups=self.groups)
 
-    def backward(self, be, dy):
+    def backward(self, be, dy, need_dx=True):
         dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
-            dy, self._cache, self.weight, stride=self.stride, padding=self.padding, groups=self.groups)
+            dy, self._cache, self.weight, stride=self.stride, padding=self.padding, groups=self.groups,
+            need_dx=need_dx)
         return dx
 
 
@@ -520,8 +521,7 @@ class AlexNet:
         for i in range(len(self.layers) - 1, -1, -1):
             l = self.layers[i]
             if i == 0:
-                # the image needs no gradient, but conv2d_backward returns one; discard it
-                l.backward(be, d)
+                l.backward(be, d, need_dx=False)  # the image needs no gradient
             else:
                 d = l.backward(be, d)
             l.clear()

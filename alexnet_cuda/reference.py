@@ -246,7 +246,7 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1):
     return y
 
 
-def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1):
+def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True):
     """Gradients of ``conv2d_forward`` given dy = dL/dy (N,K,P,Q):
 
         db[k]       = sum_{n,p,q} dy[n,k,p,q]
@@ -254,7 +254,8 @@ def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1):
         dxp[n, g*Cg + c, p*stride + r, q*stride + s] += sum_{k in group g} dy[n,k,p,q] * w[k,c,r,s]
 
     and dx is dxp with the padding cropped off. Returns (dx, dw, db) with the
-    shapes of x, w and (K,).
+    shapes of x, w and (K,). need_dx=False skips dx and returns None in its place
+    (the first layer: the image needs no gradient).
     """
     fn = "conv2d_backward"
     stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
@@ -267,17 +268,21 @@ def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1):
     db = dy.sum(axis=(0, 2, 3))
     win = _windows(_pad_hw(x, padding), R, S, stride)          # (N,C,P,Q,R,S)
     dw = np.empty_like(w)
-    dxp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
+    dxp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype) if need_dx else None
     for g in range(groups):
         cs, ks = slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)
         dyg = dy[:, ks]                                         # (N,Kg,P,Q)
         dw[ks] = np.tensordot(dyg, win[:, cs], axes=([0, 2, 3], [0, 2, 3]))
+        if not need_dx:
+            continue
         for r in range(R):
             for s in range(S):
                 # (N,Kg,P,Q) x (Kg,Cg) -> (N,P,Q,Cg)
                 contrib = np.tensordot(dyg, w[ks, :, r, s], axes=([1], [0]))
                 dxp[:, cs, r:r + stride * P:stride, s:s + stride * Q:stride] += \
                     contrib.transpose(0, 3, 1, 2)
+    if not need_dx:
+        return None, dw, db
     dx = dxp[:, :, padding:padding + H, padding:padding + W]
     return np.ascontiguousarray(dx), dw, db
 

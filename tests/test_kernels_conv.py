@@ -153,6 +153,20 @@ def test_conv2d_matches_reference(kernel_backend, emu_order, case):
         assert_close(f"db v{v}", be.to_numpy(gdb), db, dba, N * P * Q)
 
 
+def test_conv2d_backward_without_dx(any_backend):
+    """need_dx=False (the first layer) returns None for dx and the same dw, db as a full backward."""
+    be = any_backend
+    rng = np.random.default_rng(9)
+    x, w, _ = conv_inputs(rng, 2, 3, 19, 19, 8, 11, 11, 1)
+    dy = rng.standard_normal((2, 8, 3, 3)).astype(np.float32)
+    full = be.conv2d_backward(on(be, dy), on(be, x), on(be, w), stride=4)
+    part = be.conv2d_backward(on(be, dy), on(be, x), on(be, w), stride=4, need_dx=False)
+    assert part[0] is None
+    # the same kernels on the same inputs: bit-identical
+    np.testing.assert_array_equal(be.to_numpy(part[1]), be.to_numpy(full[1]))
+    np.testing.assert_array_equal(be.to_numpy(part[2]), be.to_numpy(full[2]))
+
+
 def test_conv2d_without_bias(kernel_backend):
     be = kernel_backend
     rng = np.random.default_rng(5)
