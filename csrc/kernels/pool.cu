@@ -15,6 +15,7 @@
 //            share inputs through the caches). Backward: one thread per input pixel; for each
 //            covering window it recomputes the window's first maximum from global memory
 //            (ceil(size/stride)^2 windows of size^2 loads: the simple oracle).
+//            The dispatcher's choice for the forward (measured faster than version 2).
 // version 2: shared-memory bands. A block owns `planes` consecutive planes and a band of
 //            rows (the whole plane when it fits in 24 KiB; otherwise planes = 1 and the
 //            largest band that fits). Forward: the block stages the input rows of its band
@@ -261,7 +262,10 @@ void maxpool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, 
                      int version, cudaStream_t stream) {
   const PoolGeom G = geometry("maxpool_forward", N, C, H, W, size, stride);
   const FwdPlan plan = plan_forward(G);
-  if (version == 0) version = plan.ok ? 2 : 1;
+  // Version 0 is version 1: on an H200 (2026-11-26, benchmarks/results/bench_layers.md) it ran
+  // at 1.17-1.32x PyTorch's speed at AlexNet's three pooling shapes, version 2 at 0.80-0.97x
+  // (the caches already serve the overlapping windows; staging rows costs more than it saves).
+  if (version == 0) version = 1;
   if (version == 2 && !plan.ok)
     throw std::invalid_argument("maxpool_forward: version 2 needs size*W <= " + std::to_string(kSmemBudgetFloats) +
                                 " (the band does not fit in shared memory); use version 1");
