@@ -57,7 +57,8 @@ def build_parser():
                    help="default: cuda when a usable GPU is present, else numpy")
     t.add_argument("--seed", type=int, help="seed of the init, the batches and dropout (default 0)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--workers", type=int, help="threads preparing batches ahead (default 0: in the loop)")
+    t.add_argument("--workers", type=int, help="threads preparing batches ahead (default: up to 8 on cuda; 0, in the loop, on the "
+                        "CPU backends)")
     t.add_argument("--patience", type=int,
                    help="epochs without a lower val error before lr is divided by 10 (default 2)")
     t.add_argument("--schedule", help="'plateau' (default: the paper's, lr/10 on plateaus, at most 3 times) "
@@ -107,7 +108,7 @@ def _choose_backend(args):
     preset = preset or "small"
     from .model import PRESETS
     p = PRESETS[preset]
-    return "numpy", preset, (f"no usable GPU ({why}): training the '{preset}' preset (width {p['width']:g}, "
+    return "numpy", preset, (f"the cuda backend cannot run here ({why}): training the '{preset}' preset (width {p['width']:g}, "
                              f"{p['input_size']}x{p['input_size']} input, {p['init']} init) on the numpy backend")
 
 

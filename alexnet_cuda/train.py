@@ -260,6 +260,14 @@ class Progress:
 # Configuration
 # ---------------------------------------------------------------------------
 
+def default_workers(backend):
+    """Loader threads when --workers is not given: none on the CPU backends (both would compete for
+    the same cores), up to 8 on cuda (the GPU waits for the batches otherwise)."""
+    if backend != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def default_config(**kw):
     """The full training configuration: defaults per preset, overridden by `kw` (None values ignored)."""
     kw = {k: v for k, v in kw.items() if v is not None}
@@ -281,7 +289,7 @@ def default_config(**kw):
         "schedule": "plateau",
         "patience": 2,
         "seed": 0,
-        "workers": 0,
+        "workers": None,         # None: 0 on the CPU backends (the cores compute), a few threads on cuda
         "data_size": p["data_size"],
         "input_size": p["input_size"],
         # (pixel - mean) * input_scale: the paper feeds raw 0..255 values minus the mean (what its
@@ -489,6 +497,8 @@ def train(cfg=None, *, resume=False, out=None, overrides=None, log=print, progre
     for k in ("epochs", "batch_size"):
         if int(cfg[k]) < 1:
             raise TrainError(f"{k} must be >= 1, got {cfg[k]}")
+    if cfg.get("workers") is None:
+        cfg["workers"] = default_workers(cfg["backend"])
     if int(cfg["workers"]) < 0:
         raise TrainError(f"workers must be >= 0, got {cfg['workers']}")
     schedule = LRSchedule.parse(cfg["schedule"], cfg["lr"], cfg["patience"])

@@ -137,7 +137,7 @@ def test_default_train_picks_numpy_and_small_in_one_line(monkeypatch, capsys, tm
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train"]) == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
-    assert len(lines) == 1 and "no usable GPU" in lines[0] and "numpy" in lines[0] and "small" in lines[0]
+    assert len(lines) == 1 and "cuda backend cannot run here" in lines[0] and "numpy" in lines[0] and "small" in lines[0]
     assert captured["backend"] == "numpy" and captured["preset"] == "small" and captured["data"] == raw_data
     assert captured["out"] == "runs/alexnet-small" and captured["init"] == "he"
 

@@ -107,6 +107,14 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 # LR schedule
 # ---------------------------------------------------------------------------
 
+def test_default_workers_by_backend(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert T.default_workers("cuda") == 8          # the GPU waits for batches: prefetch
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert T.default_workers("cuda") == 1
+    assert T.default_workers("numpy") == T.default_workers("emu") == 0  # the cores compute
+
+
 def test_plateau_schedule_divides_by_10_at_most_three_times():
     s = T.LRSchedule.parse("plateau", 0.01, patience=2)
     lrs = []
@@ -181,6 +189,7 @@ def test_train_writes_metrics_config_checkpoint(tiny_data, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"] == tiny_data and cfg["classes"] == ["circle", "square", "triangle"]
     assert cfg["model"]["width"] == 1 / 16 and cfg["num_classes"] == 3
+    assert cfg["workers"] == 0  # resolved from None: no loader threads on the numpy backend
     tensors, info = T.load_checkpoint(out / "checkpoint.safetensors")
     assert info["epoch"] == 2 and info["batch"] == 0 and info["step"] == 12
     assert "momentum.fc8.weight" in tensors and tensors["data.mean"].shape == (72, 72, 3)
