@@ -37,7 +37,6 @@ import argparse
 import io
 import json
 import math
-import os
 import sys
 import types
 from pathlib import Path
@@ -155,20 +154,12 @@ def save_png(img, path, *, palette=False):
     if palette and img.mode == "RGB":
         pal = img.quantize(256, method=_QUANTIZE.MEDIANCUT)
         img = img.quantize(palette=pal, dither=_DITHER.FLOYDSTEINBERG)
+    from .checkpoint import atomic_write_bytes
+
     data = _png_bytes(img)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, [data])
     return path
 
 
