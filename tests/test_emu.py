@@ -76,6 +76,33 @@ def test_missing_syncthreads_is_caught_in_some_fiber_order(monkeypatch):
     assert wrong, f"the racy reduction gave the right sum in every order: {results}"
 
 
+def test_fiber_order_setting_is_the_order_fibers_run():
+    """Each thread takes a ticket first thing: the tickets are the order the fibers started in."""
+    be = alexnet_cuda.get_backend("emu")
+
+    def tickets(order, n=64):
+        os.environ["ALEXNET_EMU_ORDER"] = order
+        t, c = np.full(n, -1, np.int32), np.zeros(1, np.int32)
+        be._mod.selftest.fiber_order(t, c)
+        assert c[0] == n and sorted(t) == list(range(n))
+        return t.tolist()
+
+    saved = os.environ.get("ALEXNET_EMU_ORDER")
+    try:
+        assert tickets("forward") == list(range(64))
+        assert tickets("reverse") == list(range(63, -1, -1))
+        s1, s2 = tickets("shuffle:1"), tickets("shuffle:2")
+        assert s1 == tickets("shuffle:1")                    # a seed gives one order
+        assert s1 != s2                                      # another seed, another order
+        for s in (s1, s2):
+            assert s not in (list(range(64)), list(range(63, -1, -1)))
+    finally:
+        if saved is None:
+            os.environ.pop("ALEXNET_EMU_ORDER", None)
+        else:
+            os.environ["ALEXNET_EMU_ORDER"] = saved
+
+
 # ---- warp collectives ----------------------------------------------------------------------
 
 def warp_reference(op, vals, args, mask, width):
@@ -148,6 +175,14 @@ def test_warp_collectives_partial_mask(kb, emu_order, op):
     ref = warp_reference(op, vals, args, mask, 16).astype(np.int32)
     np.testing.assert_array_equal(out[:16], ref[:16])
     np.testing.assert_array_equal(out[16:], -7)
+    if op >= 4:
+        # every lane of the group votes true (the lanes outside it would vote false): a vote
+        # that looked at the whole warp instead of the mask gives another answer
+        vals = np.r_[np.ones(16), np.zeros(16)].astype(np.int32)
+        (_, _, out) = run(kb, lambda m: lambda i, a, o: m.warp(i, a, o, op, mask, mask, 16),
+                          vals, args, np.full(32, -7, np.int32))
+        ref = warp_reference(op, vals, args, mask, 16).astype(np.int32)
+        np.testing.assert_array_equal(out[:16], ref[:16])
 
 
 def test_shuffle_from_lane_outside_mask_is_an_error():
@@ -189,7 +224,7 @@ def test_atomics_exact_under_concurrent_blocks(kb, monkeypatch, threads):
 # ---- wmma ----------------------------------------------------------------------------------
 
 WMMA = {0: ("half", 16, 16, 16), 1: ("half", 32, 8, 16), 2: ("half", 8, 32, 16), 3: ("bf16", 16, 16, 16),
-        4: ("tf32", 16, 16, 8)}
+        4: ("tf32", 16, 16, 8), 5: ("half-colmajor", 32, 8, 16)}
 
 
 def round_bf16(x):
@@ -210,8 +245,12 @@ def test_wmma_tiles_match_numpy(kb, emu_order, kind):
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
     c = rng.standard_normal((M, N)).astype(np.float32)
-    (_, _, _, d) = run(kb, lambda m: lambda *x: m.wmma(*x, kind), a, b, c, np.zeros((M, N), np.float32))
-    rnd = {"half": lambda x: x.astype(np.float16).astype(np.float32), "bf16": round_bf16, "tf32": round_tf32}[typ]
+    col = typ.endswith("colmajor")  # C passed and D returned column-major (transposed)
+    (_, _, _, d) = run(kb, lambda m: lambda *x: m.wmma(*x, kind), a, b, np.ascontiguousarray(c.T) if col else c,
+                       np.zeros((N, M) if col else (M, N), np.float32))
+    d = d.T if col else d
+    rnd = {"half": lambda x: x.astype(np.float16).astype(np.float32), "bf16": round_bf16,
+           "tf32": round_tf32}[typ.split("-")[0]]
     ar, br = rnd(a).astype(np.float64), rnd(b).astype(np.float64)
     ref = ar @ br + c
     # Products of rounded inputs are exact in float32; the K-term sum rounds at most
@@ -260,9 +299,13 @@ def test_half_and_bfloat16_round_to_nearest_even(kb):
     np.testing.assert_array_equal(h, x.astype(np.float16).view(np.uint16))
     np.testing.assert_array_equal(back, x.astype(np.float16).astype(np.float32))
     np.testing.assert_array_equal(b, (round_bf16(x).view(np.uint32) >> 16).astype(np.uint16))
-    nan = run(kb, lambda m: lambda *a: m.convert(*a), np.array([np.nan], np.float32), np.zeros(1, np.uint16),
-              np.zeros(1, np.uint16), np.zeros(1, np.float32))
-    assert np.isnan(nan[3][0]) and np.isnan(nan[1].view(np.float16)[0])
+    # NaNs stay NaN in both formats, also those whose payload sits in the low bits only (which
+    # rounding to nearest even would carry into the exponent: +-inf)
+    nans = np.array([0x7FC00000, 0x7F800001, 0xFF800001, 0x7FBFFFFF], np.uint32).view(np.float32)
+    _, h, b, back = run(kb, lambda m: lambda *a: m.convert(*a), nans, np.zeros(4, np.uint16),
+                        np.zeros(4, np.uint16), np.zeros(4, np.float32))
+    assert np.isnan(back).all() and np.isnan(h.view(np.float16)).all()
+    assert np.isnan((b.astype(np.uint32) << 16).view(np.float32)).all()
 
 
 # ---- settings and fiber implementations ------------------------------------------------------

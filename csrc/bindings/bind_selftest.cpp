@@ -47,8 +47,8 @@ void bind_selftest(py::module_& m) {
   });
   t.def("wmma", [](py::handle a, py::handle b, py::handle c, py::handle d, int kind) {
     Array A = arr(a, "a", DType::F32), B = arr(b, "b", DType::F32), C = arr(c, "c", DType::F32), D = arr(d, "d", DType::F32);
-    static const int mnk[5][3] = {{16, 16, 16}, {32, 8, 16}, {8, 32, 16}, {16, 16, 16}, {16, 16, 8}};
-    need(kind >= 0 && kind <= 4, "kind must be 0..4");
+    static const int mnk[6][3] = {{16, 16, 16}, {32, 8, 16}, {8, 32, 16}, {16, 16, 16}, {16, 16, 8}, {32, 8, 16}};
+    need(kind >= 0 && kind <= 5, "kind must be 0..5");
     const int M = mnk[kind][0], N = mnk[kind][1], K = mnk[kind][2];
     need(A.numel() == M * K && B.numel() == K * N && C.numel() == M * N && D.numel() == M * N,
          "a, b, c, d must be (M,K), (K,N), (M,N), (M,N) for the kind");
@@ -62,6 +62,12 @@ void bind_selftest(py::module_& m) {
     py::gil_scoped_release g;
     st::dyn_smem_reverse(X.f32(), Y.f32(), P.as<int>(), int(P.numel()), per_block, extra_smem, nullptr);
   }, "x"_a, "y"_a, "poisoned"_a, "per_block"_a, "extra_smem"_a = 0);
+  t.def("fiber_order", [](py::handle ticket, py::handle counter) {
+    Array T = arr(ticket, "ticket", DType::I32), C = arr(counter, "counter", DType::I32);
+    need(C.numel() >= 1, "counter needs 1 element");
+    py::gil_scoped_release g;
+    st::fiber_order(T.as<int>(), C.as<int>(), int(T.numel()), nullptr);
+  });
   t.def("convert", [](py::handle x, py::handle oh, py::handle ob, py::handle back) {
     Array X = arr(x, "x", DType::F32), H = arr(oh, "out_half", DType::U16), B = arr(ob, "out_bf16", DType::U16),
           K = arr(back, "back", DType::F32);

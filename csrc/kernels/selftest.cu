@@ -14,6 +14,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace alexnet::kernels::selftest {
 namespace {
@@ -89,21 +90,26 @@ __global__ void atomics_kernel(int* ints, float* f, int reps) {
   atomicMax(&ints[1], g);
 }
 
-template <int M, int N, int K, class T, class In>
+// COL = false: A, B staged row-major, C read and D written row-major (ld = their widths).
+// COL = true: A and B staged column-major (col_major fragments), C and D column-major in
+// memory (mem_col_major): c holds C^T and d receives D^T, row-major.
+template <int M, int N, int K, class T, class In, bool COL = false>
 __device__ void wmma_tile(const float* a, const float* b, const float* c, float* d, In* sa, In* sb) {
   using namespace nvcuda;
+  using LA = typename std::conditional<COL, wmma::col_major, wmma::row_major>::type;
   const int lane = threadIdx.x;
-  for (int i = lane; i < M * K; i += 32) sa[i] = In(a[i]);
-  for (int i = lane; i < K * N; i += 32) sb[i] = In(b[i]);
+  for (int i = lane; i < M * K; i += 32) sa[COL ? (i % K) * M + i / K : i] = In(a[i]);  // a[m*K + k]
+  for (int i = lane; i < K * N; i += 32) sb[COL ? (i % N) * K + i / N : i] = In(b[i]);  // b[k*N + n]
   __syncwarp();
-  wmma::fragment<wmma::matrix_a, M, N, K, T, wmma::row_major> fa;
-  wmma::fragment<wmma::matrix_b, M, N, K, T, wmma::row_major> fb;
+  wmma::fragment<wmma::matrix_a, M, N, K, T, LA> fa;
+  wmma::fragment<wmma::matrix_b, M, N, K, T, LA> fb;
   wmma::fragment<wmma::accumulator, M, N, K, float> fc;
-  wmma::load_matrix_sync(fa, sa, K);
-  wmma::load_matrix_sync(fb, sb, N);
-  wmma::load_matrix_sync(fc, c, N, wmma::mem_row_major);
+  const auto mem = COL ? wmma::mem_col_major : wmma::mem_row_major;
+  wmma::load_matrix_sync(fa, sa, COL ? M : K);
+  wmma::load_matrix_sync(fb, sb, COL ? K : N);
+  wmma::load_matrix_sync(fc, c, COL ? M : N, mem);
   wmma::mma_sync(fc, fa, fb, fc);
-  wmma::store_matrix_sync(d, fc, N, wmma::mem_row_major);
+  wmma::store_matrix_sync(d, fc, COL ? M : N, mem);
 }
 
 // One warp.
@@ -117,6 +123,7 @@ __global__ void wmma_kernel(const float* a, const float* b, const float* c, floa
     case 1: wmma_tile<32, 8, 16, __half>(a, b, c, d, ha, hb); break;
     case 2: wmma_tile<8, 32, 16, __half>(a, b, c, d, ha, hb); break;
     case 3: wmma_tile<16, 16, 16, __nv_bfloat16>(a, b, c, d, ba, bb); break;
+    case 5: wmma_tile<32, 8, 16, __half, __half, true>(a, b, c, d, ha, hb); break;
     default: {
       const int lane = threadIdx.x;
       // TF32 inputs are rounded explicitly, as the programming guide requires.
@@ -161,6 +168,9 @@ __global__ void convert_kernel(const float* x, uint16_t* oh, uint16_t* ob, float
   back[i] = __half2float(h);
 }
 
+// One block; each thread takes the next ticket from a counter before anything else.
+__global__ void order_kernel(int* ticket, int* counter) { ticket[threadIdx.x] = atomicAdd(counter, 1); }
+
 }  // namespace
 
 void barrier(float* out, int* counts, int threads, int live, cudaStream_t s) {
@@ -188,7 +198,7 @@ void atomics(int* ints, float* f, int blocks, int threads, int reps, cudaStream_
 }
 
 void wmma(const float* a, const float* b, const float* c, float* d, int kind, cudaStream_t s) {
-  if (kind < 0 || kind > 4) throw std::invalid_argument("selftest.wmma: kind must be 0..4");
+  if (kind < 0 || kind > 5) throw std::invalid_argument("selftest.wmma: kind must be 0..5");
   LAUNCH(wmma_kernel, dim3(1), dim3(32), 0, s, a, b, c, d, kind);
 }
 
@@ -196,6 +206,11 @@ void dyn_smem_reverse(const float* x, float* y, int* poisoned, int blocks, int p
                       cudaStream_t s) {
   LAUNCH(dyn_smem_kernel, dim3(unsigned(blocks)), dim3(unsigned(per_block)), size_t(per_block) * sizeof(float) + extra_smem,
          s, x, y, poisoned, per_block);
+}
+
+void fiber_order(int* ticket, int* counter, int threads, cudaStream_t s) {
+  if (threads < 1 || threads > 1024) throw std::invalid_argument("selftest.fiber_order: need 1 <= threads <= 1024");
+  LAUNCH(order_kernel, dim3(1), dim3(unsigned(threads)), 0, s, ticket, counter);
 }
 
 void convert(const float* x, uint16_t* oh, uint16_t* ob, float* back, int n, cudaStream_t s) {

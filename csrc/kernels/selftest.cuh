@@ -26,8 +26,10 @@ void divergent_barrier(float* out, int threads, int split, cudaStream_t s);
 // ints[0] = add count, ints[1] = max, ints[2] = CAS count; f[0] = float sum.
 void atomics(int* ints, float* f, int blocks, int threads, int reps, cudaStream_t s);
 // One warp computes D = A * B + C with nvcuda::wmma. kind: 0 half m16n16k16,
-// 1 half m32n8k16, 2 half m8n32k16, 3 bf16 m16n16k16, 4 tf32 m16n16k8. A (M,K) and
-// B (K,N) are float arrays (converted inside), C and D (M,N) float, all row-major.
+// 1 half m32n8k16, 2 half m8n32k16, 3 bf16 m16n16k16, 4 tf32 m16n16k8, 5 half m32n8k16
+// with col_major A and B fragments and C, D in mem_col_major. A (M,K) and B (K,N) are
+// float arrays (converted inside), row-major; C and D (M,N) float, row-major for kinds 0-4,
+// column-major for kind 5 (pass C^T, receive D^T).
 void wmma(const float* a, const float* b, const float* c, float* d, int kind, cudaStream_t s);
 // Reverses each block's `per_block` floats through dynamic shared memory; before
 // writing, thread 0 records whether the untouched dynamic shared memory reads as NaN
@@ -38,4 +40,8 @@ void dyn_smem_reverse(const float* x, float* y, int* poisoned, int blocks, int p
 // out_half[i] = bits of __float2half(x[i]); out_bf16[i] = bits of __float2bfloat16(x[i]);
 // back[i] = __half2float(__float2half(x[i])).
 void convert(const float* x, uint16_t* out_half, uint16_t* out_bf16, float* back, int n, cudaStream_t s);
+// One block of `threads` threads; thread t stores ticket[t] = atomicAdd(counter, 1) as its
+// first action. On emu the tickets show the order in which the fibers first ran
+// (ALEXNET_EMU_ORDER); on a GPU the order is the hardware's.
+void fiber_order(int* ticket, int* counter, int threads, cudaStream_t s);
 }  // namespace alexnet::kernels::selftest
