@@ -209,6 +209,28 @@ def test_conv2d_automatic_plan_splits_long_reductions(kernel_backend):
     assert be._mod.conv2d_backward_check(dy, x, w, padding=1, version=1)["splits"] == 1
 
 
+def test_balanced_splits_fill_whole_waves(kernel_backend):
+    """The split planner minimizes waves x k-tiles per split (blocks of equal work)."""
+    split = kernel_backend._mod.balanced_splits
+
+    def cost(n, tiles, ktiles, slots):
+        return -(-n * tiles // slots) * -(-ktiles // n)
+
+    # conv2's filter gradient, batch 128, on 132 SMs x 2 blocks: 13 splits fill one wave
+    # exactly (260 of 264 slots); 14 would leave a second wave of 16 blocks.
+    assert split(20, 11664, 264) == 13
+    for tiles, ktiles, slots in [(20, 11664, 264), (54, 2704, 264), (56, 2704, 264), (1, 100, 8), (7, 5000, 3),
+                                 (500, 40, 264), (3, 31, 100)]:
+        n = split(tiles, ktiles, slots)
+        limit = max(1, ktiles // 32)
+        assert 1 <= n <= limit
+        best = min(cost(k, tiles, ktiles, slots) for k in range(1, limit + 1))
+        assert cost(n, tiles, ktiles, slots) <= best * 1.03
+        # nothing smaller is as good
+        assert all(cost(k, tiles, ktiles, slots) > best * 1.03 for k in range(1, n))
+    assert split(4, 10_000, 264, max_n=5) <= 5
+
+
 def test_conv2d_deterministic_across_runs_and_fiber_orders(kernel_backend, monkeypatch):
     """No atomics: version 2 gives bitwise identical results every time, in any fiber order."""
     be = kernel_backend

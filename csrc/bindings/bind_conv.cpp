@@ -152,6 +152,14 @@ void bind_conv(py::module_& m) {
   register_versions("linear_forward", {1, 2});
   register_versions("linear_backward", {1, 2});
 
+  m.def(
+      "balanced_splits",
+      [](int64_t tiles, int ktiles, int64_t slots, int min_ktiles, int max_n) {
+        return kernels::balanced_splits(tiles, ktiles, slots, min_ktiles, max_n);
+      },
+      "tiles"_a, "ktiles"_a, "slots"_a, "min_ktiles"_a = 32, "max_n"_a = 4096,
+      "The split count the planners choose for a reduction (kernels/gemm.cuh).");
+
   // ---- conv2d ------------------------------------------------------------------------------
   m.def(
       "conv2d_forward_check",

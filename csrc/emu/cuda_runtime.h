@@ -117,6 +117,16 @@ cudaError_t cudaFuncSetAttribute(T* kernel, cudaFuncAttribute attr, int value) {
   }
   return cudaSuccess;
 }
+// Resident blocks per multiprocessor as a GPU of compute capability 8.x/9.x bounds them by
+// threads (2048 per SM, 32 blocks); registers and shared memory are not modelled. Only the
+// split planners use it, so on emu it decides how a reduction is cut, never whether it is right.
+template <class T>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, T* kernel, int block_size, size_t smem) {
+  (void)kernel;
+  if (!blocks || block_size < 1 || block_size > 1024) return cudaErrorInvalidValue;
+  *blocks = smem > 227 * 1024 ? 0 : (2048 / block_size < 32 ? 2048 / block_size : 32);
+  return cudaSuccess;
+}
 template <class T>
 cudaError_t cudaMemcpyToSymbol(T& symbol, const void* src, size_t bytes, size_t offset = 0,
                                cudaMemcpyKind kind = cudaMemcpyHostToDevice) {

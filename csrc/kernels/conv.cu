@@ -530,6 +530,16 @@ void conv2d_backward_data(const float* dy, const float* w, float* dx, const Conv
   CONV_WITH_TILE(d.Cg, launch_bwd_data_v2, dy, w, dx, d, stream)
 }
 
+namespace {
+// Blocks of the filter kernel that fit on the whole GPU at once.
+template <class Cfg>
+int64_t filter_slots() {
+  int per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, conv_bwd_filter_v2<Cfg>, Cfg::THREADS, 0));
+  return int64_t(std::max(1, per_sm)) * device_sm_count();
+}
+}  // namespace
+
 SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int splits) {
   version = check_version("conv2d_backward_filter", version);
   const Geo d = make_geo(s);
@@ -540,9 +550,12 @@ SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int split
   const int ktiles = int(ceil_div(d.NPQ, tile_bk(t)));
   int n = splits;
   if (n <= 0) {
-    // Two waves of blocks, at least 32 k-tiles per split.
-    const int64_t want = (2 * int64_t(device_sm_count()) + tiles - 1) / tiles;
-    n = int(std::min<int64_t>(want, std::max(1, ktiles / 32)));
+    // Whole waves of blocks (balanced_splits, gemm.cuh), at least 32 k-tiles per split.
+    const int64_t slots = t == Tile::k8    ? filter_slots<T8>()
+                          : t == Tile::k32 ? filter_slots<T32>()
+                          : t == Tile::k64 ? filter_slots<T64>()
+                                           : filter_slots<T128>();
+    n = balanced_splits(tiles, ktiles, slots, 32, 4096);
   }
   n = std::max(1, std::min({n, ktiles, 4096}));
   const int64_t zmax = 65535 / d.groups;

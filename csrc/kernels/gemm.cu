@@ -173,6 +173,27 @@ int device_sm_count() {
   return std::max(1, sms);
 }
 
+int balanced_splits(int64_t tiles, int ktiles, int64_t slots, int min_ktiles, int max_n) {
+  tiles = std::max<int64_t>(1, tiles);
+  slots = std::max<int64_t>(1, slots);
+  const int limit = std::max(1, std::min(max_n, ktiles / std::max(1, min_ktiles)));
+  auto cost = [&](int n) { return double((n * tiles + slots - 1) / slots) * double((ktiles + n - 1) / n); };
+  double best = cost(1);
+  for (int n = 2; n <= limit; ++n) best = std::min(best, cost(n));
+  for (int n = 1; n <= limit; ++n)
+    if (cost(n) <= best * 1.03) return n;
+  return 1;
+}
+
+namespace {
+template <class Cfg>
+int gemm_slots() {
+  int per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_v2<Cfg, false, false>, Cfg::THREADS, 0));
+  return std::max(1, per_sm) * device_sm_count();
+}
+}  // namespace
+
 SplitPlan gemm_plan(int M, int N, int K, int version, int splits) {
   check_version("gemm", version);
   SplitPlan plan;
@@ -182,9 +203,10 @@ SplitPlan gemm_plan(int M, int N, int K, int version, int splits) {
   const int ktiles = int(ceil_div(K, 8));
   int s = splits;
   if (s <= 0) {
-    // Aim at two waves of blocks; keep at least 32 k-tiles (256 terms) per split.
-    const int64_t want = (2 * int64_t(device_sm_count()) + tiles - 1) / tiles;
-    s = int(std::min<int64_t>(want, std::max(1, ktiles / 32)));
+    // Whole waves of blocks; at least 32 k-tiles (256 terms) per split.
+    const Tile t = pick_tile(M);
+    const int64_t slots = t == Tile::k32 ? gemm_slots<T32>() : t == Tile::k64 ? gemm_slots<T64>() : gemm_slots<T128>();
+    s = balanced_splits(tiles, ktiles, slots, 32, 1024);
   }
   s = std::max(1, std::min({s, ktiles, 1024}));
   plan.splits = s;

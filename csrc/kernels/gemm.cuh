@@ -14,6 +14,15 @@ struct SplitPlan {
   int64_t workspace = 0;
 };
 
+// How many splits of a reduction of `ktiles` k-tiles keep the GPU busiest when each split
+// is `tiles` blocks and `slots` blocks fit on the whole GPU at once (SMs x resident blocks
+// per SM). The time of a launch of equal blocks goes as waves x work per block, i.e.
+// ceil(n * tiles / slots) * ceil(ktiles / n); the smallest n within 3% of the best is taken
+// (fewer partials to add up), with at least `min_ktiles` k-tiles per split and n <= max_n.
+// Example (conv2's filter gradient on 132 SMs x 2 blocks): 20 tiles, 11664 k-tiles: 13
+// splits (260 blocks, one wave) instead of 14 (280 blocks: a second wave for 16 of them).
+int balanced_splits(int64_t tiles, int ktiles, int64_t slots, int min_ktiles, int max_n);
+
 // The plan gemm() uses for this shape and version; `splits` > 0 forces the split count
 // (clamped to the number of k-tiles), 0 lets the planner choose from the device's SM count.
 SplitPlan gemm_plan(int M, int N, int K, int version, int splits);
