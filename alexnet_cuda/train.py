@@ -38,7 +38,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .model import MOMENTUM, PRESETS, WEIGHT_DECAY, AlexNet
-from .visualize import write_curves
+from .visualize import read_metrics, write_curves
 
 __all__ = ["TrainError", "LRSchedule", "default_config", "train", "load_checkpoint", "model_from_checkpoint",
            "evaluate_model", "Progress", "CHECKPOINT", "METRICS", "CONFIG"]
@@ -442,23 +442,6 @@ class _Interrupt:
         return False
 
 
-def _read_metrics(path, upto_epoch):
-    """The metric records of epochs <= upto_epoch (a resume drops records the checkpoint does not cover)."""
-    keep = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue  # a torn last line
-            if int(r.get("epoch", 0)) <= upto_epoch:
-                keep.append(r)
-    return keep
-
-
 def train(cfg=None, *, resume=False, out=None, overrides=None, log=print, progress_stream=None,
           progress_interval=30.0, chance_warn_steps=None):
     """Run (or with resume=True continue) training. Returns an exit status (0 done, 1 diverged, 130
@@ -547,7 +530,8 @@ def train(cfg=None, *, resume=False, out=None, overrides=None, log=print, progre
         model.step = info["step"]
         schedule.load_state_dict(info["schedule"])
         start_epoch, start_batch, partial = info["epoch"], info["batch"], dict(info["partial"])
-        records = _read_metrics(metrics_path, start_epoch)
+        # a resume drops the records the checkpoint does not cover (and a torn last line)
+        records = [r for r in read_metrics(metrics_path) if int(r["epoch"]) <= start_epoch]
         ckpt.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
         log(f"resume: {out / CHECKPOINT}: {start_epoch} epoch(s) done" +
             (f" and {start_batch}/{nb} batches of epoch {start_epoch + 1}" if start_batch else "") +

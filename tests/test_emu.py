@@ -76,31 +76,24 @@ def test_missing_syncthreads_is_caught_in_some_fiber_order(monkeypatch):
     assert wrong, f"the racy reduction gave the right sum in every order: {results}"
 
 
-def test_fiber_order_setting_is_the_order_fibers_run():
+def test_fiber_order_setting_is_the_order_fibers_run(monkeypatch):
     """Each thread takes a ticket first thing: the tickets are the order the fibers started in."""
     be = alexnet_cuda.get_backend("emu")
 
     def tickets(order, n=64):
-        os.environ["ALEXNET_EMU_ORDER"] = order
+        monkeypatch.setenv("ALEXNET_EMU_ORDER", order)
         t, c = np.full(n, -1, np.int32), np.zeros(1, np.int32)
         be._mod.selftest.fiber_order(t, c)
         assert c[0] == n and sorted(t) == list(range(n))
         return t.tolist()
 
-    saved = os.environ.get("ALEXNET_EMU_ORDER")
-    try:
-        assert tickets("forward") == list(range(64))
-        assert tickets("reverse") == list(range(63, -1, -1))
-        s1, s2 = tickets("shuffle:1"), tickets("shuffle:2")
-        assert s1 == tickets("shuffle:1")                    # a seed gives one order
-        assert s1 != s2                                      # another seed, another order
-        for s in (s1, s2):
-            assert s not in (list(range(64)), list(range(63, -1, -1)))
-    finally:
-        if saved is None:
-            os.environ.pop("ALEXNET_EMU_ORDER", None)
-        else:
-            os.environ["ALEXNET_EMU_ORDER"] = saved
+    assert tickets("forward") == list(range(64))
+    assert tickets("reverse") == list(range(63, -1, -1))
+    s1, s2 = tickets("shuffle:1"), tickets("shuffle:2")
+    assert s1 == tickets("shuffle:1")                    # a seed gives one order
+    assert s1 != s2                                      # another seed, another order
+    for s in (s1, s2):
+        assert s not in (list(range(64)), list(range(63, -1, -1)))
 
 
 # ---- warp collectives ----------------------------------------------------------------------
