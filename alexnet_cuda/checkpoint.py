@@ -14,10 +14,8 @@ few lines so there is no extra dependency):
 A file written here loads with `safetensors.numpy.load_file` and
 `safetensors.torch.load_file`; the weights keep PyTorch's names and shapes.
 
-Writes are atomic: the file is written to a temporary name in the same folder,
-flushed and fsync'ed, then renamed over the target (os.replace), and the folder
-is fsync'ed. A reader never sees a half-written checkpoint, and an interrupted
-write leaves the previous one in place.
+Writes are atomic (alexnet_cuda.files): a reader never sees a half-written
+checkpoint, and an interrupted write leaves the previous one in place.
 
 The reader validates everything it relies on (header length, JSON, dtypes,
 shapes, offsets that tile the data section exactly) and raises
@@ -27,14 +25,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CheckpointError", "save_file", "load_file", "read_metadata", "atomic_write_bytes",
-           "atomic_write_text"]
+from .errors import CheckpointError
+from .files import atomic_write_bytes
+
+__all__ = ["CheckpointError", "save_file", "load_file", "read_metadata"]
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -44,57 +42,6 @@ _DTYPES = {
 }
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or does not hold what is expected."""
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask():
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
-def atomic_write_bytes(path, chunks):
-    """Write the bytes-like `chunks` (one or an iterable) to `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(chunks, (bytes, bytearray, memoryview)):
-        chunks = [chunks]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path, text):
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_file(tensors, path, metadata=None):

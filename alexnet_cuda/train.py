@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
+from .files import atomic_write_text
 from .model import MOMENTUM, PRESETS, WEIGHT_DECAY, AlexNet
 from .visualize import read_metrics, write_curves
 
@@ -317,7 +318,7 @@ def _model_kwargs(cfg, num_classes):
 
 
 def _atomic_json(path, obj):
-    ckpt.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -532,12 +533,12 @@ def train(cfg=None, *, resume=False, out=None, overrides=None, log=print, progre
         start_epoch, start_batch, partial = info["epoch"], info["batch"], dict(info["partial"])
         # a resume drops the records the checkpoint does not cover (and a torn last line)
         records = [r for r in read_metrics(metrics_path) if int(r["epoch"]) <= start_epoch]
-        ckpt.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
         log(f"resume: {out / CHECKPOINT}: {start_epoch} epoch(s) done" +
             (f" and {start_batch}/{nb} batches of epoch {start_epoch + 1}" if start_batch else "") +
             f", step {model.step}, lr {schedule.lr_for_epoch(start_epoch):g}")
     else:
-        ckpt.atomic_write_text(metrics_path, "")
+        atomic_write_text(metrics_path, "")
     _atomic_json(out / CONFIG, cfg)
     log(f"model: {model!r}")
     log(f"data: {len(train_ds)} train / {len(val_ds)} val images, {train_ds.num_classes} classes, "

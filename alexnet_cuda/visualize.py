@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .files import atomic_write_bytes
+
 __all__ = ["main", "visualize", "nearest_neighbours", "write_curves", "read_metrics", "lr_drops",
            "conv1_filters_image", "predictions_image", "neighbours_image", "curves_image",
            "FILTER_SCALE", "FILTER_GAP", "FILTER_MAX_COLS", "CURVES_SIZE"]
@@ -154,8 +156,6 @@ def save_png(img, path, *, palette=False):
     if palette and img.mode == "RGB":
         pal = img.quantize(256, method=_QUANTIZE.MEDIANCUT)
         img = img.quantize(palette=pal, dither=_DITHER.FLOYDSTEINBERG)
-    from .checkpoint import atomic_write_bytes
-
     data = _png_bytes(img)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_save_npy, atomic_save_npz, atomic_write_bytes
 from .errors import DataError
 from .imageio import list_class_images, load_resized
 from .synthetic import default_cache_root
@@ -59,27 +60,6 @@ def _nolog(*args, **kwargs):
 
 
 # ---------------------------------------------------------------- small file helpers
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-
-
-def _atomic_save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
 def _npy_header(shape) -> bytes:
     """A version 1.0 .npy header for C-ordered uint8 of `shape`, padded to
     exactly _HEADER_LEN bytes."""
@@ -172,7 +152,7 @@ def _process_chunk(split, k, items, src, size, mm, offset, pool, record_path):
     rec = {"n_ok": np.int64(n), "labels": np.asarray(labels, np.int64),
            "skipped": np.asarray(skipped, dtype=str), "errors": np.asarray(errors, dtype=str),
            "img_sum": img_sum, "pix_sum": pix_sum, "pix_outer": pix_outer}
-    _atomic_save_npz(record_path, **rec)
+    atomic_save_npz(record_path, **rec)
     return rec
 
 
@@ -292,7 +272,7 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
     resumed = partial.is_dir()
     partial.mkdir(parents=True, exist_ok=True)
     if not plan_file.is_file():
-        _atomic_write_bytes(plan_file, json.dumps({"digest": digest, "size": size,
+        atomic_write_bytes(plan_file, json.dumps({"digest": digest, "size": size,
                                                    "chunk_size": chunk_size}).encode())
 
     total = sum(len(files[s]) for s in SPLITS)
@@ -375,7 +355,7 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
                     os.fsync(f.fileno())
                 os.replace(part_img, final_img)
             labels = np.concatenate([r["labels"] for r in recs]).astype(np.int64)
-            _atomic_save_npy(dst / f"{split}_labels.npy", labels)
+            atomic_save_npy(dst / f"{split}_labels.npy", labels)
             records[split] = recs
     finally:
         if pool is not None:
@@ -391,8 +371,8 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
     pix_sum = np.sum([r["pix_sum"] for r in tr], axis=0)
     pix_outer = np.sum([r["pix_outer"] for r in tr], axis=0)
     cov, eigvals, eigvecs, rgb_mean = _pca(pix_sum, pix_outer, n_train * size * size)
-    _atomic_save_npy(dst / "mean.npy", mean)
-    _atomic_save_npz(dst / "pca.npz", cov=cov, eigvals=eigvals, eigvecs=eigvecs, rgb_mean=rgb_mean)
+    atomic_save_npy(dst / "mean.npy", mean)
+    atomic_save_npz(dst / "pca.npz", cov=cov, eigvals=eigvals, eigvecs=eigvecs, rgb_mean=rgb_mean)
 
     skipped = {s: [str(x) for r in records[s] for x in r["skipped"]] for s in SPLITS}
     counts = {s: int(sum(int(r["n_ok"]) for r in records[s])) for s in SPLITS}
@@ -409,7 +389,7 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
             "eigvals": eigvals.tolist(), "files": {
                 "train": ["train_images.npy", "train_labels.npy"],
                 "val": ["val_images.npy", "val_labels.npy"], "mean": "mean.npy", "pca": "pca.npz"}}
-    _atomic_write_bytes(dst / "meta.json", json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(dst / "meta.json", json.dumps(meta, indent=1).encode())
     shutil.rmtree(partial, ignore_errors=True)
     nskip = meta["skipped_count"]
     if nskip:
