@@ -447,8 +447,10 @@ def test_train_loader_scale_and_drop_last():
     assert len(c) == 3 and sizes == [8, 8, 5]
     with pytest.raises(DataError):
         TrainLoader(ds, batch_size=8, crop=17, seed=0)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError) as e:
         TrainLoader(ds, batch_size=64, crop=8, seed=0)
+    assert str(e.value) == ("the training set has 21 images, fewer than one batch of 64; "
+                            "pass --batch-size N with N <= 21")
 
 
 def test_train_loader_determinism_workers_and_restart():

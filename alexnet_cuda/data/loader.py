@@ -36,7 +36,7 @@ def _plain(a):
     return a.view(np.ndarray) if isinstance(a, np.ndarray) else np.asarray(a)
 
 
-def _check_common(dataset, batch_size, crop, scale):
+def _check_common(dataset, batch_size, crop, scale, mean=None):
     images = dataset.images
     if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"dataset.images must be (N, S, S, 3), got {images.shape}")
@@ -47,9 +47,14 @@ def _check_common(dataset, batch_size, crop, scale):
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 1 <= int(crop) <= S:
         raise DataError(f"crop {crop} does not fit in the prepared images of {S}x{S}")
-    mean = np.asarray(dataset.mean, np.float32)
+    if mean is None:
+        mean = getattr(dataset, "mean", None)
+    if mean is None:
+        raise DataError(f"{getattr(dataset, 'path', 'the dataset')} has no mean image (it was prepared "
+                        f"for evaluation only); pass mean= (the checkpoint's training mean)")
+    mean = np.asarray(mean, np.float32)
     if mean.shape != (S, S, 3):
-        raise ValueError(f"dataset.mean must be ({S}, {S}, 3), got {mean.shape}")
+        raise DataError(f"the mean image is {mean.shape}, expected ({S}, {S}, 3) for images of {S}x{S}")
     if not np.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     # the mean image in CHW, so that a window of it matches a transposed crop
@@ -89,9 +94,11 @@ class TrainLoader:
         n = len(self._labels)
         if n != len(self._images):
             raise ValueError(f"dataset has {len(self._images)} images but {n} labels")
-        if n == 0 or (self.drop_last and n < self.batch_size):
+        if n == 0:
+            raise DataError("the training set has no images")
+        if self.drop_last and n < self.batch_size:
             raise DataError(f"the training set has {n} images, fewer than one batch of "
-                            f"{self.batch_size}")
+                            f"{self.batch_size}; pass --batch-size N with N <= {n}")
 
     def __len__(self):
         n, b = len(self._labels), self.batch_size
@@ -217,12 +224,15 @@ class EvalLoader:
     top-right, bottom-left, bottom-right corners, the centre, then the
     horizontal reflections of those five in the same order (the paper's ten
     patches); all times `scale`. y: int64 (B,).
+
+    `mean`: the mean image (S, S, 3) to subtract; default dataset.mean. A
+    folder prepared for evaluation only has none: pass the checkpoint's.
     """
 
     def __init__(self, dataset, *, batch_size: int, crop: int, ten_crop: bool = False,
-                 scale: float = 1.0):
+                 scale: float = 1.0, mean=None):
         self.dataset = dataset
-        self.S, self._mean_chw = _check_common(dataset, batch_size, crop, scale)
+        self.S, self._mean_chw = _check_common(dataset, batch_size, crop, scale, mean)
         self.batch_size, self.crop = int(batch_size), int(crop)
         self.ten_crop, self.scale = bool(ten_crop), float(scale)
         self._images = _plain(dataset.images)
@@ -272,6 +282,8 @@ def load_image_for_predict(path, dataset_meta_dir_or_mean, *, size: int, crop: i
     if isinstance(m, (str, Path)):
         p = Path(m).expanduser()
         f = p / "mean.npy" if p.is_dir() else p
+        if p.is_dir() and not f.is_file():
+            raise DataError(f"{p} has no mean image (mean.npy); pass the checkpoint's training mean")
         try:
             m = np.load(f)
         except (OSError, ValueError) as e:

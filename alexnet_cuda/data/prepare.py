@@ -14,12 +14,33 @@ size x size patch, and writes
     dst/pca.npz            cov (3,3), eigvals (3,), eigvecs (3,3) (column i is
                            eigenvector i, eigenvalues descending), rgb_mean (3,)
                            of the training pixels, in units of pixel/255
-    dst/meta.json          classes, counts, size, skipped files; written last
+    dst/source_files.txt.gz  the source's file list (see source.py)
+    dst/meta.json          classes, counts, size, skipped files, splits, source
+                           and its fingerprint; written last
+
+With splits=("val",) only val/ is read (train/ may be absent) and only the
+val files are written: no mean image, no PCA (evaluation takes the mean from
+the checkpoint). Such a folder opens as PreparedDataset(dst, "val").
 
 The image files are .npy, so np.load(mmap_mode="r") maps them without reading.
 The PCA is computed on pixel values scaled to [0, 1] (the convention behind the
 paper's formula: offsets of eigvecs @ (a * eigvals) in [0, 1] units; the
 loader multiplies them by 255 to apply them to 0..255 pixels).
+
+Staleness: meta.json records the source (absolute path) and, per split, the
+fingerprint of its file list (relative path, bytes, mtime in ns, plus size
+and format version; see source.py). A prepared dst is reused only when the
+source, size and fingerprints match. prepare_dataset refuses another dst
+(DataError) unless force=True; ensure_prepared re-prepares its cache entry.
+A dst being redone loses its meta.json first, so an interrupted run never
+leaves a folder that claims to be complete but is stale.
+
+The cache: ensure_prepared(raw folder) prepares into
+$ALEXNET_CUDA_CACHE/prepared/ (default ~/.cache/alexnet-cuda/prepared/; see
+prepared_cache_dir), one entry per source folder and size:
+<name>-s<size>-<key> (key: sha256 of the absolute path and size), and
+<name>-s<size>-<key>-val for a val-only preparation. The same root holds the
+built-in synthetic set. Delete an entry (or the whole folder) to free space.
 
 Resuming: the work goes in chunks of files. Each split's image file is
 preallocated as dst/.partial/<split>_images.npy; a chunk writes its rows in
@@ -28,7 +49,7 @@ statistics) atomically (tmp file + os.replace). A rerun skips every chunk with
 a record and redoes the first one without. At the end the image file's .npy
 header is rewritten for the number of decoded images, the unused tail is
 truncated, and the file is renamed into place; meta.json (written atomically,
-last) marks dst as complete, and a complete dst is returned at once.
+last) marks dst as complete.
 """
 from __future__ import annotations
 
@@ -43,20 +64,29 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_save_npy, atomic_save_npz, atomic_write_bytes
+from ..files import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_json, fsync_dir
 from .errors import DataError
-from .imageio import list_class_images, load_resized
+from .imageio import load_resized
+from .source import (FORMAT, FORMAT_VERSION, SOURCE_FILES, SPLITS, check_folder, check_splits,
+                     class_folders, describe_change, scan_source, source_files_blob)
 from .synthetic import default_cache_root
 
-FORMAT = "alexnet-cuda-prepared"
-FORMAT_VERSION = 1
-SPLITS = ("train", "val")
 _HEADER_LEN = 128  # fixed .npy header length, so the header can be rewritten in place
 _MAX_NAMED = 50    # skipped files named one per line in the log; the rest in meta.json
+_FORCE_HINT = "pass force=True (--force on the command line) to overwrite it, or choose another destination"
 
 
 def _nolog(*args, **kwargs):
     pass
+
+
+def _outputs(splits) -> list:
+    """The data files of a prepared folder holding `splits`."""
+    names = [f"{s}_{k}.npy" for s in splits for k in ("images", "labels")]
+    return names + (["mean.npy", "pca.npz"] if "train" in splits else [])
+
+
+ALL_OUTPUTS = ["meta.json", SOURCE_FILES] + _outputs(SPLITS)
 
 
 # ---------------------------------------------------------------- small file helpers
@@ -69,45 +99,6 @@ def _npy_header(shape) -> bytes:
     if len(body) + 1 > n:
         raise ValueError(f"shape {shape} too long for the .npy header")
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", n) + body + b" " * (n - len(body) - 1) + b"\n"
-
-
-# ---------------------------------------------------------------- scanning
-def _scan(src: Path):
-    """Validate the layout; returns (classes, {split: [(relpath, label), ...]})."""
-    if not src.exists():
-        raise DataError(f"data folder not found: {src}")
-    if not src.is_dir():
-        raise DataError(f"data path is not a folder: {src}")
-    found = {}
-    for split in SPLITS:
-        d = src / split
-        if not d.is_dir():
-            raise DataError(f"{src} has no {split}/ folder (expected {src}/train/<class>/*.jpg "
-                            f"and {src}/val/<class>/*.jpg)")
-        with os.scandir(d) as it:
-            found[split] = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
-        if not found[split]:
-            raise DataError(f"no class folders in {d} (expected {d}/<class>/*.jpg)")
-    classes = found["train"]
-    if found["val"] != classes:
-        only_t = sorted(set(classes) - set(found["val"]))
-        only_v = sorted(set(found["val"]) - set(classes))
-        parts = []
-        if only_t:
-            parts.append(f"only in train/: {', '.join(only_t[:5])}" + (" ..." if len(only_t) > 5 else ""))
-        if only_v:
-            parts.append(f"only in val/: {', '.join(only_v[:5])}" + (" ..." if len(only_v) > 5 else ""))
-        raise DataError(f"train/ and val/ of {src} have different classes ({'; '.join(parts)})")
-    files = {}
-    for split in SPLITS:
-        items = []
-        for label, cname in enumerate(classes):
-            names = list_class_images(src / split / cname)
-            if not names:
-                raise DataError(f"class folder {src / split / cname} has no images (.jpg, .jpeg, .png)")
-            items.extend((f"{split}/{cname}/{n}", label) for n in names)
-        files[split] = items
-    return classes, files
 
 
 # ---------------------------------------------------------------- decoding (worker side)
@@ -160,14 +151,12 @@ def _load_record(path: Path):
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
-
-def _plan_digest(src: Path, size: int, chunk_size: int, files) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([str(src.resolve()), size, chunk_size, FORMAT_VERSION]).encode())
-    for split in SPLITS:
-        for rel, label in files[split]:
-            h.update(f"{rel}\0{label}\n".encode())
-    return h.hexdigest()
+def _plan_digest(scan, chunk_size: int) -> str:
+    """What an unfinished preparation was for: the fingerprint covers the file
+    list, so a changed source starts over instead of mixing files."""
+    key = [str(scan.path), scan.size, chunk_size, FORMAT_VERSION, list(scan.splits),
+           [scan.fingerprint[s] for s in scan.splits]]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
 def _npy_rows(path: Path) -> int:
@@ -177,9 +166,11 @@ def _npy_rows(path: Path) -> int:
         return -1
 
 
-def _read_meta(path: Path):
+# ---------------------------------------------------------------- prepared folders
+def read_meta(path):
+    """The meta.json of a complete prepared folder, else None."""
     try:
-        meta = json.loads((path / "meta.json").read_text())
+        meta = json.loads((Path(path) / "meta.json").read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not meta.get("complete"):
@@ -187,13 +178,274 @@ def _read_meta(path: Path):
     return meta
 
 
-def is_prepared(path) -> bool:
-    """True when `path` is a complete folder written by prepare_dataset."""
+_read_meta = read_meta  # the old private name
+
+
+def meta_splits(meta) -> tuple:
+    """The splits a prepared folder holds (folders of format version 1: both)."""
+    return tuple(meta.get("splits", SPLITS))
+
+
+def is_prepared(path, splits=SPLITS) -> bool:
+    """True when `path` is a complete folder written by prepare_dataset that
+    holds `splits` (default: train and val, what training needs; pass
+    ("val",) to accept a folder prepared for evaluation only)."""
     path = Path(path)
-    if _read_meta(path) is None:
+    meta = read_meta(path)
+    if meta is None:
         return False
-    need = ["mean.npy", "pca.npz"] + [f"{s}_{k}.npy" for s in SPLITS for k in ("images", "labels")]
-    return all((path / n).is_file() for n in need)
+    have = meta_splits(meta)
+    if not set(splits) <= set(have):
+        return False
+    return all((path / n).is_file() for n in _outputs(have))
+
+
+def _mismatch(meta, dst: Path, scan):
+    """Why the prepared `dst` does not hold `scan`: None when it does, else
+    (kind, phrase, detail) where '<dst> was prepared <phrase>' reads as a
+    sentence; detail: '(3 files added, 0 removed, 1 changed)' for a changed
+    source ('' when the old file list is unreadable), else ''."""
+    if int(meta.get("size", -1)) != scan.size:
+        return "size", f"at size {meta.get('size')}, not {scan.size}", ""
+    if meta.get("source") != str(scan.path):
+        return "source", f"from {meta.get('source')}", ""
+    have = meta_splits(meta)
+    if not set(scan.splits) <= set(have):
+        return "splits", f"for the {'/'.join(have)} split only", ""
+    fp = meta.get("fingerprint")
+    if not isinstance(fp, dict):
+        return "old", "by an older version of alexnet-cuda, which kept no fingerprint of its source", ""
+    if any(fp.get(s) != scan.fingerprint[s] for s in scan.splits):
+        detail = describe_change(dst / meta.get("source_files", SOURCE_FILES), scan)
+        return "changed", f"from an older state of {scan.path}" + (f" {detail}" if detail else ""), detail
+    return None
+
+
+def _counts_text(meta) -> str:
+    return ", ".join(f"{meta['counts'][s]} {s}" for s in meta_splits(meta)) + " images"
+
+
+def list_classes(data, split: str = "val") -> list:
+    """The class names of `split` of `data`, without decoding anything: for a
+    raw folder the sorted sub-folder names of <data>/<split>/, for a prepared
+    folder the classes it records. DataError when there are none."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data = Path(data).expanduser()
+    meta = read_meta(data)
+    if meta is not None:
+        return list(meta["classes"])
+    check_folder(data, (split,))
+    return class_folders(data, split)
+
+
+# ---------------------------------------------------------------- preparing
+def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None = None,
+                    chunk_size: int | None = None, force: bool = False, splits=SPLITS) -> Path:
+    """Prepare the image folder `src` into `dst` (see the module doc).
+
+    Returns `dst`. A complete `dst` prepared from the same source in the same
+    state (fingerprint) and size is returned at once; one prepared from
+    another source, an older state of `src`, at another size, or by the
+    previous version (no fingerprint) raises DataError unless `force`, which
+    overwrites it. An interrupted `dst` is resumed. `workers`: decoding
+    processes (default: all cores; 0 or 1: in this process). `chunk_size`:
+    files per resumable chunk (default: about 256 MB of decoded images, at
+    most 1000 files). `splits`: ("train", "val") or ("val",) (evaluation only).
+    """
+    log = log or _nolog
+    dst = Path(dst).expanduser()
+    size = int(size)
+    if size < 1:
+        raise DataError(f"prepare: size must be positive, got {size}")
+    scan = scan_source(src, splits, size)  # DataError before any work
+    meta = read_meta(dst)
+    if meta is not None:
+        why = _mismatch(meta, dst, scan)
+        if why is None and is_prepared(dst, scan.splits):
+            log(f"prepare: {dst} is already prepared ({_counts_text(meta)}); reusing it")
+            return dst
+        if why is not None and not force:
+            raise DataError(f"{dst} was prepared {why[1]}; {_FORCE_HINT}")
+        if why is not None:
+            log(f"prepare: overwriting {dst} (it was prepared {why[1]})")
+    return _prepare(scan, dst, log=log, workers=workers, chunk_size=chunk_size)
+
+
+def _check_destination(dst: Path):
+    if not dst.exists():
+        return
+    if not dst.is_dir():
+        raise DataError(f"destination exists and is not a folder: {dst}")
+    ours = set(ALL_OUTPUTS) | {".partial"}
+    strangers = [n for n in os.listdir(dst) if n not in ours and ".tmp" not in n]
+    if strangers:
+        raise DataError(f"destination {dst} is not empty and is not a prepared dataset "
+                        f"(found {strangers[0]}); choose an empty or new folder")
+
+
+def _open_plan(dst: Path, scan, chunk_size, log):
+    """Make dst/.partial for `scan`, keeping an unfinished run's work when it
+    was for the same files and settings. Returns (partial, chunk_size, resumed)."""
+    partial = dst / ".partial"
+    plan_file = partial / "plan.json"
+    rowbytes = scan.size * scan.size * 3
+    if chunk_size is None:  # the unfinished run's, else about 256 MB of images, at most 1000
+        try:
+            chunk_size = int(json.loads(plan_file.read_text())["chunk_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            chunk_size = int(max(1, min(1000, (256 << 20) // rowbytes)))
+    if chunk_size < 1:
+        raise DataError(f"prepare: chunk_size must be positive, got {chunk_size}")
+    digest = _plan_digest(scan, chunk_size)
+    if partial.is_dir():
+        try:
+            old = json.loads(plan_file.read_text()).get("digest")
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if old != digest:
+            log(f"prepare: the unfinished preparation in {dst} was for other files or settings; "
+                f"starting over")
+            shutil.rmtree(partial)
+    keep = set() if not partial.is_dir() else set(_outputs(scan.splits))
+    for n in ALL_OUTPUTS:  # outputs of an older, different run are stale
+        if n not in keep:
+            (dst / n).unlink(missing_ok=True)
+    resumed = partial.is_dir()
+    partial.mkdir(parents=True, exist_ok=True)
+    if not plan_file.is_file():
+        atomic_write_json(plan_file, {"digest": digest, "size": scan.size, "chunk_size": chunk_size})
+    return partial, chunk_size, resumed
+
+
+class _Progress:
+    """Counts and log lines of one preparation."""
+
+    def __init__(self, src, total, log):
+        self.src, self.total, self.log = src, total, log
+        self.t0 = time.perf_counter()
+        self.done = self.decoded = self.named = 0
+
+    def chunk(self, split, k, chunk_size, n_split, rec, n_files):
+        for rel, err in zip(rec["skipped"], rec["errors"]):
+            self.named += 1
+            if self.named <= _MAX_NAMED:
+                self.log(f"prepare: skipped unreadable file {self.src / str(rel)} ({err})")
+        self.done += n_files
+        self.decoded += n_files
+        rate = self.decoded / max(time.perf_counter() - self.t0, 1e-9)
+        self.log(f"prepare: {split} {min((k + 1) * chunk_size, n_split)}/{n_split} "
+                 f"({self.done}/{self.total} overall, {rate:.0f} images/s)")
+
+
+def _prepare(scan, dst: Path, *, log, workers, chunk_size) -> Path:
+    """Prepare `scan` into `dst`, whatever dst holds now (resuming a matching
+    unfinished run)."""
+    _check_destination(dst)
+    if (dst / "meta.json").exists():  # from here on dst never claims to be complete
+        (dst / "meta.json").unlink()
+        fsync_dir(dst)
+    partial, chunk_size, resumed = _open_plan(dst, scan, chunk_size, log)
+    total = sum(len(scan.files[s]) for s in scan.splits)
+    if workers is None:  # all cores, unless the job is too small to pay for them
+        workers = (os.cpu_count() or 1) if total >= 64 else 1
+    use_pool = workers > 1
+    counts = " and ".join(f"{len(scan.files[s])} {s}" for s in scan.splits)
+    log(f"prepare: {scan.path} -> {dst}: {len(scan.classes)} classes, {counts} files, "
+        f"{scan.size}x{scan.size}, chunks of {chunk_size}"
+        + (f", {workers} processes" if use_pool else "") + (" (resuming)" if resumed else ""))
+    progress = _Progress(scan.path, total, log)
+    pool = ProcessPoolExecutor(max_workers=workers) if use_pool else None
+    records = {}
+    try:
+        for split in scan.splits:
+            records[split] = _prepare_split(split, scan, dst, partial, chunk_size, pool, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    eigvals = _write_train_stats(dst, records["train"], scan.size) if "train" in records else None
+    meta = _write_meta(dst, scan, records, eigvals, log)
+    shutil.rmtree(partial, ignore_errors=True)
+    _log_done(meta, progress, dst, log)
+    return dst
+
+
+def _committed(rec_paths) -> list:
+    """The records of the committed chunks: the longest prefix of readable
+    ones; the records after it are deleted (redone)."""
+    recs = []
+    for rp in rec_paths:
+        try:
+            recs.append(_load_record(rp))
+        except Exception:  # missing or torn: redo from here
+            break
+    for rp in rec_paths[len(recs):]:
+        rp.unlink(missing_ok=True)
+    return recs
+
+
+def _prepare_split(split, scan, dst, partial, chunk_size, pool, progress) -> list:
+    """Decode (or resume) one split into dst/<split>_images.npy and its
+    labels; returns the chunk records."""
+    items, size = scan.files[split], scan.size
+    nchunks = (len(items) + chunk_size - 1) // chunk_size
+    rec_paths = [partial / f"{split}-{k:05d}.npz" for k in range(nchunks)]
+    final_img, part_img = dst / f"{split}_images.npy", partial / f"{split}_images.npy"
+    recs = _committed(rec_paths)
+    n_done = sum(int(r["n_ok"]) for r in recs)
+    progress.done += len(items[:len(recs) * chunk_size])
+    if not (len(recs) == nchunks and final_img.is_file() and _npy_rows(final_img) == n_done):
+        final_img.unlink(missing_ok=True)  # not finalized by the interrupted run
+        recs, n_done = _decode_rest(split, scan, part_img, rec_paths, recs, chunk_size, pool,
+                                    progress)
+        if n_done == 0:
+            raise DataError(f"no readable images in {scan.path / split}")
+        _finalize_image(part_img, final_img, n_done, size)
+    labels = np.concatenate([r["labels"] for r in recs]).astype(np.int64)
+    atomic_save_npy(dst / f"{split}_labels.npy", labels)
+    return recs
+
+
+def _decode_rest(split, scan, part_img, rec_paths, recs, chunk_size, pool, progress):
+    """Decode the chunks after the committed ones into the preallocated image
+    file (made anew when missing or damaged); returns (records, rows)."""
+    items, size = scan.files[split], scan.size
+    n_total, nchunks, rowbytes = len(items), len(rec_paths), size * size * 3
+    n_done = sum(int(r["n_ok"]) for r in recs)
+    psize = part_img.stat().st_size if part_img.is_file() else -1
+    if len(recs) == nchunks and psize == _HEADER_LEN + n_done * rowbytes:
+        return recs, n_done  # already truncated: only the rename was left
+    if psize != _HEADER_LEN + n_total * rowbytes:
+        if recs:
+            progress.log(f"prepare: the partial {split} image file is missing or damaged; "
+                         f"redoing {split}/")
+            progress.done -= len(items[:len(recs) * chunk_size])
+        for rp in rec_paths:
+            rp.unlink(missing_ok=True)
+        recs, n_done = [], 0
+        with open(part_img, "wb") as f:
+            f.write(_npy_header((n_total, size, size, 3)))
+            f.truncate(_HEADER_LEN + n_total * rowbytes)  # sparse
+    mm = np.memmap(part_img, np.uint8, "r+", offset=_HEADER_LEN, shape=(n_total, size, size, 3))
+    for k in range(len(recs), nchunks):
+        chunk = items[k * chunk_size:(k + 1) * chunk_size]
+        rec = _process_chunk(split, k, chunk, scan.path, size, mm, n_done, pool, rec_paths[k])
+        progress.chunk(split, k, chunk_size, n_total, rec, len(chunk))
+        recs.append(rec)
+        n_done += int(rec["n_ok"])
+    del mm
+    return recs, n_done
+
+
+def _finalize_image(part_img: Path, final_img: Path, n_rows: int, size: int):
+    """Header for n_rows, drop the unused tail, rename into place (each step
+    can be repeated if interrupted)."""
+    with open(part_img, "r+b") as f:
+        f.write(_npy_header((n_rows, size, size, 3)))
+        f.truncate(_HEADER_LEN + n_rows * size * size * 3)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part_img, final_img)
 
 
 def _pca(pix_sum, pix_outer, n_pix):
@@ -212,194 +464,56 @@ def _pca(pix_sum, pix_outer, n_pix):
     return cov, w, v, m / 255.0
 
 
-def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None = None,
-                    chunk_size: int | None = None) -> Path:
-    """Prepare the image folder `src` into `dst` (see the module doc).
-
-    Returns `dst`. A complete `dst` is returned at once; an interrupted one is
-    resumed. `workers`: decoding processes (default: all cores; 0 or 1: in
-    this process). `chunk_size`: files per resumable chunk (default: about
-    256 MB of decoded images, at most 1000 files).
-    """
-    log = log or _nolog
-    src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    size = int(size)
-    if size < 1:
-        raise DataError(f"prepare: size must be positive, got {size}")
-    meta = _read_meta(dst)
-    if meta is not None and is_prepared(dst):
-        if meta.get("size") != size:
-            raise DataError(f"{dst} is already prepared at size {meta.get('size')}, not {size}; "
-                            f"use another destination")
-        log(f"prepare: {dst} is already prepared ({meta['counts']['train']} train, "
-            f"{meta['counts']['val']} val images); reusing it")
-        return dst
-
-    classes, files = _scan(src)  # DataError before any work
-    partial = dst / ".partial"
-    if dst.exists():
-        if not dst.is_dir():
-            raise DataError(f"destination exists and is not a folder: {dst}")
-        ours = {"meta.json", ".partial", "mean.npy", "pca.npz"} | {
-            f"{s}_{k}.npy" for s in SPLITS for k in ("images", "labels")}
-        strangers = [n for n in os.listdir(dst) if n not in ours and ".tmp" not in n]
-        if strangers:
-            raise DataError(f"destination {dst} is not empty and is not a prepared dataset "
-                            f"(found {strangers[0]}); choose an empty or new folder")
-    rowbytes = size * size * 3
-    plan_file = partial / "plan.json"
-    if chunk_size is None:  # the unfinished run's, else about 256 MB of images, at most 1000
-        try:
-            chunk_size = int(json.loads(plan_file.read_text())["chunk_size"])
-        except (OSError, ValueError, KeyError, TypeError):
-            chunk_size = int(max(1, min(1000, (256 << 20) // rowbytes)))
-    if chunk_size < 1:
-        raise DataError(f"prepare: chunk_size must be positive, got {chunk_size}")
-    digest = _plan_digest(src, size, chunk_size, files)
-    if partial.is_dir():
-        try:
-            old = json.loads(plan_file.read_text()).get("digest")
-        except (OSError, ValueError):
-            old = None
-        if old != digest:
-            log(f"prepare: the unfinished preparation in {dst} was for other files or settings; "
-                f"starting over")
-            shutil.rmtree(partial)
-    if not partial.is_dir():  # outputs of an older, different run are stale
-        for n in ["meta.json", "mean.npy", "pca.npz"] + [f"{s}_{k}.npy" for s in SPLITS
-                                                          for k in ("images", "labels")]:
-            (dst / n).unlink(missing_ok=True)
-    resumed = partial.is_dir()
-    partial.mkdir(parents=True, exist_ok=True)
-    if not plan_file.is_file():
-        atomic_write_bytes(plan_file, json.dumps({"digest": digest, "size": size,
-                                                   "chunk_size": chunk_size}).encode())
-
-    total = sum(len(files[s]) for s in SPLITS)
-    if workers is None:  # all cores, unless the job is too small to pay for them
-        workers = (os.cpu_count() or 1) if total >= 64 else 1
-    use_pool = workers > 1
-    log(f"prepare: {src} -> {dst}: {len(classes)} classes, {len(files['train'])} train and "
-        f"{len(files['val'])} val files, {size}x{size}, chunks of {chunk_size}"
-        + (f", {workers} processes" if use_pool else "") + (" (resuming)" if resumed else ""))
-
-    t0 = time.perf_counter()
-    done_files, decoded_now, named = 0, 0, 0
-    pool = ProcessPoolExecutor(max_workers=workers) if use_pool else None
-    records = {}
-    try:
-        for split in SPLITS:
-            items = files[split]
-            n_total = len(items)
-            nchunks = (n_total + chunk_size - 1) // chunk_size
-            rec_paths = [partial / f"{split}-{k:05d}.npz" for k in range(nchunks)]
-            final_img = dst / f"{split}_images.npy"
-            part_img = partial / f"{split}_images.npy"
-            full_len = _HEADER_LEN + n_total * rowbytes
-            # the committed chunks: the longest prefix of readable records
-            recs = []
-            for rp in rec_paths:
-                try:
-                    recs.append(_load_record(rp))
-                except Exception:  # missing or torn: redo from here
-                    break
-            for rp in rec_paths[len(recs):]:
-                rp.unlink(missing_ok=True)
-            n_done = sum(int(r["n_ok"]) for r in recs)
-            complete = len(recs) == nchunks
-            done_files += sum(len(items[k * chunk_size:(k + 1) * chunk_size])
-                              for k in range(len(recs)))
-            if complete and final_img.is_file() and _npy_rows(final_img) == n_done:
-                pass  # finalized by the interrupted run
-            else:
-                final_img.unlink(missing_ok=True)
-                psize = part_img.stat().st_size if part_img.is_file() else -1
-                truncated = complete and psize == _HEADER_LEN + n_done * rowbytes
-                if psize != full_len and not truncated:
-                    if recs:
-                        log(f"prepare: the partial {split} image file is missing or damaged; "
-                            f"redoing {split}/")
-                    for rp in rec_paths:
-                        rp.unlink(missing_ok=True)
-                    recs, n_done, complete = [], 0, nchunks == 0
-                    with open(part_img, "wb") as f:
-                        f.write(_npy_header((n_total, size, size, 3)))
-                        f.truncate(full_len)  # sparse
-                if not truncated:
-                    mm = np.memmap(part_img, np.uint8, "r+", offset=_HEADER_LEN,
-                                   shape=(n_total, size, size, 3))
-                    for k in range(len(recs), nchunks):
-                        chunk = items[k * chunk_size:(k + 1) * chunk_size]
-                        rec = _process_chunk(split, k, chunk, src, size, mm, n_done, pool,
-                                             rec_paths[k])
-                        for rel, err in zip(rec["skipped"], rec["errors"]):
-                            named += 1
-                            if named <= _MAX_NAMED:
-                                log(f"prepare: skipped unreadable file {src / str(rel)} ({err})")
-                        recs.append(rec)
-                        n_done += int(rec["n_ok"])
-                        done_files += len(chunk)
-                        decoded_now += len(chunk)
-                        rate = decoded_now / max(time.perf_counter() - t0, 1e-9)
-                        log(f"prepare: {split} {min((k + 1) * chunk_size, n_total)}/{n_total} "
-                            f"({done_files}/{total} overall, {rate:.0f} images/s)")
-                    del mm
-                if n_done == 0:
-                    raise DataError(f"no readable images in {src / split}")
-                # finalize: header for n_done rows, drop the unused tail, rename into place
-                # (each step can be repeated if interrupted)
-                with open(part_img, "r+b") as f:
-                    f.write(_npy_header((n_done, size, size, 3)))
-                    f.truncate(_HEADER_LEN + n_done * rowbytes)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(part_img, final_img)
-            labels = np.concatenate([r["labels"] for r in recs]).astype(np.int64)
-            atomic_save_npy(dst / f"{split}_labels.npy", labels)
-            records[split] = recs
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    # statistics of the training set
-    tr = records["train"]
-    n_train = sum(int(r["n_ok"]) for r in tr)
+def _write_train_stats(dst: Path, recs, size: int):
+    """mean.npy and pca.npz of the training records; returns the eigenvalues."""
+    n_train = sum(int(r["n_ok"]) for r in recs)
     img_sum = np.zeros((size, size, 3), np.int64)
-    for r in tr:
+    for r in recs:
         img_sum += r["img_sum"]
     mean = (img_sum / n_train).astype(np.float32)
-    pix_sum = np.sum([r["pix_sum"] for r in tr], axis=0)
-    pix_outer = np.sum([r["pix_outer"] for r in tr], axis=0)
+    pix_sum = np.sum([r["pix_sum"] for r in recs], axis=0)
+    pix_outer = np.sum([r["pix_outer"] for r in recs], axis=0)
     cov, eigvals, eigvecs, rgb_mean = _pca(pix_sum, pix_outer, n_train * size * size)
     atomic_save_npy(dst / "mean.npy", mean)
     atomic_save_npz(dst / "pca.npz", cov=cov, eigvals=eigvals, eigvecs=eigvecs, rgb_mean=rgb_mean)
+    return eigvals
 
-    skipped = {s: [str(x) for r in records[s] for x in r["skipped"]] for s in SPLITS}
-    counts = {s: int(sum(int(r["n_ok"]) for r in records[s])) for s in SPLITS}
+
+def _write_meta(dst: Path, scan, records, eigvals, log) -> dict:
+    """The source's file list, then meta.json (last: it marks dst complete)."""
+    splits, classes = scan.splits, scan.classes
+    skipped = {s: [str(x) for r in records[s] for x in r["skipped"]] for s in splits}
+    counts = {s: int(sum(int(r["n_ok"]) for r in records[s])) for s in splits}
     per_class = {s: np.bincount(np.concatenate([r["labels"] for r in records[s]]),
-                                minlength=len(classes)).tolist() for s in SPLITS}
-    for s in SPLITS:
+                                minlength=len(classes)).tolist() for s in splits}
+    for s in splits:
         for c, n in zip(classes, per_class[s]):
             if n == 0:
                 log(f"prepare: warning: class {c} has no readable images in {s}/")
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "complete": True, "size": size,
-            "classes": classes, "num_classes": len(classes), "counts": counts,
-            "class_counts": per_class, "skipped_count": sum(len(v) for v in skipped.values()),
-            "skipped": skipped, "source": str(src.resolve()), "pca_units": "pixel/255",
-            "eigvals": eigvals.tolist(), "files": {
-                "train": ["train_images.npy", "train_labels.npy"],
-                "val": ["val_images.npy", "val_labels.npy"], "mean": "mean.npy", "pca": "pca.npz"}}
+    files = {s: [f"{s}_images.npy", f"{s}_labels.npy"] for s in splits}
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "complete": True, "size": scan.size,
+            "splits": list(splits), "classes": classes, "num_classes": len(classes),
+            "counts": counts, "class_counts": per_class,
+            "skipped_count": sum(len(v) for v in skipped.values()), "skipped": skipped,
+            "source": str(scan.path), "fingerprint": {s: scan.fingerprint[s] for s in splits},
+            "source_files": SOURCE_FILES, "files": files}
+    if eigvals is not None:
+        meta.update(pca_units="pixel/255", eigvals=eigvals.tolist())
+        files.update(mean="mean.npy", pca="pca.npz")
+    atomic_write_bytes(dst / SOURCE_FILES, source_files_blob(scan))
     atomic_write_bytes(dst / "meta.json", json.dumps(meta, indent=1).encode())
-    shutil.rmtree(partial, ignore_errors=True)
+    return meta
+
+
+def _log_done(meta, progress, dst, log):
     nskip = meta["skipped_count"]
     if nskip:
-        names = skipped["train"] + skipped["val"]
+        names = [n for s in meta["splits"] for n in meta["skipped"][s]]
         shown = ", ".join(names[:_MAX_NAMED]) + (f" ... and {nskip - _MAX_NAMED} more (see meta.json)"
                                                   if nskip > _MAX_NAMED else "")
         log(f"prepare: skipped {nskip} unreadable file(s): {shown}")
-    log(f"prepare: done in {time.perf_counter() - t0:.1f}s: {counts['train']} train, "
-        f"{counts['val']} val images of {size}x{size} in {dst}")
-    return dst
+    log(f"prepare: done in {time.perf_counter() - progress.t0:.1f}s: {_counts_text(meta)} of "
+        f"{meta['size']}x{meta['size']} in {dst}")
 
 
 # ---------------------------------------------------------------- reading
@@ -408,9 +522,10 @@ class PreparedDataset:
 
     images  uint8 memmap (N, S, S, 3)     labels  int64 (N,)
     classes list[str] (sorted folder names); size S; num_classes
-    mean    float32 (S, S, 3) of the training set
+    mean    float32 (S, S, 3) of the training set; None in a folder prepared
+            for evaluation only (splits=("val",)): take the checkpoint's
     eigvals (3,), eigvecs (3, 3) (eigvecs[:, i] is eigenvector i): PCA of the
-            training pixels in pixel/255 units
+            training pixels in pixel/255 units; None without a training split
     Pickles as (path, split), so worker processes reopen the memmap.
     """
 
@@ -419,19 +534,27 @@ class PreparedDataset:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.path = Path(path)
         self.split = split
-        meta = _read_meta(self.path)
-        if meta is None or not is_prepared(self.path):
+        meta = read_meta(self.path)
+        if meta is None:
             raise DataError(f"{self.path} is not a prepared dataset (run prepare first)")
+        have = meta_splits(meta)
+        if split not in have:
+            raise DataError(f"{self.path} holds only the {'/'.join(have)} split (prepared for "
+                            f"evaluation); pass the image folder {meta.get('source')} to train")
+        if not is_prepared(self.path, (split,)):
+            raise DataError(f"{self.path} is missing some of its files; prepare it again")
         self.meta = meta
         self.classes = list(meta["classes"])
         self.num_classes = len(self.classes)
         self.size = int(meta["size"])
         self.images = np.load(self.path / f"{split}_images.npy", mmap_mode="r")
         self.labels = np.asarray(np.load(self.path / f"{split}_labels.npy"), np.int64)
-        self.mean = np.asarray(np.load(self.path / "mean.npy"), np.float32)
-        with np.load(self.path / "pca.npz") as z:
-            self.eigvals = np.asarray(z["eigvals"], np.float64)
-            self.eigvecs = np.asarray(z["eigvecs"], np.float64)
+        self.mean = self.eigvals = self.eigvecs = None
+        if "train" in have:
+            self.mean = np.asarray(np.load(self.path / "mean.npy"), np.float32)
+            with np.load(self.path / "pca.npz") as z:
+                self.eigvals = np.asarray(z["eigvals"], np.float64)
+                self.eigvecs = np.asarray(z["eigvecs"], np.float64)
         S = self.size
         if self.images.shape[1:] != (S, S, 3) or len(self.labels) != len(self.images):
             raise DataError(f"{self.path}: {split} files are inconsistent; prepare again")
@@ -447,22 +570,84 @@ class PreparedDataset:
                 f"{self.num_classes} classes, {self.size}px)")
 
 
-def ensure_prepared(data, cache_root=None, *, size: int = 256, log=print, workers=None) -> Path:
-    """`data` itself if it is a prepared folder; otherwise prepare the raw
-    image folder `data` into <cache_root>/prepared/<name>-s<size>-<key>, where
-    key hashes the absolute source path and size (reused on later runs; a
-    changed source folder is not detected, delete the cache entry)."""
-    log = log or _nolog
-    data = Path(data).expanduser()
-    meta = _read_meta(data)
-    if meta is not None and is_prepared(data):
-        if int(meta["size"]) != int(size):
-            log(f"note: {data} is prepared at size {meta['size']} (asked for {size}); using it as is")
-        return data
-    if not data.is_dir():
-        raise DataError(f"data folder not found: {data}")
-    src = data.resolve()
-    key = hashlib.sha256(f"{src}\0{int(size)}".encode()).hexdigest()[:12]
+# ---------------------------------------------------------------- the cache
+def prepared_cache_dir(cache_root=None) -> Path:
+    """Where ensure_prepared puts prepared copies of raw folders:
+    <cache_root>/prepared, cache_root defaulting to $ALEXNET_CUDA_CACHE, else
+    ~/.cache/alexnet-cuda (default_cache_root())."""
     root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
-    dst = root / "prepared" / f"{src.name}-s{int(size)}-{key}"
-    return prepare_dataset(src, dst, size=size, log=log, workers=workers)
+    return root / "prepared"
+
+
+def cache_entry(src, size: int = 256, splits=SPLITS, cache_root=None) -> Path:
+    """The cache folder of the raw folder `src` at `size`:
+    <name>-s<size>-<key>, with the suffix -val for a val-only preparation."""
+    src = Path(src).expanduser().resolve()
+    key = hashlib.sha256(f"{src}\0{int(size)}".encode()).hexdigest()[:12]
+    tail = "" if check_splits(splits) == SPLITS else "-val"
+    return prepared_cache_dir(cache_root) / f"{src.name}-s{int(size)}-{key}{tail}"
+
+
+def _use_prepared(data: Path, meta, size, splits, log) -> Path:
+    """A prepared folder given as data: used as is, if it holds `splits`."""
+    have = meta_splits(meta)
+    if not set(splits) <= set(have):
+        raise DataError(f"{data} holds only the {'/'.join(have)} split (prepared for evaluation); "
+                        f"pass the image folder {meta.get('source')} to train")
+    if not is_prepared(data, splits):
+        raise DataError(f"{data} is missing some of its files; prepare it again")
+    if int(meta["size"]) != int(size):
+        log(f"note: {data} is prepared at size {meta['size']} (asked for {size}); using it as is")
+    return data
+
+
+def _reuse_cached(dst: Path, scan, log) -> bool:
+    """True when the cache entry `dst` holds `scan` (logged); when it is
+    stale, says why (it is then prepared again)."""
+    meta = read_meta(dst)
+    if meta is None:
+        return False
+    why = _mismatch(meta, dst, scan)
+    if why is None and is_prepared(dst, scan.splits):
+        log(f"prepare: {dst} is already prepared ({_counts_text(meta)}); reusing it")
+        return True
+    if why is None:
+        log(f"prepare: {dst} is missing some of its files; preparing again")
+    elif why[0] == "changed":
+        detail = f" {why[2]}" if why[2] else ""
+        log(f"prepare: {scan.path} changed since it was prepared{detail}; preparing again")
+    else:
+        log(f"prepare: {dst} was prepared {why[1]}; preparing again")
+    return False
+
+
+def ensure_prepared(data, cache_root=None, *, size: int = 256, log=print, workers=None,
+                    splits=SPLITS) -> Path:
+    """A prepared folder holding `splits` for `data`.
+
+    `data` itself if it is a prepared folder; otherwise the raw image folder
+    `data` is prepared into its cache entry (see cache_entry; cache_root
+    default: $ALEXNET_CUDA_CACHE, else ~/.cache/alexnet-cuda), which is
+    reused while the source's fingerprint is unchanged and prepared again
+    (one log line saying why) when files were added, removed or changed.
+    splits=("val",): only val/ is needed and prepared (no mean image: take the
+    checkpoint's); a full cache entry of the same source in the same state
+    serves too.
+    """
+    log = log or _nolog
+    splits = check_splits(splits)
+    data = Path(data).expanduser()
+    meta = read_meta(data)
+    if meta is not None:
+        return _use_prepared(data, meta, size, splits, log)
+    scan = scan_source(data, splits, int(size))
+    if splits != SPLITS:
+        full = cache_entry(scan.path, size, SPLITS, cache_root)
+        meta = read_meta(full)
+        if meta is not None and _mismatch(meta, full, scan) is None and is_prepared(full, splits):
+            log(f"prepare: {full} is already prepared ({_counts_text(meta)}); reusing it")
+            return full
+    dst = cache_entry(scan.path, size, splits, cache_root)
+    if _reuse_cached(dst, scan, log):
+        return dst
+    return _prepare(scan, dst, log=log, workers=workers, chunk_size=None)

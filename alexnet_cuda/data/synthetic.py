@@ -43,7 +43,8 @@ _SS = 2  # supersampling factor of the shape mask (antialiased edges)
 
 
 def default_cache_root() -> Path:
-    """$ALEXNET_CUDA_CACHE, else ~/.cache/alexnet-cuda."""
+    """$ALEXNET_CUDA_CACHE, else ~/.cache/alexnet-cuda: the root of the synthetic set and of
+    prepared/, where ensure_prepared keeps prepared copies of raw folders."""
     env = os.environ.get("ALEXNET_CUDA_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "alexnet-cuda"
 

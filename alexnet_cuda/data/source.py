@@ -1,0 +1,167 @@
+"""The raw image folder: its layout, its classes, and its fingerprint.
+
+A raw folder is   <src>/train/<class>/*.{jpg,jpeg,png}   <src>/val/<class>/*.{jpg,jpeg,png}
+(only val/ is needed to evaluate).
+
+The fingerprint of a split is the sha256 of a canonical text: one header line
+with the preparation settings (format version, size, split), then one line
+per image file, in the order prepare_dataset reads them:
+
+    # alexnet-cuda-prepared 2 size=256 split=val
+    val/<class>/<name>\\t<bytes>\\t<mtime in ns>
+
+It costs one stat per file (os.scandir), nothing is decoded or hashed but
+that text; a file rewritten within the same mtime tick at the same size goes
+unnoticed. The text itself is kept, gzipped, in the prepared folder
+(source_files.txt.gz), so a change can be described (files added, removed,
+changed).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError
+from .imageio import is_image_file
+
+FORMAT = "alexnet-cuda-prepared"
+FORMAT_VERSION = 2      # 2: meta.json has splits, source fingerprint (1: neither)
+SPLITS = ("train", "val")
+SOURCE_FILES = "source_files.txt.gz"
+
+
+@dataclass
+class Source:
+    """A scanned raw folder: what prepare_dataset reads, and its fingerprint."""
+    path: Path                      # absolute
+    size: int
+    splits: tuple
+    classes: list
+    files: dict = field(default_factory=dict)        # split -> [(relpath, label)]
+    text: dict = field(default_factory=dict)         # split -> canonical text (bytes)
+    fingerprint: dict = field(default_factory=dict)  # split -> sha256 hex of text
+
+
+def check_splits(splits) -> tuple:
+    """The splits to prepare, in canonical order: ("train", "val") or ("val",)."""
+    splits = tuple(s for s in SPLITS if s in set(splits))
+    if splits not in (SPLITS, ("val",)):
+        raise ValueError(f"splits must be ('train', 'val') or ('val',), got {splits!r}")
+    return splits
+
+
+def _layout_hint(splits) -> str:
+    if "train" in splits:
+        return "an image folder with train/ and val/ sub-folders, or a prepared folder"
+    return "an image folder with a val/ sub-folder, or a prepared folder"
+
+
+def check_folder(src: Path, splits=SPLITS):
+    """DataError unless `src` is an existing folder."""
+    if not src.exists():
+        raise DataError(f"data folder not found: {src}")
+    if not src.is_dir():
+        raise DataError(f"{src} is a file, not a folder (expected {_layout_hint(splits)})")
+
+
+def class_folders(src: Path, split: str) -> list:
+    d = src / split
+    if not d.is_dir():
+        raise DataError(f"{src} has no {split}/ folder (expected {src}/{split}/<class>/*.jpg"
+                        + (f" and {src}/val/<class>/*.jpg)" if split == "train" else ")"))
+    with os.scandir(d) as it:
+        names = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        raise DataError(f"no class folders in {d} (expected {d}/<class>/*.jpg)")
+    return names
+
+
+def _same_classes(src: Path, found: dict) -> list:
+    classes = found["train"]
+    if found["val"] == classes:
+        return classes
+    only_t = sorted(set(classes) - set(found["val"]))
+    only_v = sorted(set(found["val"]) - set(classes))
+    parts = []
+    if only_t:
+        parts.append(f"only in train/: {', '.join(only_t[:5])}" + (" ..." if len(only_t) > 5 else ""))
+    if only_v:
+        parts.append(f"only in val/: {', '.join(only_v[:5])}" + (" ..." if len(only_v) > 5 else ""))
+    raise DataError(f"train/ and val/ of {src} have different classes ({'; '.join(parts)})")
+
+
+def _image_stats(folder: Path) -> list:
+    """Sorted (name, bytes, mtime_ns) of the image files directly in `folder`."""
+    with os.scandir(folder) as it:
+        out = []
+        for e in it:
+            if is_image_file(e.name) and e.is_file():
+                st = e.stat()
+                out.append((e.name, st.st_size, st.st_mtime_ns))
+    out.sort()
+    return out
+
+
+def header(split: str, size: int) -> str:
+    return f"# {FORMAT} {FORMAT_VERSION} size={int(size)} split={split}\n"
+
+
+def scan_source(src, splits=SPLITS, size: int = 256) -> Source:
+    """Validate the layout of the raw folder `src` and list its images with
+    their fingerprint (DataError for a bad layout)."""
+    splits = check_splits(splits)
+    src = Path(src).expanduser()
+    check_folder(src, splits)
+    src = src.resolve()
+    found = {s: class_folders(src, s) for s in splits}
+    classes = _same_classes(src, found) if len(splits) == 2 else found["val"]
+    scan = Source(path=src, size=int(size), splits=splits, classes=classes)
+    for split in splits:
+        items, lines = [], [header(split, size)]
+        for label, cname in enumerate(classes):
+            stats = _image_stats(src / split / cname)
+            if not stats:
+                raise DataError(f"class folder {src / split / cname} has no images (.jpg, .jpeg, .png)")
+            for name, nbytes, mtime in stats:
+                rel = f"{split}/{cname}/{name}"
+                items.append((rel, label))
+                lines.append(f"{rel}\t{nbytes}\t{mtime}\n")
+        scan.files[split] = items
+        scan.text[split] = "".join(lines).encode("utf-8", "surrogateescape")
+        scan.fingerprint[split] = hashlib.sha256(scan.text[split]).hexdigest()
+    return scan
+
+
+def source_files_blob(scan: Source) -> bytes:
+    """The gzipped canonical texts of all splits (deterministic bytes)."""
+    return gzip.compress(b"".join(scan.text[s] for s in scan.splits), compresslevel=1, mtime=0)
+
+
+def _parse(text: bytes, splits) -> dict:
+    out = {}
+    for line in text.decode("utf-8", "surrogateescape").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        rel, nbytes, mtime = line.rsplit("\t", 2)
+        if rel.split("/", 1)[0] in splits:
+            out[rel] = (nbytes, mtime)
+    return out
+
+
+def describe_change(old_blob_path: Path, scan: Source) -> str:
+    """'(12 files added, 0 removed, 1 changed)' between the file list kept in
+    a prepared folder and `scan`; '' when the old list cannot be read."""
+    try:
+        old = _parse(gzip.decompress(old_blob_path.read_bytes()), scan.splits)
+    except (OSError, ValueError, EOFError):
+        return ""
+    new = _parse(b"".join(scan.text[s] for s in scan.splits), scan.splits)
+    added = sum(1 for k in new if k not in old)
+    removed = sum(1 for k in old if k not in new)
+    changed = sum(1 for k, v in new.items() if k in old and old[k] != v)
+    if not (added or removed or changed):
+        return "(same files, other preparation settings)"
+    return f"({added} file{'' if added == 1 else 's'} added, {removed} removed, {changed} changed)"
