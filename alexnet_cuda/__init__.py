@@ -13,12 +13,5 @@ import os as _os
 if _os.environ.get("ALEXNET_CUDA_EXT_DIR"):
     __path__.insert(0, _os.path.abspath(_os.environ["ALEXNET_CUDA_EXT_DIR"]))
 
-from .backends import available_backends, get_backend  # noqa: F401
-
-
-def __getattr__(name):
-    # The model pulls in more modules; load it on first use.
-    if name == "AlexNet":
-        from .model import AlexNet
-        return AlexNet
-    raise AttributeError(f"module 'alexnet_cuda' has no attribute {name!r}")
+from .backends import available_backends, get_backend  # noqa: E402,F401
+from .model import AlexNet  # noqa: E402,F401

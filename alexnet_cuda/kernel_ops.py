@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import KernelBackend, OPS
+from .contract import Backend
 from .kernel_ops_conv import ConvOps
 from .kernel_ops_layers import LayerOps
 
 
-class KernelOpsBase(KernelBackend):
+class KernelOpsBase(Backend):
+    """A backend over one of our extension modules (`_emu` with numpy, `_cuda` with cupy)."""
+
+    def __init__(self, name, module, xp):
+        self.name, self._mod, self.xp = name, module, xp
+
+    def versions(self, op):
+        """The numbered kernel versions of `op` that this build has (tests run them all)."""
+        return list(self._mod.kernel_versions().get(op, []))
+
     def _stream(self):
         if self.name == "cuda":
             return self.xp.cuda.get_current_stream().ptr
@@ -64,9 +73,3 @@ class ElementwiseOps:
 class KernelOps(ElementwiseOps, LayerOps, ConvOps, KernelOpsBase):
     """Every op of the contract that our kernels implement."""
 
-
-def make_kernel_backend(name, module, xp):
-    be = KernelOps(name, module, xp)
-    missing = [op for op in OPS if not hasattr(be, op)]
-    be.missing_ops = missing  # ops whose kernels are not written yet (empty when complete)
-    return be

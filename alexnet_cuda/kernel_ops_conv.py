@@ -3,7 +3,7 @@
 The extension checks every argument first (``*_check`` returns the output shapes and the
 split-reduction plan without launching anything), then this mixin allocates the outputs
 and the workspace with the backend's array module and launches. Hyper-parameters are
-checked here with the reference's helpers, so a bool or float ``stride`` raises the same
+checked here with alexnet_cuda.checks (the reference's checkers), so a bool or float ``stride`` raises the same
 TypeError as on the numpy backend.
 
 Backward passes run three kernel families: data, filter/weight (a split reduction whose
@@ -13,16 +13,11 @@ partial sums go to a workspace and are added in a fixed order: deterministic) an
 """
 from __future__ import annotations
 
-from .reference import _int
-
-
-def _hyper(fn, stride, padding, groups):
-    return (_int(fn, "stride", stride, minimum=1), _int(fn, "padding", padding, minimum=0),
-            _int(fn, "groups", groups, minimum=1))
+from .checks import conv_hyper as _hyper, integer
 
 
 def _version(fn, version):
-    return _int(fn, "version", version, minimum=0)
+    return integer(fn, "version", version, minimum=0)
 
 
 class ConvOps:

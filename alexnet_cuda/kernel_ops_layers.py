@@ -2,7 +2,7 @@
 
 The signatures are the reference's (alexnet_cuda.reference) plus ``version=`` (0 = the
 dispatcher's choice; tests and benchmarks run each numbered version). Python scalars are
-checked here with the reference's own helpers, so a wrong scalar raises the same
+checked here with alexnet_cuda.checks (the reference uses the same), so a wrong scalar raises the same
 TypeError/ValueError with the same message on every backend; arrays are checked by the
 binding (dtype, ndim, shape, contiguity, device) before anything is launched. Outputs and
 workspaces are allocated here with the backend's array module and passed in.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import reference as _ref
+from . import checks
 
 
 class LayerOps:
@@ -25,14 +25,14 @@ class LayerOps:
     def lrn_forward(self, x, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False, version=0):
         """(y, scale); ``alpha_scaled=True`` applies alpha/size to the sum (cuda-convnet, Caffe,
         PyTorch) instead of the paper's alpha."""
-        size, a, beta, k = _ref._lrn_params("lrn_forward", size, alpha, beta, k, alpha_scaled)
+        size, a, beta, k = checks.lrn_params("lrn_forward", size, alpha, beta, k, alpha_scaled)
         y, scale = self._empty_like(x), self._empty_like(x)
         self._mod.lrn_forward(x, y, scale, size=size, alpha=a, beta=beta, k=k, version=version,
                               stream=self._stream())
         return y, scale
 
     def lrn_backward(self, dy, x, y, scale, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False, version=0):
-        size, a, beta, k = _ref._lrn_params("lrn_backward", size, alpha, beta, k, alpha_scaled)
+        size, a, beta, k = checks.lrn_params("lrn_backward", size, alpha, beta, k, alpha_scaled)
         dx = self._empty_like(x)
         self._mod.lrn_backward(dy, x, y, scale, dx, size=size, alpha=a, beta=beta, version=version,
                                stream=self._stream())
@@ -40,8 +40,8 @@ class LayerOps:
 
     # ---- max pooling --------------------------------------------------------------------
     def _pooled(self, fn, x, size, stride):
-        size = _ref._int(fn, "size", size, minimum=1)
-        stride = _ref._int(fn, "stride", stride, minimum=1)
+        size = checks.integer(fn, "size", size, minimum=1)
+        stride = checks.integer(fn, "stride", stride, minimum=1)
         shape = getattr(x, "shape", None)
         if shape is not None and len(shape) == 4 and size <= min(shape[2], shape[3]):
             N, C, H, W = shape
@@ -64,15 +64,15 @@ class LayerOps:
     def dropout_forward(self, x, *, p=0.5, seed, offset=0, version=0):
         """(y, mask uint8): mask is bitwise reference.dropout_mask(x.shape, p=p, seed=seed, offset=offset)."""
         fn = "dropout_forward"
-        p = _ref._prob(fn, "p", p)
-        seed = _ref._u64(fn, "seed", seed)
-        offset = _ref._u64(fn, "offset", offset)
+        p = checks.probability(fn, "p", p)
+        seed = checks.u64(fn, "seed", seed)
+        offset = checks.u64(fn, "offset", offset)
         y, mask = self._empty_like(x), self._empty_like(x, np.uint8)
         self._mod.dropout_forward(x, y, mask, p=p, seed=seed, offset=offset, version=version, stream=self._stream())
         return y, mask
 
     def dropout_backward(self, dy, mask, *, p=0.5, version=0):
-        p = _ref._prob("dropout_backward", "p", p)
+        p = checks.probability("dropout_backward", "p", p)
         dx = self._empty_like(dy)
         self._mod.dropout_backward(dy, mask, dx, p=p, version=version, stream=self._stream())
         return dx
@@ -92,7 +92,7 @@ class LayerOps:
 
     def topk_correct(self, logits, labels, k, *, version=0):
         """0-d int64 array (on the backend's device): rows whose label is in the top k."""
-        k = _ref._int("topk_correct", "k", k, minimum=1)
+        k = checks.integer("topk_correct", "k", k, minimum=1)
         out = self._empty((1,), np.int64)
         check = self._empty((1,), np.int32)
         self._mod.topk_correct(logits, labels, out, check, k=k, version=version, stream=self._stream())
@@ -102,9 +102,9 @@ class LayerOps:
     def sgd_update(self, w, dw, v, *, lr, momentum=0.9, weight_decay=5e-4, version=0):
         """In place: v = momentum*v - weight_decay*lr*w - lr*dw; w += v. Returns None."""
         fn = "sgd_update"
-        lr = _ref._real(fn, "lr", lr)
-        momentum = _ref._real(fn, "momentum", momentum)
-        weight_decay = _ref._real(fn, "weight_decay", weight_decay)
+        lr = checks.real(fn, "lr", lr)
+        momentum = checks.real(fn, "momentum", momentum)
+        weight_decay = checks.real(fn, "weight_decay", weight_decay)
         self._mod.sgd_update(w, dw, v, lr=lr, momentum=momentum, weight_decay=weight_decay, version=version,
                              stream=self._stream())
 
@@ -112,16 +112,8 @@ class LayerOps:
         """sgd_update over every tensor of ``params`` (weight_decays[i] for params[i], default
         5e-4 each) with ONE kernel launch: the binding copies a table of pointers and sizes
         into a device buffer allocated here."""
-        fn = "sgd_update_multi"
-        params, grads, vels = list(params), list(grads), list(vels)
-        if weight_decays is None:
-            weight_decays = [5e-4] * len(params)
-        weight_decays = [_ref._real(fn, f"weight_decays[{i}]", wd) for i, wd in enumerate(weight_decays)]
-        if not (len(grads) == len(vels) == len(weight_decays) == len(params)):
-            raise ValueError(f"{fn}: params, grads, vels and weight_decays must have the same length "
-                             f"(got {len(params)}, {len(grads)}, {len(vels)}, {len(weight_decays)})")
-        lr = _ref._real(fn, "lr", lr)
-        momentum = _ref._real(fn, "momentum", momentum)
+        params, grads, vels, lr, momentum, weight_decays = checks.sgd_multi_args(
+            params, grads, vels, lr, momentum, weight_decays)
         table = self._empty((max(1, len(params)) * self._mod.SGD_TABLE_WORDS,), np.int64)
         self._mod.sgd_update_multi(params, grads, vels, table, lr=lr, momentum=momentum,
                                    weight_decays=weight_decays, stream=self._stream())

@@ -1,12 +1,12 @@
 """The paper's two-tower AlexNet as Python layers over a backend's ops.
 
 The model knows nothing of CUDA: every computation is a call to one of the
-backend ops of DESIGN.md's contract (conv2d_forward, lrn_forward, ...), and
+backend ops of the contract in docs/design.md (conv2d_forward, lrn_forward, ...), and
 every buffer (weights, gradients, momentum, activations) is an array of the
 backend that owns the model. `forward` and `train_step` accept numpy inputs on
 every backend and move them there.
 
-Topology (PAPER.md, Figure 2), with ``c(n) = round(n * width)`` channels:
+Topology (the paper's Figure 2), with ``c(n) = round(n * width)`` channels:
 
     conv1  c(96)  11x11/4        tower-local (each tower sees the image)
     ReLU, LRN, max-pool 3/2
@@ -36,11 +36,8 @@ Initializations:
   conv5, fc6, fc7 and 0 in conv1, conv3, fc8. The "full" preset uses it.
 * ``init="he"`` (fan-in scaled, He et al. 2015): weights ~ N(0, 2 / fan_in)
   with fan_in = (in_channels / groups) * R * S for a conv and in_features for
-  a linear layer; all biases 0. The "small" preset uses it: PAPER.md's
-  "Measured pitfall" shows a quarter-width network of this topology stays at
-  chance (loss ln 10) for 30 epochs with the paper's init (N(0, 0.01) is far
-  too small for its narrow layers, and biases of 1 saturate the ReLUs), while
-  He-normal weights with zero biases train to a few percent error.
+  a linear layer; all biases 0. The "small" preset uses it: at quarter width
+  the paper's init stays at chance (docs/measurements.md).
 
 Dropout masks are keyed by (seed, offset) with
 ``offset = step * 2 + dropout_index`` (``step`` counts training steps of this
@@ -68,36 +65,17 @@ INITS = ("paper", "he")
 BASE_CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
                  "fc6": 4096, "fc7": 4096}
 
-# Presets. `data_size` is the side the images are prepared at (the paper: 256
-# for a 227 crop; the small preset keeps about the same crop/size ratio),
-# `input_scale` multiplies (pixel - mean), `epochs` and `batch_size` are the
-# training defaults of `alexnet-cuda train` for the preset.
+# Presets: `data_size` is the side the images are prepared at, `input_scale`
+# multiplies (pixel - mean), `epochs` and `batch_size` are the defaults of
+# `alexnet-cuda train`. Why each departure from the paper: docs/measurements.md.
 PRESETS = {
-    # The paper's network: 60.97 M parameters, 227x227 crops of 256x256 images,
-    # the paper's init, raw 0..255 pixels minus the mean, dropout 0.5, batch
-    # 128, 90 epochs. Meant for a GPU.
+    # The paper's network (60.97 M parameters): 227x227 crops of 256x256 images,
+    # raw 0..255 pixels minus the mean, dropout 0.5, batch 128, 90 epochs. For a GPU.
     "full": dict(width=1.0, input_size=227, data_size=256, init="paper", dropout=0.5, input_scale=1.0,
                  batch_size=128, epochs=90),
-    # The same topology at quarter width (conv 24-64-96-96-64, fc 1024-1024;
-    # 1.28 M parameters with 10 classes) on 67x67 crops (67 is the smallest
-    # input that leaves a 1x1 map after the last pool) of 76x76 images. Sized
-    # so that `alexnet-cuda train` on the numpy backend with 2 CPU cores reaches
-    # <= 10% validation error on the built-in synthetic set well within 15
-    # minutes. Measured (2026-11-26, 2 cores, synthetic-v2): 13 s per epoch
-    # (~480 images/s), 25 epochs, 5 min 48 s in all including generating and
-    # preparing the set; val top-1 error 8.2% after epoch 7, 0.9% at the end.
-    # On the earlier, harder synthetic-v1 set: 5.3% after epoch 18, 4.7% at 30.
-    # Each departure from the paper was measured on synthetic-v1 (numpy backend):
-    #  * init "he" (fan-in scaled, biases 0): PAPER.md's measured pitfall, the
-    #    paper's init stays at chance at this size;
-    #  * input_scale 1/64 so the He-initialised layers see inputs of order one
-    #    (1/255 left the loss at ln 10 for the first epochs);
-    #  * dropout 0: with 0.5 the val error was still 74% after 10 epochs (the
-    #    paper notes dropout roughly doubles the iterations needed); with 0 it
-    #    was 30% (batch 128) and 24.8% (batch 64) after 10 epochs;
-    #  * batch 64: twice the SGD steps per epoch on a 6,000-image set, at the
-    #    same per-image CPU cost (one numpy step of 64 costs half one of 128);
-    #    lr stays 0.01 (0.02 diverged back to chance after two epochs).
+    # The same topology at quarter width (1.28 M parameters with 10 classes) on
+    # 67x67 crops (the smallest input that leaves a 1x1 map after the last pool)
+    # of 76x76 images, sized to train on 2 CPU cores in minutes.
     "small": dict(width=0.25, input_size=67, data_size=76, init="he", dropout=0.0, input_scale=1.0 / 64,
                   batch_size=64, epochs=25),
 }
@@ -193,8 +171,8 @@ class Layer:
 class Conv2d(Layer):
     params = ("weight", "bias")
 
-    def __init__(self, name, in_ch, out_ch, kernel, *, stride=1, padding=0, groups=1, role="local"):
-        self.name, self.stride, self.padding, self.groups, self.role = name, stride, padding, groups, role
+    def __init__(self, name, in_ch, out_ch, kernel, *, stride=1, padding=0, groups=1):
+        self.name, self.stride, self.padding, self.groups = name, stride, padding, groups
         self.shapes = {"weight": (out_ch, in_ch // groups, kernel, kernel), "bias": (out_ch,)}
         self.fan_in = (in_ch // groups) * kernel * kernel
 
@@ -214,8 +192,8 @@ class Conv2d(Layer):
 class Linear(Layer):
     params = ("weight", "bias")
 
-    def __init__(self, name, in_f, out_f, role="head"):
-        self.name, self.role = name, role
+    def __init__(self, name, in_f, out_f):
+        self.name = name
         self.shapes = {"weight": (out_f, in_f), "bias": (out_f,)}
         self.fan_in = in_f
 
@@ -362,13 +340,13 @@ class AlexNet:
             L.append(LRN("lrn2"))
         L += [MaxPool("pool2"),
               # towers meet: conv3 reads all maps of both towers
-              Conv2d("conv3", ch["conv2"], ch["conv3"], 3, padding=1, groups=g("conv3"), role="meet"),
+              Conv2d("conv3", ch["conv2"], ch["conv3"], 3, padding=1, groups=g("conv3")),
               ReLU("relu3"),
               Conv2d("conv4", ch["conv3"], ch["conv4"], 3, padding=1, groups=g("conv4")), ReLU("relu4"),
               Conv2d("conv5", ch["conv4"], ch["conv5"], 3, padding=1, groups=g("conv5")), ReLU("relu5"),
               MaxPool("pool5"), Flatten("flatten")]
         # --- the head: towers meet at fc6 ----------------------------------
-        L += [Linear("fc6", ch["conv5"] * p5 * p5, ch["fc6"], role="meet"), ReLU("relu6"),
+        L += [Linear("fc6", ch["conv5"] * p5 * p5, ch["fc6"]), ReLU("relu6"),
               Dropout("drop6", dropout, 0),
               Linear("fc7", ch["fc6"], ch["fc7"]), ReLU("relu7"), Dropout("drop7", dropout, 1),
               Linear("fc8", ch["fc7"], self.num_classes)]

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from .checks import conv_hyper, integer as _int, lrn_params as _lrn_params, probability as _prob, real as _real
+from .checks import u64 as _u64
 
 __all__ = [
     "conv2d_forward",
@@ -43,6 +45,7 @@ __all__ = [
     "dropout_mask",
     "dropout_forward",
     "dropout_backward",
+    "softmax",
     "softmax_cross_entropy",
     "sgd_update",
     "topk_correct",
@@ -86,37 +89,6 @@ def _shape(fn, name, a, expected, why=""):
         raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {expected}{extra}")
 
 
-def _int(fn, name, v, *, minimum=None):
-    """Require a Python/NumPy integer (not bool) >= minimum; return it as int."""
-    if isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {name} must be an integer, got bool")
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{fn}: {name} must be an integer, got {type(v).__name__}") from None
-    if minimum is not None and v < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {v}")
-    return v
-
-
-def _real(fn, name, v):
-    """Require a finite real number (not bool); return it as float."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{fn}: {name} must be a real number, got {type(v).__name__}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"{fn}: {name} must be finite, got {v}")
-    return v
-
-
-def _prob(fn, name, p):
-    """Require a dropout probability in [0, 1); return it as float."""
-    p = _real(fn, name, p)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"{fn}: {name} must be in [0, 1), got {p}")
-    return p
-
-
 def _labels(fn, labels, n, classes):
     """Require labels: 1-D int32/int64 of length n with values in [0, classes)."""
     _array(fn, "labels", labels, ndim=1, dtypes=_LABEL_DTYPES)
@@ -141,9 +113,7 @@ def _conv_geometry(fn, x, w, stride, padding, groups):
     (stride, padding, groups, P, Q)."""
     _array(fn, "x", x, ndim=4)
     _array(fn, "w", w, ndim=4, like=("x", x))
-    stride = _int(fn, "stride", stride, minimum=1)
-    padding = _int(fn, "padding", padding, minimum=0)
-    groups = _int(fn, "groups", groups, minimum=1)
+    stride, padding, groups = conv_hyper(fn, stride, padding, groups)
     N, C, H, W = x.shape
     K, Cg, R, S = w.shape
     if C % groups:
@@ -166,21 +136,6 @@ def _conv_geometry(fn, x, w, stride, padding, groups):
     return stride, padding, groups, P, Q
 
 
-def _lrn_params(fn, size, alpha, beta, k, alpha_scaled):
-    """Check LRN hyper-parameters; return (size, a, beta, k) where a is the
-    coefficient actually applied to the sum of squares."""
-    size = _int(fn, "size", size, minimum=1)
-    if size % 2 == 0:
-        raise ValueError(f"{fn}: size must be odd (a window centred on the channel), got {size}")
-    alpha = _real(fn, "alpha", alpha)
-    beta = _real(fn, "beta", beta)
-    k = _real(fn, "k", k)
-    if not isinstance(alpha_scaled, (bool, np.bool_)):
-        raise TypeError(f"{fn}: alpha_scaled must be a bool, got {type(alpha_scaled).__name__}")
-    a = alpha / size if alpha_scaled else alpha
-    return size, a, beta, k
-
-
 def _pool_params(fn, x, size, stride):
     """Check max-pooling hyper-parameters against x (N,C,H,W); return
     (size, stride, P, Q)."""
@@ -190,14 +145,6 @@ def _pool_params(fn, x, size, stride):
     if size > H or size > W:
         raise ValueError(f"{fn}: size={size} pooling window is larger than the input x ({H}x{W})")
     return size, stride, (H - size) // stride + 1, (W - size) // stride + 1
-
-
-def _u64(fn, name, v):
-    """Require an integer in [0, 2**64)."""
-    v = _int(fn, name, v, minimum=0)
-    if v >= 1 << 64:
-        raise ValueError(f"{fn}: {name} must be < 2**64, got {v}")
-    return v
 
 
 # ---------------------------------------------------------------------------
@@ -605,6 +552,17 @@ def _logits_labels(fn, logits, labels):
     if N < 1 or classes < 1:
         raise ValueError(f"{fn}: logits must have at least one row and one class, got shape {logits.shape}")
     _labels(fn, labels, N, classes)
+
+
+def softmax(logits, xp=np):
+    """Row-wise softmax of (N, classes) logits, stable (the row maximum subtracted first).
+
+    `xp` is the array module of `logits` (numpy, or cupy for arrays on a GPU); the result
+    has the dtype of `logits`. The one softmax of the package: evaluation, prediction and
+    the pictures use it."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def softmax_cross_entropy(logits, labels):

@@ -33,24 +33,25 @@ query is kept on the device; no feature vector of the training set is kept.
 """
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import math
-import sys
 import types
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .backends import resolve_backend
+from .cliargs import add_backend_argument, non_negative_int, positive_int
+from .data import EvalLoader, PreparedDataset, ensure_prepared
+from .errors import AlexNetError
 from .files import atomic_write_bytes
+from .reference import softmax
+from .runfolder import CURVES, METRICS, check_classes, model_from_checkpoint, read_metrics, trained_data
 
-__all__ = ["main", "visualize", "nearest_neighbours", "write_curves", "read_metrics", "lr_drops",
+__all__ = ["add_arguments", "run", "visualize", "nearest_neighbours", "write_curves", "lr_drops",
            "conv1_filters_image", "predictions_image", "neighbours_image", "curves_image",
            "FILTER_SCALE", "FILTER_GAP", "FILTER_MAX_COLS", "CURVES_SIZE"]
-
-EXIT_USAGE = 2
 
 # conv1_filters.png: tile = kernel side * FILTER_SCALE, FILTER_GAP pixels between tiles
 FILTER_SCALE = 5
@@ -79,7 +80,7 @@ _C_LR = (44, 160, 44)
 _C_DROP = (130, 130, 130)
 
 
-class VisualizeError(Exception):
+class VisualizeError(AlexNetError):
     """A user error of `visualize` (printed as one line)."""
 
 
@@ -391,26 +392,6 @@ def neighbours_image(query_images, query_labels, nb_images, nb_labels, nb_dist, 
 # Training curves
 # ---------------------------------------------------------------------------
 
-def read_metrics(path):
-    """The records of a metrics.jsonl (one JSON object per line; blank or torn lines skipped),
-    sorted by epoch; [] if the file does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    recs = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            r = json.loads(line)
-            e = int(r["epoch"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        recs[e] = r  # a later record of the same epoch wins
-    return [recs[e] for e in sorted(recs)]
-
-
 def _num(r, key):
     try:
         v = float(r.get(key))
@@ -508,134 +489,142 @@ class _Canvas:
         return self.img.resize(size, _RESAMPLE.LANCZOS)
 
 
-def curves_image(records, size=CURVES_SIZE):
-    """Three panels against epochs: training loss; validation top-1 and top-5 error; learning rate
-    (log scale). Dashed vertical lines mark the epochs after which the learning rate was divided."""
-    W, H = size
-    cv = _Canvas(size, 2 if _scalable() else 1)
-    L, R, T, B = 66, 22, 8, 44
-    gap = 30       # between panels: room for the next panel's legend
-    legend_h = 22
-    avail = H - T - B - 3 * legend_h - 2 * gap
-    heights = [avail * 0.37, avail * 0.37, avail * 0.26]
-    epochs = [int(r["epoch"]) for r in records]
-    xmax = max(2, max(epochs) if epochs else 1)
-    xticks = _epoch_ticks(xmax)
-    xmax = max(xmax, xticks[-1])
-    x0, x1 = L, W - R
+class _Curves:
+    """The drawing state of curves.png: the canvas, the shared epoch axis and the lr drops."""
 
-    def X(e):
-        return x0 + (x1 - x0) * e / xmax
-
-    drops = lr_drops(records)
     FS = 12
+    LEFT, RIGHT, TOP, BOTTOM = 66, 22, 8, 44
+    GAP = 30        # between panels: room for the next panel's legend
+    LEGEND_H = 22
 
-    def series(key):
-        return [(int(r["epoch"]), _num(r, key)) for r in records]
+    def __init__(self, records, size):
+        self.records, self.size = records, size
+        self.cv = _Canvas(size, 2 if _scalable() else 1)
+        epochs = [int(r["epoch"]) for r in records]
+        xmax = max(2, max(epochs) if epochs else 1)
+        self.xticks = _epoch_ticks(xmax)
+        self.xmax = max(xmax, self.xticks[-1])
+        self.x0, self.x1 = self.LEFT, size[0] - self.RIGHT
+        self.drops = lr_drops(records)
+        self.dots = len(records) <= 40
 
-    dots = len(records) <= 40
+    def X(self, e):
+        return self.x0 + (self.x1 - self.x0) * e / self.xmax
 
-    def polyline(pts, Y, color, top):
+    def series(self, key):
+        return [(int(r["epoch"]), _num(r, key)) for r in self.records]
+
+    def polyline(self, pts, Y, color, top):
         seg = []
         for e, v in pts + [(None, None)]:
             if v is None:
                 if len(seg) > 1:
-                    cv.line(seg, color, 2)
-                if dots or len(seg) == 1:
+                    self.cv.line(seg, color, 2)
+                if self.dots or len(seg) == 1:
                     for p in seg:
-                        cv.dot(p[0], p[1], 2.6, color)
+                        self.cv.dot(p[0], p[1], 2.6, color)
                 seg = []
             else:
-                seg.append((X(e), Y(min(max(v, 0.0), top))))
+                seg.append((self.X(e), Y(min(max(v, 0.0), top))))
 
-    def legend(y, items):
-        x = x0
+    def legend(self, y, items):
+        cv, x = self.cv, self.x0
         for name, color, dashed in items:
-            ym = y + legend_h / 2
+            ym = y + self.LEGEND_H / 2
             if dashed:
                 for xs in (x, x + 10):
                     cv.line([(xs, ym), (xs + 6, ym)], color, 2)
             else:
                 cv.line([(x, ym), (x + 16, ym)], color, 2.5)
-            cv.text(x + 22, ym, name, FS, _INK, valign="middle")
-            x += 22 + cv.text_w(name, FS) + 22
+            cv.text(x + 22, ym, name, self.FS, _INK, valign="middle")
+            x += 22 + cv.text_w(name, self.FS) + 22
 
-    def frame(ytop, h, yticks, label, Y):
+    def frame(self, ytop, h, yticks, label, Y):
+        cv, x0, x1, FS = self.cv, self.x0, self.x1, self.FS
         for v, s in yticks:
             yy = Y(v)
             cv.line([(x0, yy), (x1, yy)], _GRID, 1)
             cv.line([(x0 - 4, yy), (x0, yy)], _FRAME, 1)
             cv.text(x0 - 7, yy, s, FS, _MUTED, align="right", valign="middle")
-        for e in xticks:
-            cv.line([(X(e), ytop), (X(e), ytop + h)], _GRID, 1)
-        for e in drops:
-            cv.dashed(X(e), ytop, ytop + h, _C_DROP, 1.5)
+        for e in self.xticks:
+            cv.line([(self.X(e), ytop), (self.X(e), ytop + h)], _GRID, 1)
+        for e in self.drops:
+            cv.dashed(self.X(e), ytop, ytop + h, _C_DROP, 1.5)
         cv.rect([x0, ytop, x1, ytop + h], outline=_FRAME, width=1)
         # the axis label, rotated: draw on a small transparent image
-        f = cv.font(FS)
         tw, th = cv.text_w(label, FS), 16
         lab = Image.new("RGBA", (round(tw * cv.s) + 4, th * cv.s), (255, 255, 255, 0))
-        _text(ImageDraw.Draw(lab), 2, th * cv.s / 2, label, f, _MUTED, valign="middle")
+        _text(ImageDraw.Draw(lab), 2, th * cv.s / 2, label, cv.font(FS), _MUTED, valign="middle")
         lab = lab.rotate(90, expand=True)
         cv.img.paste(lab, (round(4 * cv.s), round((ytop + h / 2) * cv.s - lab.size[1] / 2)), lab)
 
-    y = T
-    # -- panel 1: training loss
-    loss = series("train_loss")
-    vals = [v for _, v in loss if v is not None]
-    top, ticks, dec = _linear_ticks(max(vals) if vals else 1.0)
-    legend(y, [("training loss", _C_LOSS, False)])
-    y += legend_h
-    h = heights[0]
-    Y1 = (lambda yt, hh, tp: (lambda v: yt + hh - hh * v / tp))(y, h, top)
-    frame(y, h, [(v, f"{v:.{dec}f}") for v in ticks], "loss", Y1)
-    polyline(loss, Y1, _C_LOSS, top)
-    y += h + gap
-    # -- panel 2: validation errors
-    t1, t5 = series("val_top1_err"), series("val_top5_err")
-    vals = [v for _, v in t1 + t5 if v is not None]
-    top, ticks, dec = _linear_ticks(min(1.0, max(vals)) if vals and max(vals) > 0 else 1.0)
-    legend(y, [("validation top-1 error", _C_TOP1, False), ("validation top-5 error", _C_TOP5, False)])
-    y += legend_h
-    h = heights[1]
-    Y2 = (lambda yt, hh, tp: (lambda v: yt + hh - hh * v / tp))(y, h, top)
-    frame(y, h, [(v, f"{v * 100:.{max(0, dec - 2)}f}%") for v in ticks], "error", Y2)
-    polyline(t5, Y2, _C_TOP5, top)
-    polyline(t1, Y2, _C_TOP1, top)
-    y += h + gap
-    # -- panel 3: learning rate, log scale, as a step function (epoch e runs from e-1 to e)
-    lr = series("lr")
-    vals = [v for _, v in lr if v is not None and v > 0]
-    lo = math.floor(math.log10(min(vals))) if vals else -3
-    hi = math.ceil(math.log10(max(vals))) if vals else -2
-    if hi == lo:
-        hi += 1
-    if hi - lo < 2:
-        lo -= 1
-    legend(y, [("learning rate (log scale)", _C_LR, False), ("lr divided", _C_DROP, True)])
-    y += legend_h
-    h = heights[2]
-    pad = 0.08 * (hi - lo)  # keep the decades at the ends off the frame
-    Y3 = (lambda yt, hh: (lambda v: yt + hh - hh * (math.log10(v) - lo + pad) / (hi - lo + 2 * pad)))(y, h)
-    frame(y, h, [(10.0 ** e, _fmt_lr(10.0 ** e)) for e in range(lo, hi + 1)], "lr", Y3)
-    steps = []
-    for e, v in lr:
-        if v is None or v <= 0:
-            continue
+    def loss_panel(self, y, h):
+        loss = self.series("train_loss")
+        vals = [v for _, v in loss if v is not None]
+        top, ticks, dec = _linear_ticks(max(vals) if vals else 1.0)
+        self.legend(y, [("training loss", _C_LOSS, False)])
+        y += self.LEGEND_H
+        Y = lambda v: y + h - h * v / top  # noqa: E731
+        self.frame(y, h, [(v, f"{v:.{dec}f}") for v in ticks], "loss", Y)
+        self.polyline(loss, Y, _C_LOSS, top)
+        return y + h
+
+    def error_panel(self, y, h):
+        t1, t5 = self.series("val_top1_err"), self.series("val_top5_err")
+        vals = [v for _, v in t1 + t5 if v is not None]
+        top, ticks, dec = _linear_ticks(min(1.0, max(vals)) if vals and max(vals) > 0 else 1.0)
+        self.legend(y, [("validation top-1 error", _C_TOP1, False), ("validation top-5 error", _C_TOP5, False)])
+        y += self.LEGEND_H
+        Y = lambda v: y + h - h * v / top  # noqa: E731
+        self.frame(y, h, [(v, f"{v * 100:.{max(0, dec - 2)}f}%") for v in ticks], "error", Y)
+        self.polyline(t5, Y, _C_TOP5, top)
+        self.polyline(t1, Y, _C_TOP1, top)
+        return y + h
+
+    def lr_panel(self, y, h):
+        """The learning rate, log scale, as a step function (epoch e runs from e-1 to e)."""
+        lr = self.series("lr")
+        vals = [v for _, v in lr if v is not None and v > 0]
+        lo = math.floor(math.log10(min(vals))) if vals else -3
+        hi = math.ceil(math.log10(max(vals))) if vals else -2
+        hi = hi + 1 if hi == lo else hi
+        lo = lo - 1 if hi - lo < 2 else lo
+        self.legend(y, [("learning rate (log scale)", _C_LR, False), ("lr divided", _C_DROP, True)])
+        y += self.LEGEND_H
+        pad = 0.08 * (hi - lo)  # keep the decades at the ends off the frame
+        Y = lambda v: y + h - h * (math.log10(v) - lo + pad) / (hi - lo + 2 * pad)  # noqa: E731
+        self.frame(y, h, [(10.0 ** e, _fmt_lr(10.0 ** e)) for e in range(lo, hi + 1)], "lr", Y)
+        steps = []
+        for e, v in lr:
+            if v is None or v <= 0:
+                continue
+            if steps:
+                steps.append((self.X(e - 1), steps[-1][1]))
+            steps += [(self.X(e - 1), Y(v)), (self.X(e), Y(v))]
         if steps:
-            steps.append((X(e - 1), steps[-1][1]))
-        steps += [(X(e - 1), Y3(v)), (X(e), Y3(v))]
-    if steps:
-        cv.line(steps, _C_LR, 2.5)
-    y += h
-    # -- the shared epoch axis
-    for e in xticks:
-        cv.line([(X(e), y), (X(e), y + 4)], _FRAME, 1)
-        cv.text(X(e), y + 7, str(e), FS, _MUTED, align="center")
-    cv.text((x0 + x1) / 2, H - 5, "epoch", FS, _INK, align="center", valign="bottom")
-    if not records:
-        cv.text((x0 + x1) / 2, H / 2, "no epochs finished yet", 14, _MUTED, align="center", valign="middle")
-    return cv.result(size)
+            self.cv.line(steps, _C_LR, 2.5)
+        return y + h
+
+    def epoch_axis(self, y):
+        cv, W, H = self.cv, self.size[0], self.size[1]
+        for e in self.xticks:
+            cv.line([(self.X(e), y), (self.X(e), y + 4)], _FRAME, 1)
+            cv.text(self.X(e), y + 7, str(e), self.FS, _MUTED, align="center")
+        cv.text((self.x0 + self.x1) / 2, H - 5, "epoch", self.FS, _INK, align="center", valign="bottom")
+        if not self.records:
+            cv.text((self.x0 + self.x1) / 2, H / 2, "no epochs finished yet", 14, _MUTED, align="center",
+                    valign="middle")
+
+
+def curves_image(records, size=CURVES_SIZE):
+    """Three panels against epochs: training loss; validation top-1 and top-5 error; learning rate
+    (log scale). Dashed vertical lines mark the epochs after which the learning rate was divided."""
+    c = _Curves(records, size)
+    avail = size[1] - c.TOP - c.BOTTOM - 3 * c.LEGEND_H - 2 * c.GAP
+    y = c.loss_panel(c.TOP, avail * 0.37) + c.GAP
+    y = c.error_panel(y, avail * 0.37) + c.GAP
+    c.epoch_axis(c.lr_panel(y, avail * 0.26))
+    return c.cv.result(size)
 
 
 def write_curves(out_dir, *, metrics=None, path=None, log=None):
@@ -646,8 +635,8 @@ def write_curves(out_dir, *, metrics=None, path=None, log=None):
     training loop, which must not stop for a picture.
     """
     out_dir = Path(out_dir)
-    metrics = Path(metrics) if metrics is not None else out_dir / "metrics.jsonl"
-    path = Path(path) if path is not None else out_dir / "curves.png"
+    metrics = Path(metrics) if metrics is not None else out_dir / METRICS
+    path = Path(path) if path is not None else out_dir / CURVES
     try:
         records = read_metrics(metrics)
         if not records:
@@ -675,27 +664,15 @@ def _spread(n_total, n, phase=0.0):
 
 def _inputs(ds, idx, crop, scale):
     """The network inputs of images `idx` of `ds`: exactly what EvalLoader gives (centre crop, mean)."""
-    from .data import EvalLoader
     sub = types.SimpleNamespace(images=np.ascontiguousarray(ds.images[idx]), labels=ds.labels[idx], mean=ds.mean)
     xs = [x for x, _ in EvalLoader(sub, batch_size=max(1, len(idx)), crop=crop, scale=scale)]
     return xs[0]
-
-
-def _softmax(logits):
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def visualize(checkpoint, data=None, out=None, *, num_images=8, num_queries=5, k=6, backend=None,
               batch_size=256, metrics=None, log=print):
     """Write the four pictures; returns {name: path}. Raises VisualizeError (and the data, train and
     checkpoint modules' errors) for user errors."""
-    from .backends import get_backend
-    from .data import EvalLoader, PreparedDataset, ensure_prepared
-    from .train import model_from_checkpoint
-
     if out is None:
         raise VisualizeError("give --out DIR (the folder to write the pictures into)")
     if int(num_images) < 1 or int(num_queries) < 0 or int(k) < 1 or int(batch_size) < 1:
@@ -703,31 +680,16 @@ def visualize(checkpoint, data=None, out=None, *, num_images=8, num_queries=5, k
     ckpt_path = Path(checkpoint)
     if not ckpt_path.is_file():
         raise VisualizeError(f"checkpoint not found: {ckpt_path}")
-    try:
-        be = get_backend(backend)
-    except RuntimeError as e:
-        raise VisualizeError(str(e)) from None
+    be = resolve_backend(backend)
     model, info = model_from_checkpoint(ckpt_path, backend=be)
     cfg = info["config"]
 
     # -- the data, checked before anything is written
-    if data is not None:
-        src = data
-    else:
-        named = [d for d in (cfg.get("prepared"), cfg.get("data")) if d]
-        if not named:
-            raise VisualizeError("no --data given and the checkpoint names no dataset; give --data DIR")
-        found = [d for d in named if Path(d).exists()]
-        if not found:
-            raise VisualizeError(f"the dataset the checkpoint was trained on is gone ({' or '.join(named)}); "
-                                 f"give --data DIR (its image folder or prepared folder)")
-        src = found[0]
+    src = trained_data(cfg, data)
     prepared = ensure_prepared(src, None, size=cfg.get("data_size", 256), log=log)
     val_ds, train_ds = PreparedDataset(prepared, "val"), PreparedDataset(prepared, "train")
-    classes = list(cfg.get("classes") or val_ds.classes)
-    if list(val_ds.classes) != classes or val_ds.num_classes != model.num_classes:
-        raise VisualizeError(f"the classes of {src} ({val_ds.num_classes}: {', '.join(val_ds.classes[:5])}...) "
-                             f"differ from the checkpoint's ({len(classes)}: {', '.join(classes[:5])}...)")
+    check_classes(cfg, val_ds.classes, src, model.num_classes)
+    classes = list(val_ds.classes)
     if len(val_ds) == 0 or len(train_ds) == 0:
         raise VisualizeError(f"{prepared} has an empty train or val split")
     crop, scale = model.input_size, float(cfg.get("input_scale", 1.0))
@@ -750,7 +712,7 @@ def visualize(checkpoint, data=None, out=None, *, num_images=8, num_queries=5, k
 
     # 2. predictions
     idx = _spread(len(val_ds), num_images)
-    probs = _softmax(be.to_numpy(model.forward(_inputs(val_ds, idx, crop, scale))))
+    probs = softmax(np.asarray(be.to_numpy(model.forward(_inputs(val_ds, idx, crop, scale))), np.float64))
     done("predictions.png", predictions_image(val_ds.images[idx], val_ds.labels[idx], probs, classes), palette=True)
 
     # 3. nearest neighbours
@@ -764,7 +726,7 @@ def visualize(checkpoint, data=None, out=None, *, num_images=8, num_queries=5, k
                                                 train_ds.labels[nb], dist, classes), palette=True)
 
     # 4. curves
-    mpath = Path(metrics) if metrics is not None else ckpt_path.parent / "metrics.jsonl"
+    mpath = Path(metrics) if metrics is not None else ckpt_path.parent / METRICS
     recs = read_metrics(mpath)
     if recs:
         done("curves.png", curves_image(recs))
@@ -773,48 +735,25 @@ def visualize(checkpoint, data=None, out=None, *, num_images=8, num_queries=5, k
     return written
 
 
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="alexnet-cuda visualize",
-        description="Pictures of a trained network (the paper's section 6.1): conv1_filters.png, "
-                    "predictions.png, neighbours.png and curves.png in --out. Drawn with Pillow.")
+def add_arguments(p):
+    """The options of `alexnet-cuda visualize`."""
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint.safetensors of a run")
-    p.add_argument("--data", metavar="DIR", help="image folder or prepared folder with train/ and val/ (default: the one "
-                                  "the checkpoint was trained on)")
+    p.add_argument("--data", metavar="DIR", help="image folder or prepared folder with train/ and val/ "
+                                                 "(default: the one the checkpoint was trained on)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the PNG files into")
-    p.add_argument("--num-images", type=int, default=8, metavar="N", help="validation images in predictions.png (default 8)")
-    p.add_argument("--num-queries", type=int, default=5, metavar="N",
+    p.add_argument("--num-images", type=positive_int, default=8, metavar="N",
+                   help="validation images in predictions.png (default 8)")
+    p.add_argument("--num-queries", type=non_negative_int, default=5, metavar="N",
                    help="validation images in neighbours.png (default 5; 0 skips the neighbour search)")
-    p.add_argument("--metrics", metavar="FILE", help="metrics.jsonl for curves.png (default: the one next to the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per batch of the feature pass")
-    p.add_argument("--backend", choices=["cuda", "emu", "numpy"], help="default: cuda if usable, else numpy")
-    return p
+    p.add_argument("--metrics", metavar="FILE",
+                   help="metrics.jsonl for curves.png (default: the one next to the checkpoint)")
+    p.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
+                   help="images per batch of the feature pass (default 256)")
+    add_backend_argument(p)
 
 
-def main(argv=None):
-    """`alexnet-cuda visualize ...`; returns the exit status (2 with one `error:` line for user errors)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error already printed by argparse
-        return e.code if isinstance(e.code, int) else EXIT_USAGE
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .train import TrainError
-
-    def log(*a, **kw):
-        print(*a, **kw, flush=True)
-
-    try:
-        visualize(args.checkpoint, args.data, args.out, num_images=args.num_images, num_queries=args.num_queries,
-                  backend=args.backend, batch_size=args.batch_size, metrics=args.metrics, log=log)
-    except (VisualizeError, DataError, TrainError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+def run(args, log=print):
+    """`alexnet-cuda visualize` with parsed arguments."""
+    visualize(args.checkpoint, args.data, args.out, num_images=args.num_images, num_queries=args.num_queries,
+              backend=args.backend, batch_size=args.batch_size, metrics=args.metrics, log=log)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -114,9 +114,9 @@ def require_gpu(script):
     """Exits with a clear message when the cuda backend or torch is missing."""
     import sys
 
-    from alexnet_cuda.backends import _cuda_unusable_reason
+    from alexnet_cuda.backends import cuda_unusable_reason
 
-    why = _cuda_unusable_reason()
+    why = cuda_unusable_reason()
     if why:
         print(f"{script}: not run: {why}. This benchmark needs a GPU (results are never estimated).")
         sys.exit(2)

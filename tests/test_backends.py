@@ -13,15 +13,15 @@ def test_numpy_and_emu_always_available():
 
 def test_default_is_cuda_only_with_a_gpu(monkeypatch):
     monkeypatch.delenv("ALEXNET_CUDA_BACKEND", raising=False)
-    expected = "cuda" if backends._cuda_unusable_reason() is None else "numpy"
+    expected = "cuda" if backends.cuda_unusable_reason() is None else "numpy"
     assert alexnet_cuda.get_backend().name == expected
 
 
 def test_cuda_works_or_says_why_and_what_else():
-    if backends._cuda_unusable_reason() is None:
+    if backends.cuda_unusable_reason() is None:
         assert alexnet_cuda.get_backend("cuda").name == "cuda"
     else:
-        with pytest.raises(RuntimeError, match=r"cuda backend cannot run here: .*get_backend\('numpy'\).*get_backend\('emu'\)"):
+        with pytest.raises(RuntimeError, match=r"cuda backend cannot run here: .*'numpy' backend.*'emu' backend"):
             alexnet_cuda.get_backend("cuda")
 
 
@@ -34,8 +34,12 @@ def test_unknown_backend():
 def test_backend_object(name):
     be = alexnet_cuda.get_backend(name)
     assert be.name == name and be.xp is np
-    a = be.asarray([[1, 2], [3, 4]])
-    assert a.dtype == np.float32 and a.flags.c_contiguous
+    a = be.asarray([[1.0, 2.0], [3.0, 4.0]])
+    assert a.dtype == np.float32 and a.flags.c_contiguous      # floats: the ops' float32
+    assert be.asarray(np.arange(3)).dtype == np.int64           # integers keep their dtype (labels)
+    assert be.asarray(np.arange(3, dtype=np.int32)).dtype == np.int32
+    assert be.asarray([[1, 2], [3, 4]], dtype=np.float32).dtype == np.float32
+    assert be.asarray(np.ones(2, np.float64), dtype=np.float64).dtype == np.float64
     assert isinstance(be.to_numpy(a), np.ndarray)
     assert be.zeros((2, 3)).shape == (2, 3)
     assert alexnet_cuda.get_backend(be) is be

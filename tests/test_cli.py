@@ -108,7 +108,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path, capsys, trained):
 
 def test_cuda_backend_without_gpu_is_a_clear_error(monkeypatch, capsys, tmp_path):
     import alexnet_cuda.backends as B
-    monkeypatch.setattr(B, "_cuda_unusable_reason", lambda: "no usable CUDA GPU (test)")
+    monkeypatch.setattr(B, "cuda_unusable_reason", lambda: "no usable CUDA GPU (test)")
     assert cli.main(["train", "--backend", "cuda", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "cuda cannot run here" in err and "numpy" in err
@@ -119,7 +119,7 @@ def test_default_train_picks_numpy_and_small_in_one_line(monkeypatch, capsys, tm
     import alexnet_cuda.backends as B
     import alexnet_cuda.data as D
     from alexnet_cuda import train as T
-    monkeypatch.setattr(B, "_cuda_unusable_reason", lambda: "no usable CUDA GPU (test)")
+    monkeypatch.setattr(B, "cuda_unusable_reason", lambda: "no usable CUDA GPU (test)")
     made = {}
 
     def fake_make(root=None, **kw):
@@ -151,22 +151,27 @@ def test_prepare_subcommand(raw_data, tmp_path, capsys):
     assert cli.main(["prepare", str(tmp_path / "none"), str(tmp_path / "x")]) == 2
 
 
-def test_gradcheck_and_visualize_dispatch(monkeypatch, capsys):
-    import types
-    seen = {}
-    fake = types.ModuleType("alexnet_cuda.gradcheck")
-    fake.main = lambda argv: seen.setdefault("gradcheck", argv) and 0
-    monkeypatch.setitem(sys.modules, "alexnet_cuda.gradcheck", fake)
-    import alexnet_cuda
-    monkeypatch.setattr(alexnet_cuda, "gradcheck", fake, raising=False)
-    assert cli.main(["gradcheck", "--seed", "3"]) == 0
-    assert seen["gradcheck"] == ["--seed", "3"]
-    vis = types.ModuleType("alexnet_cuda.visualize")
-    vis.main = lambda argv: seen.setdefault("visualize", argv) and 0
-    monkeypatch.setitem(sys.modules, "alexnet_cuda.visualize", vis)
-    monkeypatch.setattr(alexnet_cuda, "visualize", vis, raising=False)
-    assert cli.main(["visualize", "x"]) == 0
-    assert seen["visualize"] == ["x"]
+def test_gradcheck_and_visualize_are_subcommands(capsys):
+    for cmd, flag in (("gradcheck", "--backend"), ("visualize", "--num-queries")):
+        with pytest.raises(SystemExit) as e:
+            cli.main([cmd, "--help"])
+        assert e.value.code == 0 and flag in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["gradcheck", "--backend", "tpu"])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+def test_gradcheck_checks_the_backends_own_backward(backend, capsys, monkeypatch):
+    assert cli.main(["gradcheck", "--backend", backend]) == 0
+    out = capsys.readouterr().out
+    assert f"all 15 gradient checks passed on the {backend} backend" in out
+    from alexnet_cuda import get_backend
+    be = get_backend(backend)
+    right = be.relu_backward
+    monkeypatch.setattr(be, "relu_backward", lambda dy, y: right(dy, y) * 1.001, raising=False)
+    assert cli.main(["gradcheck", "--backend", backend]) == 1       # a 0.1% error in one backward is caught
+    assert "FAILED: 1 of 15 checks" in capsys.readouterr().out
 
 
 def test_python_m_help():

@@ -164,7 +164,8 @@ def test_gradchecks_pass():
 
 
 def test_gradcheck_main_prints_table_and_returns_zero(capsys):
-    assert gradcheck.main(["--seed", "1"]) == 0
+    from alexnet_cuda import cli
+    assert cli.main(["gradcheck", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "max rel err" in out and "conv2d dx" in out and "softmax_cross_entropy" in out
 
@@ -179,7 +180,8 @@ def test_gradcheck_catches_a_wrong_backward(monkeypatch, capsys):
     results = gradcheck.run_gradchecks(seed=0)
     failed = {r["op"] for r in results if not r["passed"]}
     assert failed and all(op.startswith("lrn") for op in failed)
-    assert gradcheck.main([]) == 1
+    from alexnet_cuda import cli
+    assert cli.main(["gradcheck"]) == 1
     assert "FAILED" in capsys.readouterr().out
 
 

@@ -12,6 +12,11 @@ import pytest
 
 from alexnet_cuda import available_backends, checkpoint as ck
 from alexnet_cuda import train as T
+from alexnet_cuda import runfolder as rf
+from alexnet_cuda.backends import limit_blas_threads
+from alexnet_cuda.errors import AlexNetError, DivergedError, TrainingInterrupted
+from alexnet_cuda.progress import Progress
+from alexnet_cuda.schedule import LRSchedule
 from alexnet_cuda.model import AlexNet
 
 TIMING = ("images_per_sec", "seconds")
@@ -116,7 +121,7 @@ def test_default_workers_by_backend(monkeypatch):
 
 
 def test_plateau_schedule_divides_by_10_at_most_three_times():
-    s = T.LRSchedule.parse("plateau", 0.01, patience=2)
+    s = LRSchedule.parse("plateau", 0.01, patience=2)
     lrs = []
     for e, err in enumerate([0.5, 0.4, 0.4, 0.41, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]):
         lrs.append(s.lr_for_epoch(e))
@@ -125,13 +130,13 @@ def test_plateau_schedule_divides_by_10_at_most_three_times():
     assert lrs[4] == pytest.approx(0.001)       # 2 epochs without improvement after epoch 2
     assert min(lrs) == pytest.approx(1e-5) and s.reductions == 3
     st = s.state_dict()
-    s2 = T.LRSchedule(1.0)
+    s2 = LRSchedule(1.0)
     s2.load_state_dict(json.loads(json.dumps(st)))
     assert s2.state_dict() == st
 
 
 def test_step_schedule():
-    s = T.LRSchedule.parse("step:2,4,5,6", 0.1, patience=1)
+    s = LRSchedule.parse("step:2,4,5,6", 0.1, patience=1)
     lrs = []
     for e in range(8):
         lrs.append(s.lr_for_epoch(e))
@@ -139,7 +144,7 @@ def test_step_schedule():
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 1e-4, 1e-4, 1e-4])
     for bad in ("step:", "step:a", "cosine", "step:0"):
         with pytest.raises(T.TrainError):
-            T.LRSchedule.parse(bad, 0.1, 2)
+            LRSchedule.parse(bad, 0.1, 2)
 
 
 # ---------------------------------------------------------------------------
@@ -190,11 +195,11 @@ def test_train_writes_metrics_config_checkpoint(tiny_data, tmp_path):
     assert cfg["data"] == tiny_data and cfg["classes"] == ["circle", "square", "triangle"]
     assert cfg["model"]["width"] == 1 / 16 and cfg["num_classes"] == 3
     assert cfg["workers"] == 0  # resolved from None: no loader threads on the numpy backend
-    tensors, info = T.load_checkpoint(out / "checkpoint.safetensors")
+    tensors, info = rf.load_checkpoint(out / "checkpoint.safetensors")
     assert info["epoch"] == 2 and info["batch"] == 0 and info["step"] == 12
     assert "momentum.fc8.weight" in tensors and tensors["data.mean"].shape == (72, 72, 3)
     assert sum(1 for l in logs if l.startswith("epoch ")) == 2      # one summary line per epoch
-    model, info = T.model_from_checkpoint(out / "checkpoint.safetensors")
+    model, info = rf.model_from_checkpoint(out / "checkpoint.safetensors")
     assert model.step == 12 and model.num_classes == 3
     # a fresh run refuses to overwrite
     with pytest.raises(T.TrainError, match="--resume"):
@@ -210,8 +215,8 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, backend):
     ra, rb = read_metrics(a), read_metrics(b)
     assert len(ra) == len(rb) == 2
     assert strip_timing(ra) == strip_timing(rb)
-    wa, _ = T.load_checkpoint(a / "checkpoint.safetensors")
-    wb, _ = T.load_checkpoint(b / "checkpoint.safetensors")
+    wa, _ = rf.load_checkpoint(a / "checkpoint.safetensors")
+    wb, _ = rf.load_checkpoint(b / "checkpoint.safetensors")
     for k in wa:
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
 
@@ -230,10 +235,11 @@ def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(tiny_data, tmp_path, 
 
     monkeypatch.setattr(AlexNet, "train_step", step_then_sigint)
     logs = []
-    assert T.train(tiny_cfg(tiny_data, b, epochs=2), log=logs.append) == T.EXIT_INTERRUPTED
+    with pytest.raises(TrainingInterrupted):
+        T.train(tiny_cfg(tiny_data, b, epochs=2), log=logs.append)
     monkeypatch.undo()
     assert any("interrupted at step 9" in l for l in logs)
-    _, info = T.load_checkpoint(b / "checkpoint.safetensors")
+    _, info = rf.load_checkpoint(b / "checkpoint.safetensors")
     assert (info["epoch"], info["batch"], info["step"]) == (1, 3, 9)
     assert len(read_metrics(b)) == 1
     assert T.train(resume=True, out=b, log=quiet) == 0
@@ -250,10 +256,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
 
     monkeypatch.setattr(AlexNet, "train_step", nan_at_8)
     logs = []
-    assert T.train(tiny_cfg(tiny_data, out, epochs=3), log=logs.append) == T.EXIT_DIVERGED
-    msg = [l for l in logs if "nan" in l]
-    assert msg and "step 8" in msg[0] and "last good checkpoint" in msg[0]
-    _, info = T.load_checkpoint(out / "checkpoint.safetensors")
+    with pytest.raises(DivergedError) as e:
+        T.train(tiny_cfg(tiny_data, out, epochs=3), log=logs.append)
+    msg = str(e.value)
+    assert "nan" in msg and "step 8" in msg and "last good checkpoint" in msg and e.value.exit_code == 1
+    _, info = rf.load_checkpoint(out / "checkpoint.safetensors")
     assert info["epoch"] == 1 and info["step"] == 6
     assert len(read_metrics(out)) == 1
 
@@ -261,9 +268,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_huge_lr_diverges_with_a_message(tiny_data, tmp_path):
     logs = []
-    rc = T.train(tiny_cfg(tiny_data, tmp_path / "big", epochs=2, lr=1e12), log=logs.append)
-    assert rc == T.EXIT_DIVERGED
-    assert any("the loss became" in l and "step" in l for l in logs)
+    with pytest.raises(DivergedError, match=r"the loss became .* at step"):
+        T.train(tiny_cfg(tiny_data, tmp_path / "big", epochs=2, lr=1e12), log=logs.append)
 
 
 def test_warns_when_loss_sits_at_chance(tiny_data, tmp_path, monkeypatch):
@@ -281,14 +287,14 @@ def test_resume_errors(tiny_data, tmp_path):
     with pytest.raises(T.TrainError, match="cannot change"):
         T.train(resume=True, out=out, overrides={"lr": 0.1}, log=quiet)
     (out / "checkpoint.safetensors").write_bytes(b"garbage!")
-    with pytest.raises(T.TrainError, match="safetensors"):
+    with pytest.raises(AlexNetError, match="safetensors"):
         T.train(resume=True, out=out, log=quiet)
 
 
 def test_progress_plain_lines_when_not_a_tty():
     import io
     s = io.StringIO()
-    p = T.Progress(10, "epoch 1/2", stream=s, interval=0.0)
+    p = Progress(10, "epoch 1/2", stream=s, interval=0.0)
     p.start(0)
     for i in range(1, 11):
         p.update(i, 1.5, 0.01, 100.0)
@@ -297,7 +303,7 @@ def test_progress_plain_lines_when_not_a_tty():
     assert len(lines) == 10 and "\r" not in s.getvalue()
     assert "loss 1.5000" in lines[-1] and "lr 0.01" in lines[-1] and "img/s" in lines[-1] and "ETA" in lines[-1]
     t = io.StringIO()
-    p = T.Progress(4, "e", stream=t, tty=True)
+    p = Progress(4, "e", stream=t, tty=True)
     p.start(0)
     p.update(2, 1.0, 0.01, 10.0, force=True)
     assert t.getvalue().startswith("\r") and "[" in t.getvalue()
@@ -306,8 +312,8 @@ def test_progress_plain_lines_when_not_a_tty():
 def test_limit_blas_threads_respects_explicit_settings(monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     monkeypatch.delenv("ALEXNET_CUDA_BLAS_THREADS", raising=False)
-    assert T.limit_blas_threads() is None                 # the user's explicit choice wins
+    assert limit_blas_threads() is None                 # the user's explicit choice wins
     monkeypatch.setenv("ALEXNET_CUDA_BLAS_THREADS", "bad")
-    assert T.limit_blas_threads() is None
+    assert limit_blas_threads() is None
     monkeypatch.setenv("ALEXNET_CUDA_BLAS_THREADS", "1")
-    assert T.limit_blas_threads() in (1, None)            # None where numpy's BLAS is not OpenBLAS
+    assert limit_blas_threads() in (1, None)            # None where numpy's BLAS is not OpenBLAS

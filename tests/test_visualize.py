@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexnet_cuda import runfolder as rf
 from alexnet_cuda import train as T
+from alexnet_cuda.schedule import LRSchedule
 from alexnet_cuda import visualize as V
 from alexnet_cuda.model import AlexNet
 
@@ -35,16 +37,16 @@ def tiny_run(tmp_path_factory):
     cfg["model"] = dict(model.config)
     run = root / "run"
     run.mkdir()
-    T.save_checkpoint(run / T.CHECKPOINT, model, cfg=cfg, epoch=1, batch=0, schedule=T.LRSchedule(0.01),
+    rf.save_checkpoint(run / rf.CHECKPOINT, model, cfg=cfg, epoch=1, batch=0, schedule=LRSchedule(0.01),
                       partial={"loss_sum": 0.0, "loss_count": 0, "train_seconds": 0.0, "seconds": 0.0},
                       mean=ds.mean)
     # the same network, whose dataset has since been deleted
     gone = dict(cfg, data=str(root / "deleted"), prepared=str(root / "deleted-prepared"))
-    T.save_checkpoint(root / "gone.safetensors", model, cfg=gone, epoch=1, batch=0, schedule=T.LRSchedule(0.01),
+    rf.save_checkpoint(root / "gone.safetensors", model, cfg=gone, epoch=1, batch=0, schedule=LRSchedule(0.01),
                       partial={"loss_sum": 0.0, "loss_count": 0, "train_seconds": 0.0, "seconds": 0.0})
     recs = [{"epoch": 1, "step": 3, "lr": 0.01, "train_loss": 1.1, "val_top1_err": 0.6, "val_top5_err": 0.0}]
-    (run / T.METRICS).write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return {"run": run, "ckpt": run / T.CHECKPOINT, "prepared": prepared, "model": model,
+    (run / rf.METRICS).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return {"run": run, "ckpt": run / rf.CHECKPOINT, "prepared": prepared, "model": model,
             "ckpt_gone": root / "gone.safetensors"}
 
 
@@ -135,7 +137,7 @@ METRICS = [
 def test_curves_from_metrics_with_lr_drops(tmp_path):
     text = "".join(json.dumps(r) + "\n" for r in METRICS) + '{"epoch": 7, "lr"'   # a torn last line
     (tmp_path / "metrics.jsonl").write_text(text)
-    recs = V.read_metrics(tmp_path / "metrics.jsonl")
+    recs = rf.read_metrics(tmp_path / "metrics.jsonl")
     assert [r["epoch"] for r in recs] == [1, 2, 3, 4, 5, 6] and math.isnan(recs[-1]["train_loss"])
     assert V.lr_drops(recs) == [3, 5]
     logs = []
@@ -162,24 +164,31 @@ def test_write_curves_without_records(tmp_path):
     assert_picture(V.write_curves(tmp_path), V.CURVES_SIZE)
 
 
+def vmain(argv):
+    from alexnet_cuda import cli
+    return cli.main(["visualize"] + argv)
+
+
 def test_main_errors_are_one_line(tiny_run, tmp_path, capsys):
-    assert V.main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o")]) == 2
+    assert vmain(["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "not found" in err and "Traceback" not in err
-    assert V.main(["--checkpoint", str(tiny_run["ckpt"]), "--data", str(tmp_path / "missing"),
+    assert vmain(["--checkpoint", str(tiny_run["ckpt"]), "--data", str(tmp_path / "missing"),
                    "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "missing" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()          # nothing written before the data is found
-    assert V.main(["--checkpoint", str(tiny_run["ckpt_gone"]), "--out", str(tmp_path / "o")]) == 2
+    assert vmain(["--checkpoint", str(tiny_run["ckpt_gone"]), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "--data" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
-    assert V.main(["--checkpoint", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert vmain(["--checkpoint", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("error:")
-    assert V.main(["--out", str(tmp_path / "o")]) == 2            # argparse's usage error
+    with pytest.raises(SystemExit) as e:                          # argparse's usage error
+        vmain(["--out", str(tmp_path / "o")])
+    assert e.value.code == 2
     assert "--checkpoint" in capsys.readouterr().err
 
 

@@ -1,0 +1,90 @@
+"""The one checker of each scalar argument of the ops, shared by every backend.
+
+The reference (numpy backend) and the kernel backends (emu, cuda) call these same
+functions, so a wrong scalar gets the same exception and the same message on every
+backend. Arrays are checked where they are used: by the reference for numpy arrays,
+by the C++ bindings for the kernels. Every message starts with the op's name and
+names the argument, e.g. ``dropout_forward: p must be in [0, 1), got 1.0``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+__all__ = ["integer", "real", "probability", "u64", "lrn_params", "sgd_multi_args", "conv_hyper"]
+
+DEFAULT_WEIGHT_DECAY = 5e-4
+
+
+def integer(fn, name, v, *, minimum=None):
+    """A Python/NumPy integer (not bool) >= minimum, as int."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be an integer, got bool")
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be an integer, got {type(v).__name__}") from None
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {v}")
+    return v
+
+
+def real(fn, name, v):
+    """A finite real number (not bool), as float."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{fn}: {name} must be finite, got {v}")
+    return v
+
+
+def probability(fn, name, p):
+    """A dropout probability in [0, 1), as float."""
+    p = real(fn, name, p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{fn}: {name} must be in [0, 1), got {p}")
+    return p
+
+
+def u64(fn, name, v):
+    """An integer in [0, 2**64)."""
+    v = integer(fn, name, v, minimum=0)
+    if v >= 1 << 64:
+        raise ValueError(f"{fn}: {name} must be < 2**64, got {v}")
+    return v
+
+
+def conv_hyper(fn, stride, padding, groups):
+    """(stride, padding, groups) of a convolution, checked."""
+    return (integer(fn, "stride", stride, minimum=1), integer(fn, "padding", padding, minimum=0),
+            integer(fn, "groups", groups, minimum=1))
+
+
+def lrn_params(fn, size, alpha, beta, k, alpha_scaled):
+    """(size, a, beta, k) of an LRN, where a is the coefficient applied to the sum of squares
+    (alpha, or alpha/size with alpha_scaled=True)."""
+    size = integer(fn, "size", size, minimum=1)
+    if size % 2 == 0:
+        raise ValueError(f"{fn}: size must be odd (a window centred on the channel), got {size}")
+    alpha, beta, k = real(fn, "alpha", alpha), real(fn, "beta", beta), real(fn, "k", k)
+    if not isinstance(alpha_scaled, (bool, np.bool_)):
+        raise TypeError(f"{fn}: alpha_scaled must be a bool, got {type(alpha_scaled).__name__}")
+    return size, (alpha / size if alpha_scaled else alpha), beta, k
+
+
+def sgd_multi_args(params, grads, vels, lr, momentum, weight_decays):
+    """(params, grads, vels, lr, momentum, weight_decays) of sgd_update_multi, checked; the weight
+    decays default to 5e-4 each."""
+    fn = "sgd_update_multi"
+    params, grads, vels = list(params), list(grads), list(vels)
+    if weight_decays is None:
+        weight_decays = [DEFAULT_WEIGHT_DECAY] * len(params)
+    weight_decays = [real(fn, f"weight_decays[{i}]", wd) for i, wd in enumerate(weight_decays)]
+    if not (len(grads) == len(vels) == len(weight_decays) == len(params)):
+        raise ValueError(f"{fn}: params, grads, vels and weight_decays must have the same length "
+                         f"(got {len(params)}, {len(grads)}, {len(vels)}, {len(weight_decays)})")
+    return params, grads, vels, real(fn, "lr", lr), real(fn, "momentum", momentum), weight_decays

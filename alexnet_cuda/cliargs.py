@@ -1,0 +1,40 @@
+"""The one checker of each command-line argument shared by several commands."""
+from __future__ import annotations
+
+import argparse
+
+from .backends import BACKENDS
+
+__all__ = ["positive_int", "non_negative_int", "positive_float", "add_backend_argument"]
+
+
+def _number(kind, text, ok, what):
+    try:
+        v = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+    return v
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    return _number(int, text, lambda v: v >= 1, "an integer >= 1")
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def add_backend_argument(p):
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="cuda (our kernels on the GPU), emu (the same kernels on the CPU) or numpy (the NumPy "
+                        "reference); default: ALEXNET_CUDA_BACKEND if set, else cuda when a usable GPU is "
+                        "present, else numpy")
