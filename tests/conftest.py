@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import alexnet_cuda
-from alexnet_cuda.backends import available_backends
+from alexnet_cuda.backends import available_backends, cuda_unusable_reason
 
 KERNEL_BACKENDS = [b for b in ("emu", "cuda") if b in available_backends()]
 ALL_BACKENDS = ["numpy"] + KERNEL_BACKENDS
@@ -41,6 +41,34 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(scope="session")
+def raw_data(tmp_path_factory):
+    from alexnet_cuda.data import make_synthetic_dataset
+    root = tmp_path_factory.mktemp("raw")
+    return str(make_synthetic_dataset(root, num_classes=3, train_per_class=16, val_per_class=4, image_size=24,
+                                      log=None, workers=1))
+
+
+@pytest.fixture(scope="session")
+def trained(raw_data, tmp_path_factory):
+    """One CLI training run (raw folder prepared into the cache automatically): (run folder, cache)."""
+    from alexnet_cuda import cli
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("ALEXNET_CUDA_CACHE")
+    os.environ["ALEXNET_CUDA_CACHE"] = str(cache)
+    out = tmp_path_factory.mktemp("run") / "r"
+    try:
+        rc = cli.main(["train", "--data", raw_data, "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                       "--backend", "numpy", "--preset", "small", "--seed", "1"])
+    finally:
+        if old is None:
+            os.environ.pop("ALEXNET_CUDA_CACHE", None)
+        else:
+            os.environ["ALEXNET_CUDA_CACHE"] = old
+    assert rc == 0
+    return out, cache
+
+
 def pytest_report_header(config):
     lines = [f"alexnet-cuda backends available: {', '.join(available_backends())}"]
     try:
@@ -52,3 +80,10 @@ def pytest_report_header(config):
     if os.environ.get("ALEXNET_CUDA_EXT_DIR"):
         lines.append(f"extensions from ALEXNET_CUDA_EXT_DIR={os.environ['ALEXNET_CUDA_EXT_DIR']}")
     return lines
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line saying which backends the suite ran on, and why cuda's tests were not collected."""
+    why = cuda_unusable_reason()
+    skipped = "" if why is None else f"; the cuda tests were not collected ({why})"
+    terminalreporter.write_line(f"alexnet-cuda: the suite ran on the {', '.join(ALL_BACKENDS)} backends{skipped}")

@@ -9,34 +9,6 @@ import pytest
 from alexnet_cuda import cli
 
 
-@pytest.fixture(scope="module")
-def raw_data(tmp_path_factory):
-    from alexnet_cuda.data import make_synthetic_dataset
-    root = tmp_path_factory.mktemp("raw")
-    return str(make_synthetic_dataset(root, num_classes=3, train_per_class=16, val_per_class=4, image_size=24,
-                                      log=None, workers=1))
-
-
-@pytest.fixture(scope="module")
-def trained(raw_data, tmp_path_factory):
-    """One CLI training run (raw folder prepared into the cache automatically)."""
-    import os
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("ALEXNET_CUDA_CACHE")
-    os.environ["ALEXNET_CUDA_CACHE"] = str(cache)
-    out = tmp_path_factory.mktemp("run") / "r"
-    try:
-        rc = cli.main(["train", "--data", raw_data, "--out", str(out), "--epochs", "1", "--batch-size", "8",
-                       "--backend", "numpy", "--preset", "small", "--seed", "1"])
-    finally:
-        if old is None:
-            os.environ.pop("ALEXNET_CUDA_CACHE", None)
-        else:
-            os.environ["ALEXNET_CUDA_CACHE"] = old
-    assert rc == 0
-    return out, cache
-
-
 def test_train_end_to_end(trained, raw_data):
     out, cache = trained
     assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoint.safetensors",
