@@ -15,18 +15,7 @@ from alexnet_cuda.data import (DataError, EvalLoader, PreparedDataset, ensure_pr
                                list_classes, prepare_dataset, prepared_cache_dir)
 from alexnet_cuda.data import prepare as prepare_mod
 from alexnet_cuda.data import source as source_mod
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def __call__(self, *args):
-        self.lines.append(" ".join(str(a) for a in args))
-
-    @property
-    def text(self):
-        return "\n".join(self.lines)
+from test_data import Log  # noqa: E402 (tests/ is on sys.path under pytest)
 
 
 def save_png(path, seed):
