@@ -190,6 +190,7 @@ void expect_same_dtype(const Array& a, const Array& b) {
 }
 
 void expect_no_overlap(const Array& a, const Array& b) {
+  if (!a.ptr || !b.ptr) return;
   const char* a0 = static_cast<const char*>(a.ptr);
   const char* b0 = static_cast<const char*>(b.ptr);
   const char* a1 = a0 + a.numel() * itemsize(a.dtype);
@@ -197,7 +198,17 @@ void expect_no_overlap(const Array& a, const Array& b) {
   if (a.numel() && b.numel() && a0 < b1 && b0 < a1) value_error(a.op, a.name + " and " + b.name + " overlap in memory");
 }
 
-void register_versions(const std::string& op, std::vector<int> versions) { versions_map()[op] = std::move(versions); }
+void expect_no_overlap(std::initializer_list<const Array*> outs, std::initializer_list<const Array*> others) {
+  for (const Array* o : outs)
+    for (const Array* a : others)
+      if (o != a) expect_no_overlap(*o, *a);
+}
+
+void register_versions(std::initializer_list<const char*> ops, int count) {
+  std::vector<int> versions;
+  for (int v = 1; v <= count; ++v) versions.push_back(v);
+  for (const char* op : ops) versions_map()[op] = versions;
+}
 
 py::dict kernel_versions() {
   py::dict d;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/cuda_common.h"
+#include "common/launch.h"
 
 namespace alexnet {
 namespace py = pybind11;
@@ -55,15 +56,19 @@ void expect_same_shape(const Array& a, const Array& b);
 void expect_shape(const Array& a, const std::vector<int64_t>& shape, const std::string& what = "");
 // ValueError unless a and b have the same dtype.
 void expect_same_dtype(const Array& a, const Array& b);
-// ValueError if two arrays overlap in memory (an output aliasing an input).
+// ValueError if two arrays overlap in memory (an output aliasing an input). An Array without
+// memory (an absent optional argument: ptr null) overlaps nothing.
 void expect_no_overlap(const Array& a, const Array& b);
+// expect_no_overlap(*o, *a) for every output o and every array a of `others` that is not o itself.
+void expect_no_overlap(std::initializer_list<const Array*> outs, std::initializer_list<const Array*> others);
 
 [[noreturn]] void value_error(const std::string& op, const std::string& msg);
 
 inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
-// Numbered kernel versions by op name (filled by the bind_* functions).
-void register_versions(const std::string& op, std::vector<int> versions);
+// Numbered kernel versions by op name, filled by the bind_* functions from the families'
+// constants (`count` = kernels::k<Family>Versions: versions 1..count; common/launch.h).
+void register_versions(std::initializer_list<const char*> ops, int count);
 py::dict kernel_versions();
 
 }  // namespace alexnet

@@ -70,9 +70,13 @@ kernels::ConvShape conv_shape(const char* op, const Array& X, const Array& Wt, i
   return s;
 }
 
-void check_bias(const char* op, const Array& B, int64_t n, const char* what) {
+// b (n,) float32, or an empty Array (no memory) when b is None.
+Array optional_bias(const char* op, py::handle b, int64_t n, const char* what) {
+  if (b.is_none()) return Array{};
+  Array B = input(b, op, "b", {DType::F32}, 1);
   if (B.dim(0) != n)
     value_error(op, "b has length " + std::to_string(B.dim(0)) + ", expected " + std::to_string(n) + " (" + what + ")");
+  return B;
 }
 
 std::vector<int64_t> y_shape(const kernels::ConvShape& s) { return {s.N, s.K, s.P, s.Q}; }
@@ -87,11 +91,8 @@ ConvIn forward_inputs(const char* op, py::handle x, py::handle w, py::handle b, 
                       int64_t groups, Array* Bout) {
   ConvIn in{input(x, op, "x", {DType::F32}, 4), input(w, op, "w", {DType::F32}, 4), {}};
   in.s = conv_shape(op, in.X, in.Wt, stride, padding, groups);
-  if (!b.is_none()) {
-    Array B = input(b, op, "b", {DType::F32}, 1);
-    check_bias(op, B, in.s.K, "one per output channel");
-    if (Bout) *Bout = B;
-  }
+  Array B = optional_bias(op, b, in.s.K, "one per output channel");
+  if (Bout) *Bout = B;
   return in;
 }
 
@@ -103,11 +104,6 @@ ConvIn backward_inputs(const char* op, py::handle dy, py::handle x, py::handle w
   DY = input(dy, op, "dy", {DType::F32}, 4);
   expect_shape(DY, y_shape(in.s), "(the shape of conv2d_forward's output)");
   return in;
-}
-
-void check_version(const char* op, int version) {
-  if (version < 0 || version > 2)
-    value_error(op, "no kernel version " + std::to_string(version) + " (have 1, 2; 0 = the best)");
 }
 
 // Linear layers: x (N, I), w (O, I).
@@ -127,6 +123,13 @@ LinIn linear_inputs(const char* op, py::handle x, py::handle w) {
   return in;
 }
 
+// dy of linear_backward: (N, O) from x and w.
+Array linear_dy(const char* op, py::handle dy, const LinIn& in) {
+  Array DY = input(dy, op, "dy", {DType::F32}, 2);
+  expect_shape(DY, {in.N, in.O}, "((N, O) from x and w)");
+  return DY;
+}
+
 Array workspace(py::handle work, const char* op, int64_t need) {
   if (work.is_none()) {
     if (need > 0) value_error(op, "work is None but this call needs a workspace of " + std::to_string(need) + " floats");
@@ -138,19 +141,26 @@ Array workspace(py::handle work, const char* op, int64_t need) {
   return Wk;
 }
 
-void no_overlap(const Array& out, std::initializer_list<const Array*> others) {
-  if (!out.ptr) return;
-  for (const Array* a : others)
-    if (a && a->ptr) expect_no_overlap(*a, out);
+// The end of every linear GEMM binding, after its own checks: C = op(A) op(B) (+ bias, which
+// may be an empty Array) with gemm's plan; the workspace checked, C and the workspace apart
+// from the operands and from each other.
+void linear_gemm(const char* op, bool ta, bool tb, int M, int N, int K, const Array& A, int lda, const Array& B,
+                 int ldb, const Array& C, const Array& bias, py::handle work, int version, int splits,
+                 uintptr_t stream) {
+  check_version(op, version, kernels::kGemmVersions);
+  const kernels::SplitPlan plan = kernels::gemm_plan(M, N, K, version, splits);
+  Array WK = workspace(work, op, plan.workspace);
+  expect_no_overlap({&C, &WK}, {&A, &B, &bias, &WK});
+  py::gil_scoped_release nogil;
+  kernels::gemm(ta, tb, M, N, K, A.f32(), lda, B.f32(), ldb, C.f32(), bias.ptr ? bias.f32() : nullptr,
+                WK.ptr ? WK.f32() : nullptr, WK.numel(), version, splits, as_stream(stream));
 }
 
 }  // namespace
 
 void bind_conv(py::module_& m) {
-  register_versions("conv2d_forward", {1, 2});
-  register_versions("conv2d_backward", {1, 2});
-  register_versions("linear_forward", {1, 2});
-  register_versions("linear_backward", {1, 2});
+  register_versions({"conv2d_forward", "conv2d_backward"}, kernels::kConvVersions);
+  register_versions({"linear_forward", "linear_backward"}, kernels::kGemmVersions);
 
   m.def(
       "balanced_splits",
@@ -179,8 +189,8 @@ void bind_conv(py::module_& m) {
         ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B);
         Array Y = output(y, op, "y", {DType::F32}, 4);
         expect_shape(Y, y_shape(in.s), "(N, K, P, Q)");
-        no_overlap(Y, {&in.X, &in.Wt, &B});
-        check_version(op, version);
+        expect_no_overlap({&Y}, {&in.X, &in.Wt, &B});
+        check_version(op, version, kernels::kConvVersions);
         py::gil_scoped_release nogil;
         kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), B.ptr ? B.f32() : nullptr, Y.f32(), in.s, version,
                                 as_stream(stream));
@@ -195,7 +205,7 @@ void bind_conv(py::module_& m) {
         const char* op = "conv2d_backward";
         Array DY;
         ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
-        check_version(op, version);
+        check_version(op, version, kernels::kConvVersions);
         const kernels::SplitPlan plan = kernels::conv2d_backward_filter_plan(in.s, version, splits);
         return py::dict("splits"_a = plan.splits, "workspace"_a = plan.workspace);
       },
@@ -212,8 +222,8 @@ void bind_conv(py::module_& m) {
         ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
         Array DX = output(dx, op, "dx", {DType::F32}, 4);
         expect_same_shape(in.X, DX);
-        no_overlap(DX, {&DY, &in.Wt});
-        check_version(op, version);
+        expect_no_overlap({&DX}, {&DY, &in.Wt});
+        check_version(op, version, kernels::kConvVersions);
         py::gil_scoped_release nogil;
         kernels::conv2d_backward_data(DY.f32(), in.Wt.f32(), DX.f32(), in.s, version, as_stream(stream));
       },
@@ -229,11 +239,10 @@ void bind_conv(py::module_& m) {
         ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
         Array DW = output(dw, op, "dw", {DType::F32}, 4);
         expect_same_shape(in.Wt, DW);
-        check_version(op, version);
+        check_version(op, version, kernels::kConvVersions);
         const kernels::SplitPlan plan = kernels::conv2d_backward_filter_plan(in.s, version, splits);
         Array WK = workspace(work, op, plan.workspace);
-        no_overlap(DW, {&DY, &in.X, &WK});
-        no_overlap(WK, {&DY, &in.X});
+        expect_no_overlap({&DW, &WK}, {&DY, &in.X, &WK});
         py::gil_scoped_release nogil;
         kernels::conv2d_backward_filter(DY.f32(), in.X.f32(), DW.f32(), WK.ptr ? WK.f32() : nullptr, WK.numel(), in.s,
                                         version, splits, as_stream(stream));
@@ -250,8 +259,8 @@ void bind_conv(py::module_& m) {
         Array DY = input(dy, op, "dy", {DType::F32}, 4);
         Array DB = output(db, op, "db", {DType::F32}, 1);
         expect_shape(DB, {DY.dim(1)}, "(one per output channel of dy)");
-        no_overlap(DB, {&DY});
-        check_version(op, version);
+        expect_no_overlap(DB, DY);
+        check_version(op, version, kernels::kConvVersions);
         if (DY.dim(2) * DY.dim(3) > 0x7fffffff || DY.dim(0) > 0x7fffffff) value_error(op, "dy is too large");
         py::gil_scoped_release nogil;
         kernels::conv2d_backward_bias(DY.f32(), DB.f32(), int(DY.dim(0)), int(DY.dim(1)), int(DY.dim(2) * DY.dim(3)),
@@ -268,15 +277,9 @@ void bind_conv(py::module_& m) {
         const bool fwd = dy.is_none();
         const char* op = fwd ? "linear_forward" : "linear_backward";
         LinIn in = linear_inputs(op, x, w);
-        if (fwd && !b.is_none()) {
-          Array B = input(b, op, "b", {DType::F32}, 1);
-          check_bias(op, B, in.O, "one per output feature");
-        }
-        if (!fwd) {
-          Array DY = input(dy, op, "dy", {DType::F32}, 2);
-          expect_shape(DY, {in.N, in.O}, "((N, O) from x and w)");
-        }
-        check_version(op, version);
+        if (fwd) optional_bias(op, b, in.O, "one per output feature");
+        else linear_dy(op, dy, in);
+        check_version(op, version, kernels::kGemmVersions);
         auto plan = [](const kernels::SplitPlan& p) {
           return py::dict("splits"_a = p.splits, "workspace"_a = p.workspace);
         };
@@ -298,22 +301,10 @@ void bind_conv(py::module_& m) {
          uintptr_t stream) {
         const char* op = "linear_forward";
         LinIn in = linear_inputs(op, x, w);
-        Array B;
-        if (!b.is_none()) {
-          B = input(b, op, "b", {DType::F32}, 1);
-          check_bias(op, B, in.O, "one per output feature");
-        }
+        Array B = optional_bias(op, b, in.O, "one per output feature");
         Array Y = output(y, op, "y", {DType::F32}, 2);
         expect_shape(Y, {in.N, in.O}, "(N, O)");
-        check_version(op, version);
-        const kernels::SplitPlan plan = kernels::gemm_plan(in.N, in.O, in.I, version, splits);
-        Array WK = workspace(work, op, plan.workspace);
-        no_overlap(Y, {&in.X, &in.Wt, &B, &WK});
-        no_overlap(WK, {&in.X, &in.Wt, &B});
-        py::gil_scoped_release nogil;
-        kernels::gemm(false, true, in.N, in.O, in.I, in.X.f32(), in.I, in.Wt.f32(), in.I, Y.f32(),
-                      B.ptr ? B.f32() : nullptr, WK.ptr ? WK.f32() : nullptr, WK.numel(), version, splits,
-                      as_stream(stream));
+        linear_gemm(op, false, true, in.N, in.O, in.I, in.X, in.I, in.Wt, in.I, Y, B, work, version, splits, stream);
       },
       "x"_a, "w"_a, "b"_a, "y"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
       "stream"_a = 0, "y = x w^T + b (b may be None), written into y.");
@@ -324,18 +315,11 @@ void bind_conv(py::module_& m) {
          uintptr_t stream) {
         const char* op = "linear_backward";
         LinIn in = linear_inputs(op, x, w);
-        Array DY = input(dy, op, "dy", {DType::F32}, 2);
-        expect_shape(DY, {in.N, in.O}, "((N, O) from x and w)");
+        Array DY = linear_dy(op, dy, in);
         Array DX = output(dx, op, "dx", {DType::F32}, 2);
         expect_same_shape(in.X, DX);
-        check_version(op, version);
-        const kernels::SplitPlan plan = kernels::gemm_plan(in.N, in.I, in.O, version, splits);
-        Array WK = workspace(work, op, plan.workspace);
-        no_overlap(DX, {&DY, &in.Wt, &WK});
-        no_overlap(WK, {&DY, &in.Wt});
-        py::gil_scoped_release nogil;
-        kernels::gemm(false, false, in.N, in.I, in.O, DY.f32(), in.O, in.Wt.f32(), in.I, DX.f32(), nullptr,
-                      WK.ptr ? WK.f32() : nullptr, WK.numel(), version, splits, as_stream(stream));
+        linear_gemm(op, false, false, in.N, in.I, in.O, DY, in.O, in.Wt, in.I, DX, Array{}, work, version, splits,
+                    stream);
       },
       "dy"_a, "x"_a, "w"_a, "dx"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
       "stream"_a = 0, "dx = dy w (x is read only for its shape).");
@@ -346,18 +330,11 @@ void bind_conv(py::module_& m) {
          uintptr_t stream) {
         const char* op = "linear_backward";
         LinIn in = linear_inputs(op, x, w);
-        Array DY = input(dy, op, "dy", {DType::F32}, 2);
-        expect_shape(DY, {in.N, in.O}, "((N, O) from x and w)");
+        Array DY = linear_dy(op, dy, in);
         Array DW = output(dw, op, "dw", {DType::F32}, 2);
         expect_same_shape(in.Wt, DW);
-        check_version(op, version);
-        const kernels::SplitPlan plan = kernels::gemm_plan(in.O, in.I, in.N, version, splits);
-        Array WK = workspace(work, op, plan.workspace);
-        no_overlap(DW, {&DY, &in.X, &WK});
-        no_overlap(WK, {&DY, &in.X});
-        py::gil_scoped_release nogil;
-        kernels::gemm(true, false, in.O, in.I, in.N, DY.f32(), in.O, in.X.f32(), in.I, DW.f32(), nullptr,
-                      WK.ptr ? WK.f32() : nullptr, WK.numel(), version, splits, as_stream(stream));
+        linear_gemm(op, true, false, in.O, in.I, in.N, DY, in.O, in.X, in.I, DW, Array{}, work, version, splits,
+                    stream);
       },
       "dy"_a, "x"_a, "w"_a, "dw"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
       "stream"_a = 0, "dw = dy^T x (w is read only for its shape).");
@@ -369,8 +346,8 @@ void bind_conv(py::module_& m) {
         Array DY = input(dy, op, "dy", {DType::F32}, 2);
         Array DB = output(db, op, "db", {DType::F32}, 1);
         expect_shape(DB, {DY.dim(1)}, "(one per column of dy)");
-        no_overlap(DB, {&DY});
-        check_version(op, version);
+        expect_no_overlap(DB, DY);
+        check_version(op, version, kernels::kGemmVersions);
         if (DY.dim(0) > 0x7fffffff || DY.dim(1) > 0x7fffffff) value_error(op, "dy is too large");
         py::gil_scoped_release nogil;
         kernels::column_sums(DY.f32(), DB.f32(), int(DY.dim(0)), int(DY.dim(1)), version, as_stream(stream));

@@ -7,9 +7,8 @@ namespace alexnet {
 using namespace pybind11::literals;
 
 void bind_elementwise(py::module_& m) {
-  register_versions("relu_forward", {1, 2});
-  register_versions("relu_backward", {1, 2});
-  register_versions("reduce_sum", {1, 2});
+  register_versions({"relu_forward", "relu_backward"}, kernels::kReluVersions);
+  register_versions({"reduce_sum"}, kernels::kReduceVersions);
 
   m.def(
       "relu_forward",

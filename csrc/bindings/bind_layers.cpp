@@ -51,31 +51,46 @@ std::pair<int64_t, int64_t> pool_out(const char* op, const Array& X, int size, i
   return {(H - size) / stride + 1, (W - size) / stride + 1};
 }
 
-// logits (N, classes) with N, classes >= 1 and labels (N,) int32/int64.
-void check_logits_labels(const char* op, const Array& L, const Array& Y) {
-  if (L.dim(0) < 1 || L.dim(1) < 1)
-    value_error(op, "logits must have at least one row and one class, got shape " + L.shape_str());
-  if (Y.dim(0) != L.dim(0))
-    value_error(op, "labels has " + std::to_string(Y.dim(0)) + " entries, expected " + std::to_string(L.dim(0)) +
-                        " (one per row of logits)");
+// logits (N, classes) float32 with N, classes >= 1 and labels (N,) int32/int64.
+struct Labeled {
+  Array L, Y;
+};
+Labeled logits_labels(const char* op, py::handle logits, py::handle labels) {
+  Labeled in{input(logits, op, "logits", {DType::F32}, 2), input(labels, op, "labels", {DType::I32, DType::I64}, 1)};
+  if (in.L.dim(0) < 1 || in.L.dim(1) < 1)
+    value_error(op, "logits must have at least one row and one class, got shape " + in.L.shape_str());
+  if (in.Y.dim(0) != in.L.dim(0))
+    value_error(op, "labels has " + std::to_string(in.Y.dim(0)) + " entries, expected " +
+                        std::to_string(in.L.dim(0)) + " (one per row of logits)");
+  return in;
 }
 
-[[noreturn]] void bad_label(const char* op, int64_t classes, int64_t value) {
-  value_error(op, "labels must be in [0, " + std::to_string(classes) + "), found " + std::to_string(value));
-}
-
-void expect_outputs_apart(std::initializer_list<const Array*> outs, std::initializer_list<const Array*> others) {
-  for (const Array* o : outs)
-    for (const Array* a : others)
-      if (o != a) expect_no_overlap(*o, *a);
+// Scans the labels on the device (kernels::first_bad_label; CK: its one int of workspace),
+// then, still without the GIL, launch(labels are int64) when every label is in range; else
+// ValueError naming the first bad label, with nothing launched.
+template <class Launch>
+void with_checked_labels(const char* op, const Labeled& in, const Array& CK, uintptr_t stream, Launch&& launch) {
+  const bool is64 = in.Y.dtype == DType::I64;
+  int64_t bad_row, bad_value = 0;
+  {
+    py::gil_scoped_release nogil;
+    bad_row = kernels::first_bad_label(in.Y.ptr, is64, in.Y.dim(0), in.L.dim(1), CK.as<int>(), &bad_value,
+                                       as_stream(stream));
+    if (bad_row < 0) launch(is64);
+  }
+  if (bad_row >= 0)
+    value_error(op, "labels must be in [0, " + std::to_string(in.L.dim(1)) + "), found " + std::to_string(bad_value));
 }
 
 }  // namespace
 
 void bind_layers(py::module_& m) {
-  for (const char* op : {"lrn_forward", "lrn_backward", "maxpool_forward", "maxpool_backward", "dropout_forward",
-                         "dropout_backward", "softmax_cross_entropy", "sgd_update", "topk_correct"})
-    register_versions(op, {1, 2});
+  register_versions({"lrn_forward", "lrn_backward"}, kernels::kLrnVersions);
+  register_versions({"maxpool_forward", "maxpool_backward"}, kernels::kPoolVersions);
+  register_versions({"dropout_forward", "dropout_backward"}, kernels::kDropoutVersions);
+  register_versions({"softmax_cross_entropy"}, kernels::kSoftmaxXentVersions);
+  register_versions({"sgd_update"}, kernels::kSgdVersions);
+  register_versions({"topk_correct"}, kernels::kTopkVersions);
 
   // ---- LRN -------------------------------------------------------------------------------
   m.def(
@@ -88,7 +103,7 @@ void bind_layers(py::module_& m) {
         Array S = output(scale, op, "scale", {DType::F32});
         expect_same_shape(X, Y);
         expect_same_shape(X, S);
-        expect_outputs_apart({&Y, &S}, {&X, &Y, &S});
+        expect_no_overlap({&Y, &S}, {&X, &Y, &S});
         check_lrn_size(op, size);
         finite(op, "alpha", alpha);
         finite(op, "beta", beta);
@@ -113,7 +128,7 @@ void bind_layers(py::module_& m) {
         Array S = input(scale, op, "scale", {DType::F32}, 4);
         Array DX = output(dx, op, "dx", {DType::F32});
         for (const Array* a : {&DY, &Y, &S, &DX}) expect_same_shape(X, *a);
-        expect_outputs_apart({&DX}, {&X, &DY, &Y, &S});
+        expect_no_overlap({&DX}, {&X, &DY, &Y, &S});
         check_lrn_size(op, size);
         finite(op, "alpha", alpha);
         finite(op, "beta", beta);
@@ -155,7 +170,7 @@ void bind_layers(py::module_& m) {
         expect_shape(Y, pooled, "(the shape of maxpool_forward's output)");
         expect_shape(DY, pooled, "(the shape of maxpool_forward's output)");
         expect_same_shape(X, DX);
-        expect_outputs_apart({&DX}, {&X, &DY, &Y});
+        expect_no_overlap({&DX}, {&X, &DY, &Y});
         py::gil_scoped_release nogil;
         kernels::maxpool_backward(DY.f32(), X.f32(), DX.f32(), X.dim(0), X.dim(1), X.dim(2), X.dim(3), size, stride,
                                   version, as_stream(stream));
@@ -174,7 +189,7 @@ void bind_layers(py::module_& m) {
         Array M = output(mask, op, "mask", {DType::U8});
         expect_same_shape(X, Y);
         expect_same_shape(X, M);
-        expect_outputs_apart({&Y, &M}, {&X, &Y, &M});
+        expect_no_overlap({&Y, &M}, {&X, &Y, &M});
         check_prob(op, p);
         py::gil_scoped_release nogil;
         kernels::dropout_forward(X.f32(), Y.f32(), M.as<uint8_t>(), X.numel(), p, seed, offset, version,
@@ -193,7 +208,7 @@ void bind_layers(py::module_& m) {
         Array DX = output(dx, op, "dx", {DType::F32});
         expect_same_shape(DY, M);
         expect_same_shape(DY, DX);
-        expect_outputs_apart({&DX}, {&DY, &M});
+        expect_no_overlap({&DX}, {&DY, &M});
         check_prob(op, p);
         py::gil_scoped_release nogil;
         kernels::dropout_backward(DY.f32(), M.as<uint8_t>(), DX.f32(), DY.numel(), p, version, as_stream(stream));
@@ -215,9 +230,8 @@ void bind_layers(py::module_& m) {
       [](py::handle logits, py::handle labels, py::handle loss, py::handle dlogits, py::handle row_loss,
          py::handle check, int version, uintptr_t stream) {
         const char* op = "softmax_cross_entropy";
-        Array L = input(logits, op, "logits", {DType::F32}, 2);
-        Array Y = input(labels, op, "labels", {DType::I32, DType::I64}, 1);
-        check_logits_labels(op, L, Y);
+        const Labeled in = logits_labels(op, logits, labels);
+        const Array &L = in.L, &Y = in.Y;
         Array LO = output(loss, op, "loss", {DType::F32});
         Array DL = output(dlogits, op, "dlogits", {DType::F32});
         Array RL = output(row_loss, op, "row_loss", {DType::F32}, 1);
@@ -226,20 +240,12 @@ void bind_layers(py::module_& m) {
         expect_same_shape(L, DL);
         expect_shape(RL, {L.dim(0)}, "(one float per row of logits)");
         expect_shape(CK, {1});
-        expect_outputs_apart({&LO, &DL, &RL, &CK}, {&L, &Y, &LO, &DL, &RL, &CK});
-        if (version < 0 || version > 2)
-          value_error(op, "no kernel version " + std::to_string(version) + " (have 1, 2)");
-        const bool is64 = Y.dtype == DType::I64;
-        int64_t bad_row, bad_value = 0;
-        {
-          py::gil_scoped_release nogil;
-          bad_row = kernels::first_bad_label(Y.ptr, is64, Y.dim(0), L.dim(1), CK.as<int>(), &bad_value,
-                                             as_stream(stream));
-          if (bad_row < 0)
-            kernels::softmax_cross_entropy(L.f32(), Y.ptr, is64, LO.f32(), DL.f32(), RL.f32(), L.dim(0), L.dim(1),
-                                           version, as_stream(stream));
-        }
-        if (bad_row >= 0) bad_label(op, L.dim(1), bad_value);
+        expect_no_overlap({&LO, &DL, &RL, &CK}, {&L, &Y, &LO, &DL, &RL, &CK});
+        check_version(op, version, kernels::kSoftmaxXentVersions);
+        with_checked_labels(op, in, CK, stream, [&](bool is64) {
+          kernels::softmax_cross_entropy(L.f32(), Y.ptr, is64, LO.f32(), DL.f32(), RL.f32(), L.dim(0), L.dim(1),
+                                         version, as_stream(stream));
+        });
       },
       "logits"_a, "labels"_a, "loss"_a, "dlogits"_a, "row_loss"_a, "check"_a, py::kw_only(), "version"_a = 0,
       "stream"_a = 0,
@@ -252,28 +258,19 @@ void bind_layers(py::module_& m) {
       [](py::handle logits, py::handle labels, py::handle out, py::handle check, int64_t k, int version,
          uintptr_t stream) {
         const char* op = "topk_correct";
-        Array L = input(logits, op, "logits", {DType::F32}, 2);
-        Array Y = input(labels, op, "labels", {DType::I32, DType::I64}, 1);
-        check_logits_labels(op, L, Y);
+        const Labeled in = logits_labels(op, logits, labels);
+        const Array &L = in.L, &Y = in.Y;
         Array O = output(out, op, "out", {DType::I64});
         Array CK = output(check, op, "check", {DType::I32});
         expect_shape(O, {1});
         expect_shape(CK, {1});
-        expect_outputs_apart({&O, &CK}, {&L, &Y, &O, &CK});
+        expect_no_overlap({&O, &CK}, {&L, &Y, &O, &CK});
         if (k < 1) value_error(op, "k must be >= 1, got " + std::to_string(k));
-        if (version < 0 || version > 2)
-          value_error(op, "no kernel version " + std::to_string(version) + " (have 1, 2)");
-        const bool is64 = Y.dtype == DType::I64;
-        int64_t bad_row, bad_value = 0;
-        {
-          py::gil_scoped_release nogil;
-          bad_row = kernels::first_bad_label(Y.ptr, is64, Y.dim(0), L.dim(1), CK.as<int>(), &bad_value,
-                                             as_stream(stream));
-          if (bad_row < 0)
-            kernels::topk_correct(L.f32(), Y.ptr, is64, L.dim(0), L.dim(1), k, O.as<int64_t>(), version,
-                                  as_stream(stream));
-        }
-        if (bad_row >= 0) bad_label(op, L.dim(1), bad_value);
+        check_version(op, version, kernels::kTopkVersions);
+        with_checked_labels(op, in, CK, stream, [&](bool is64) {
+          kernels::topk_correct(L.f32(), Y.ptr, is64, L.dim(0), L.dim(1), k, O.as<int64_t>(), version,
+                                as_stream(stream));
+        });
       },
       "logits"_a, "labels"_a, "out"_a, "check"_a, py::kw_only(), "k"_a, "version"_a = 0, "stream"_a = 0,
       "out[0] (int64) = number of rows whose label is in the top k (ties in the label's favour). check: 1 int32 of "

@@ -69,8 +69,6 @@ inline void launch_at(const char* file, int line, const char* name, void (*kerne
 #endif
 }
 
-inline unsigned int ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
-
 }  // namespace alexnet
 
 #define CUDA_CHECK(expr) ::alexnet::check_cuda((expr), #expr, __FILE__, __LINE__)

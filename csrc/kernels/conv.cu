@@ -44,12 +44,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/launch.h"
+
 namespace alexnet::kernels {
 namespace {
 
 using namespace tile;
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // The geometry as the kernels see it (derived once on the host).
 struct Geo {
@@ -452,16 +452,9 @@ __global__ void conv_bias_v2(const float* __restrict__ dy, float* __restrict__ d
 }
 
 // ============================ dispatch ==========================================================
-enum class Tile { k128, k64, k32, k8 };
-
-Tile pick_tile(int M) { return M <= 8 ? Tile::k8 : M <= 32 ? Tile::k32 : M <= 64 ? Tile::k64 : Tile::k128; }
-int tile_bm(Tile t) { return t == Tile::k8 ? T8::BM : t == Tile::k32 ? T32::BM : t == Tile::k64 ? T64::BM : T128::BM; }
-int tile_bn(Tile t) { return t == Tile::k8 ? T8::BN : T128::BN; }
-int tile_bk(Tile t) { return t == Tile::k8 ? T8::BK : T128::BK; }
-
 // Runs LAUNCHER<Cfg>(args...) with the config chosen for the GEMM's M.
 #define CONV_WITH_TILE(M, LAUNCHER, ...)                                  \
-  switch (pick_tile(M)) {                                                 \
+  switch (pick_tile(M, true)) {                                           \
     case Tile::k8: LAUNCHER<T8>(__VA_ARGS__); break;                      \
     case Tile::k32: LAUNCHER<T32>(__VA_ARGS__); break;                    \
     case Tile::k64: LAUNCHER<T64>(__VA_ARGS__); break;                    \
@@ -493,26 +486,15 @@ void launch_bwd_filter_v2(const float* dy, const float* x, float* dw, float* wor
   LAUNCH(conv_bwd_filter_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, dy, x, dw, work, d, splits);
 }
 
-int check_version(const char* op, int version) {
-  if (version < 0 || version > 2)
-    throw std::invalid_argument(std::string(op) + ": no kernel version " + std::to_string(version) + " (have 1, 2)");
-  return version == 0 ? 2 : version;
-}
-
-unsigned grid_1d(int64_t work) {
-  const int64_t blocks = (work + 255) / 256;
-  return unsigned(std::max<int64_t>(1, std::min<int64_t>(blocks, 1 << 20)));
-}
-
 }  // namespace
 
 void conv2d_forward(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int version,
                     cudaStream_t stream) {
-  version = check_version("conv2d_forward", version);
+  version = pick_version("conv2d_forward", version, kConvVersions, 2);
   const Geo d = make_geo(s);
   if (d.N == 0) return;
   if (version == 1) {
-    LAUNCH(conv_fwd_v1, dim3(grid_1d(int64_t(d.NPQ) * d.K)), dim3(256), 0, stream, x, w, b, y, d);
+    LAUNCH(conv_fwd_v1, dim3(grid_stride_blocks(int64_t(d.NPQ) * d.K, 256)), dim3(256), 0, stream, x, w, b, y, d);
     return;
   }
   CONV_WITH_TILE(d.Kg, launch_fwd_v2, x, w, b, y, d, stream)
@@ -520,11 +502,12 @@ void conv2d_forward(const float* x, const float* w, const float* b, float* y, co
 
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,
                           cudaStream_t stream) {
-  version = check_version("conv2d_backward_data", version);
+  version = pick_version("conv2d_backward_data", version, kConvVersions, 2);
   const Geo d = make_geo(s);
   if (d.N == 0) return;
   if (version == 1) {
-    LAUNCH(conv_bwd_data_v1, dim3(grid_1d(int64_t(d.N) * d.C * d.HW)), dim3(256), 0, stream, dy, w, dx, d);
+    LAUNCH(conv_bwd_data_v1, dim3(grid_stride_blocks(int64_t(d.N) * d.C * d.HW, 256)), dim3(256), 0, stream, dy, w, dx,
+           d);
     return;
   }
   CONV_WITH_TILE(d.Cg, launch_bwd_data_v2, dy, w, dx, d, stream)
@@ -541,11 +524,11 @@ int64_t filter_slots() {
 }  // namespace
 
 SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int splits) {
-  version = check_version("conv2d_backward_filter", version);
+  version = pick_version("conv2d_backward_filter", version, kConvVersions, 2);
   const Geo d = make_geo(s);
   SplitPlan plan;
   if (version == 1 || d.N == 0) return plan;
-  const Tile t = pick_tile(d.Kg);
+  const Tile t = pick_tile(d.Kg, true);
   const int64_t tiles = int64_t(ceil_div(d.Kg, tile_bm(t))) * ceil_div(d.CRS, tile_bn(t)) * d.groups;
   const int ktiles = int(ceil_div(d.NPQ, tile_bk(t)));
   int n = splits;
@@ -567,10 +550,11 @@ SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int split
 
 void conv2d_backward_filter(const float* dy, const float* x, float* dw, float* work, int64_t work_floats,
                             const ConvShape& s, int version, int splits, cudaStream_t stream) {
-  version = check_version("conv2d_backward_filter", version);
+  version = pick_version("conv2d_backward_filter", version, kConvVersions, 2);
   const Geo d = make_geo(s);
   if (version == 1) {
-    LAUNCH(conv_bwd_filter_v1, dim3(grid_1d(int64_t(d.K) * d.CRS)), dim3(256), 0, stream, dy, x, dw, d);
+    LAUNCH(conv_bwd_filter_v1, dim3(grid_stride_blocks(int64_t(d.K) * d.CRS, 256)), dim3(256), 0, stream, dy, x, dw,
+           d);
     return;
   }
   const SplitPlan plan = conv2d_backward_filter_plan(s, version, splits);
@@ -582,7 +566,7 @@ void conv2d_backward_filter(const float* dy, const float* x, float* dw, float* w
 }
 
 void conv2d_backward_bias(const float* dy, float* db, int N, int K, int PQ, int version, cudaStream_t stream) {
-  version = check_version("conv2d_backward_bias", version);
+  version = pick_version("conv2d_backward_bias", version, kConvVersions, 2);
   if (K <= 0) return;
   if (version == 1) {
     LAUNCH(conv_bias_v1, dim3(ceil_div(K, 128)), dim3(128), 0, stream, dy, db, N, K, PQ);

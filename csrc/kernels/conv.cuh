@@ -7,6 +7,9 @@
 
 namespace alexnet::kernels {
 
+// Numbered versions of every conv2d direction: 1..kConvVersions (common/launch.h).
+inline constexpr int kConvVersions = 2;
+
 // The geometry of one grouped convolution (checked by the caller):
 // x (N, C, H, W), w (K, C/groups, R, S), y (N, K, P, Q) with
 // P = (H + 2*pad - R)/stride + 1, Q = (W + 2*pad - S)/stride + 1.

@@ -24,19 +24,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/launch.h"
 #include "common/philox.h"
 
 namespace alexnet::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-
-unsigned grid_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return unsigned(blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks);
-}
-
-bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
 __device__ __forceinline__ float drop(float x, uint8_t m, float scale) {
   return __fmul_rn(__fmul_rn(x, float(m)), scale);
@@ -107,10 +101,6 @@ __global__ void dropout_backward_v2(const float4* __restrict__ dy, const uint32_
   }
 }
 
-[[noreturn]] void bad_version(const char* op, int v) {
-  throw std::invalid_argument(std::string(op) + ": no kernel version " + std::to_string(v) + " (have 1, 2)");
-}
-
 void check_p(const char* op, double p) {
   if (!(p >= 0.0 && p < 1.0))
     throw std::invalid_argument(std::string(op) + ": p must be in [0, 1), got " + std::to_string(p));
@@ -124,18 +114,18 @@ void dropout_forward(const float* x, float* y, uint8_t* mask, int64_t n, double 
   if (n == 0) return;
   const uint32_t t = dropout_threshold(p);
   const float scale = float(1.0 / (1.0 - p));
-  const bool al = aligned(x, 16) && aligned(y, 16) && aligned(mask, 4);
-  if (version == 0) version = al ? 2 : 1;
+  const bool al = aligned16(x, y) && aligned(mask, 4);
+  version = pick_version("dropout_forward", version, kDropoutVersions, al ? 2 : 1);
   const int64_t groups = (n + 3) / 4;
   if (version == 1) {
-    LAUNCH(dropout_forward_v1, dim3(grid_for(groups)), dim3(kThreads), 0, stream, x, y, mask, n, seed, offset, t, scale);
-  } else if (version == 2) {
+    LAUNCH(dropout_forward_v1, dim3(grid_stride_blocks(groups, kThreads)), dim3(kThreads), 0, stream, x, y, mask, n,
+           seed, offset, t, scale);
+  } else {
     if (!al)
       throw std::invalid_argument("dropout_forward: version 2 needs 16-byte aligned x, y and 4-byte aligned mask");
-    LAUNCH(dropout_forward_v2, dim3(grid_for(groups)), dim3(kThreads), 0, stream, reinterpret_cast<const float4*>(x),
-           reinterpret_cast<float4*>(y), reinterpret_cast<uint32_t*>(mask), n, seed, offset, t, scale);
-  } else {
-    bad_version("dropout_forward", version);
+    LAUNCH(dropout_forward_v2, dim3(grid_stride_blocks(groups, kThreads)), dim3(kThreads), 0, stream,
+           reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y), reinterpret_cast<uint32_t*>(mask), n, seed,
+           offset, t, scale);
   }
 }
 
@@ -144,18 +134,17 @@ void dropout_backward(const float* dy, const uint8_t* mask, float* dx, int64_t n
   check_p("dropout_backward", p);
   if (n == 0) return;
   const float scale = float(1.0 / (1.0 - p));
-  const bool al = aligned(dy, 16) && aligned(dx, 16) && aligned(mask, 4);
-  if (version == 0) version = al ? 2 : 1;
+  const bool al = aligned16(dy, dx) && aligned(mask, 4);
+  version = pick_version("dropout_backward", version, kDropoutVersions, al ? 2 : 1);
   if (version == 1) {
-    LAUNCH(dropout_backward_v1, dim3(grid_for(n)), dim3(kThreads), 0, stream, dy, mask, dx, n, scale);
-  } else if (version == 2) {
-    if (!al)
-      throw std::invalid_argument("dropout_backward: version 2 needs 16-byte aligned dy, dx and 4-byte aligned mask");
-    LAUNCH(dropout_backward_v2, dim3(grid_for((n + 3) / 4)), dim3(kThreads), 0, stream,
-           reinterpret_cast<const float4*>(dy), reinterpret_cast<const uint32_t*>(mask), reinterpret_cast<float4*>(dx), n,
+    LAUNCH(dropout_backward_v1, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, dy, mask, dx, n,
            scale);
   } else {
-    bad_version("dropout_backward", version);
+    if (!al)
+      throw std::invalid_argument("dropout_backward: version 2 needs 16-byte aligned dy, dx and 4-byte aligned mask");
+    LAUNCH(dropout_backward_v2, dim3(grid_stride_blocks((n + 3) / 4, kThreads)), dim3(kThreads), 0, stream,
+           reinterpret_cast<const float4*>(dy), reinterpret_cast<const uint32_t*>(mask), reinterpret_cast<float4*>(dx), n,
+           scale);
   }
 }
 

@@ -4,6 +4,8 @@
 #include "common/cuda_common.h"
 
 namespace alexnet::kernels {
+// Numbered versions of dropout_forward and dropout_backward: 1..kDropoutVersions (common/launch.h).
+inline constexpr int kDropoutVersions = 2;
 // Inverted dropout over n float32 elements: mask[i] in {0, 1} from Philox-4x32-10 keyed by
 // (seed, offset, i) exactly as reference.dropout_mask; y = x * mask * float(1/(1-p)).
 // p in [0, 1) (std::invalid_argument otherwise). version 0 = the dispatcher's choice.

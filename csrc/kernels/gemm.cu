@@ -31,12 +31,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/launch.h"
+
 namespace alexnet::kernels {
 namespace {
 
 using namespace tile;
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // ---- version 1: one thread per output ---------------------------------------------------
 __global__ void gemm_v1(bool ta, bool tb, int M, int N, int K, const float* __restrict__ A, int lda,
@@ -133,16 +133,6 @@ __global__ void splitk_reduce_kernel(const float* __restrict__ work, int splits,
 }
 
 // ---- dispatch ------------------------------------------------------------------------------
-enum class Tile { k128, k64, k32 };
-
-Tile pick_tile(int M) { return M <= 32 ? Tile::k32 : M <= 64 ? Tile::k64 : Tile::k128; }
-int tile_bm(Tile t) { return t == Tile::k32 ? 32 : t == Tile::k64 ? 64 : 128; }
-
-void check_version(const char* op, int version) {
-  if (version < 0 || version > 2)
-    throw std::invalid_argument(std::string(op) + ": no kernel version " + std::to_string(version) + " (have 1, 2)");
-}
-
 template <class Cfg, bool TA, bool TB>
 void launch_v2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, const float* bias,
                float* work, int splits, cudaStream_t stream) {
@@ -195,16 +185,15 @@ int gemm_slots() {
 }  // namespace
 
 SplitPlan gemm_plan(int M, int N, int K, int version, int splits) {
-  check_version("gemm", version);
+  check_version("gemm", version, kGemmVersions);
   SplitPlan plan;
   if (version == 1 || M <= 0 || N <= 0) return plan;
-  const int bm = tile_bm(pick_tile(M));
-  const int64_t tiles = int64_t(ceil_div(M, bm)) * ceil_div(N, 128);
-  const int ktiles = int(ceil_div(K, 8));
+  const Tile t = pick_tile(M, false);
+  const int64_t tiles = int64_t(ceil_div(M, tile_bm(t))) * ceil_div(N, tile_bn(t));
+  const int ktiles = int(ceil_div(K, tile_bk(t)));
   int s = splits;
   if (s <= 0) {
     // Whole waves of blocks; at least 32 k-tiles (256 terms) per split.
-    const Tile t = pick_tile(M);
     const int64_t slots = t == Tile::k32 ? gemm_slots<T32>() : t == Tile::k64 ? gemm_slots<T64>() : gemm_slots<T128>();
     s = balanced_splits(tiles, ktiles, slots, 32, 1024);
   }
@@ -216,9 +205,8 @@ SplitPlan gemm_plan(int M, int N, int K, int version, int splits) {
 
 void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
           const float* bias, float* work, int64_t work_floats, int version, int splits, cudaStream_t stream) {
-  check_version("gemm", version);
+  version = pick_version("gemm", version, kGemmVersions, 2);
   if (M <= 0 || N <= 0) return;
-  if (version == 0) version = 2;
   if (version == 1) {
     const dim3 block(16, 16);
     LAUNCH(gemm_v1, dim3(ceil_div(N, 16), ceil_div(M, 16)), block, 0, stream, ta, tb, M, N, K, A, lda, B, ldb, C, bias);
@@ -228,7 +216,8 @@ void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const 
   if (plan.workspace > work_floats)
     throw std::invalid_argument("gemm: the workspace holds " + std::to_string(work_floats) + " floats, " +
                                 std::to_string(plan.workspace) + " needed");
-  switch (pick_tile(M)) {
+  switch (pick_tile(M, false)) {
+    case Tile::k8:  // not picked: gemm has no T8 kernels
     case Tile::k32: launch_v2_trans<T32>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, stream); break;
     case Tile::k64: launch_v2_trans<T64>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, stream); break;
     case Tile::k128: launch_v2_trans<T128>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, stream); break;
@@ -244,9 +233,8 @@ void splitk_reduce(const float* work, int splits, int64_t n, float* out, const f
 }
 
 void column_sums(const float* X, float* out, int rows, int cols, int version, cudaStream_t stream) {
-  check_version("column_sums", version);
+  version = pick_version("column_sums", version, kGemmVersions, 2);
   if (cols <= 0) return;
-  if (version == 0) version = 2;
   if (version == 1) {
     LAUNCH(column_sums_v1, dim3(ceil_div(cols, 128)), dim3(128), 0, stream, X, out, rows, cols);
   } else {

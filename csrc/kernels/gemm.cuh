@@ -6,6 +6,9 @@
 
 namespace alexnet::kernels {
 
+// Numbered versions of gemm and column_sums (the linear layers): 1..kGemmVersions (common/launch.h).
+inline constexpr int kGemmVersions = 2;
+
 // How a reduction is cut across blocks: `splits` partial results, each a full output, summed
 // afterwards in split order by a second pass (deterministic, no atomics); `workspace` floats
 // hold them (0 when splits == 1).

@@ -58,6 +58,22 @@ using T64 = Config<64, 128, 8, 8, 8>;    // 128 threads, 8x8 per thread: M <= 64
 using T32 = Config<32, 128, 4, 8, 8>;    // 128 threads, 4x8 per thread: M <= 32
 using T8 = Config<8, 64, 4, 4, 4>;       //  32 threads, 4x4 per thread: M <= 8 (conv1's dx, C=3)
 
+// The configuration for a GEMM of M rows (host side): the smallest block tile that covers M;
+// T8 only where the caller has compiled it (conv; gemm starts at T32).
+enum class Tile { k128, k64, k32, k8 };
+inline Tile pick_tile(int M, bool with_t8) {
+  return with_t8 && M <= 8 ? Tile::k8 : M <= 32 ? Tile::k32 : M <= 64 ? Tile::k64 : Tile::k128;
+}
+inline int tile_bm(Tile t) {
+  return t == Tile::k8 ? T8::BM : t == Tile::k32 ? T32::BM : t == Tile::k64 ? T64::BM : T128::BM;
+}
+inline int tile_bn(Tile t) {
+  return t == Tile::k8 ? T8::BN : t == Tile::k32 ? T32::BN : t == Tile::k64 ? T64::BN : T128::BN;
+}
+inline int tile_bk(Tile t) {
+  return t == Tile::k8 ? T8::BK : t == Tile::k32 ? T32::BK : t == Tile::k64 ? T64::BK : T128::BK;
+}
+
 // Row (in the block tile) of accumulator row i of thread row ty; column likewise.
 template <class Cfg>
 __device__ __forceinline__ int row_of(int ty, int i) {

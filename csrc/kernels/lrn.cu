@@ -29,6 +29,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/launch.h"
+
 namespace alexnet::kernels {
 namespace {
 
@@ -37,11 +39,6 @@ constexpr int kTilePix = 32;   // pixels per block (version 2)
 constexpr int kTileRows = 8;   // threads along channels (version 2)
 constexpr int kChunk = 32;     // output channels per shared-memory chunk (version 2)
 constexpr int kMaxHalfV2 = 32;
-
-unsigned grid_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return unsigned(blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks);
-}
 
 __device__ __forceinline__ float sq(float v) { return __fmul_rn(v, v); }
 __device__ __forceinline__ float fsub_rn(float a, float b) { return __fadd_rn(a, -b); }
@@ -164,16 +161,11 @@ LrnParams params(const char* op, int64_t C, int64_t HW, int size, double a, doub
   return P;
 }
 
-[[noreturn]] void bad_version(const char* op, int v) {
-  throw std::invalid_argument(std::string(op) + ": no kernel version " + std::to_string(v) + " (have 1, 2)");
-}
-
 int pick(const char* op, int version, const LrnParams& P) {
-  if (version == 0) version = P.half <= kMaxHalfV2 ? 2 : 1;
+  version = pick_version(op, version, kLrnVersions, P.half <= kMaxHalfV2 ? 2 : 1);
   if (version == 2 && P.half > kMaxHalfV2)
     throw std::invalid_argument(std::string(op) + ": version 2 handles size <= " + std::to_string(2 * kMaxHalfV2 + 1) +
                                 " (or size >= 2C-1); use version 1");
-  if (version != 1 && version != 2) bad_version(op, version);
   return version;
 }
 
@@ -186,7 +178,7 @@ void lrn_forward(const float* x, float* y, float* scale, int64_t N, int64_t C, i
   const int64_t n = N * C * HW;
   if (n == 0) return;
   if (version == 1) {
-    LAUNCH(lrn_forward_v1, dim3(grid_for(n)), dim3(kThreads), 0, stream, x, y, scale, n, P);
+    LAUNCH(lrn_forward_v1, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, x, y, scale, n, P);
   } else {
     const int64_t tiles = (HW + kTilePix - 1) / kTilePix;
     const size_t smem = size_t(kChunk + 2 * P.half) * kTilePix * sizeof(float);
@@ -201,7 +193,8 @@ void lrn_backward(const float* dy, const float* x, const float* y, const float* 
   const int64_t n = N * C * HW;
   if (n == 0) return;
   if (version == 1) {
-    LAUNCH(lrn_backward_v1, dim3(grid_for(n)), dim3(kThreads), 0, stream, dy, x, y, scale, dx, n, P);
+    LAUNCH(lrn_backward_v1, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, dy, x, y, scale, dx, n,
+           P);
   } else {
     const int64_t tiles = (HW + kTilePix - 1) / kTilePix;
     const size_t smem = size_t(kChunk + 2 * P.half) * kTilePix * sizeof(float);

@@ -4,6 +4,8 @@
 #include "common/cuda_common.h"
 
 namespace alexnet::kernels {
+// Numbered versions of lrn_forward and lrn_backward: 1..kLrnVersions (common/launch.h).
+inline constexpr int kLrnVersions = 2;
 // Cross-channel LRN of x (N, C, H, W), HW = H*W: scale = k + a * (window sum of x^2),
 // y = x * scale^-beta. `a` is the coefficient applied to the sum (alpha, or alpha/size for
 // the cuda-convnet/Caffe/PyTorch convention; the caller decides). size odd (else

@@ -34,16 +34,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/launch.h"
+
 namespace alexnet::kernels {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kSmemBudgetFloats = 6144;  // 24 KiB per block (several blocks per SM)
-
-unsigned grid_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return unsigned(blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks);
-}
 
 struct PoolGeom {
   int64_t NC;
@@ -252,10 +249,6 @@ BwdPlan plan_backward(const PoolGeom& G) {
   return {false, 0, 0, 0, 0, 0};
 }
 
-[[noreturn]] void bad_version(const char* op, int v) {
-  throw std::invalid_argument(std::string(op) + ": no kernel version " + std::to_string(v) + " (have 1, 2)");
-}
-
 }  // namespace
 
 void maxpool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride,
@@ -265,14 +258,14 @@ void maxpool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, 
   // Version 0 is version 1: on an H200 (2026-11-26, benchmarks/results/bench_layers.md) it ran
   // at 1.17-1.32x PyTorch's speed at AlexNet's three pooling shapes, version 2 at 0.80-0.97x
   // (the caches already serve the overlapping windows; staging rows costs more than it saves).
-  if (version == 0) version = 1;
+  version = pick_version("maxpool_forward", version, kPoolVersions, 1);
   if (version == 2 && !plan.ok)
     throw std::invalid_argument("maxpool_forward: version 2 needs size*W <= " + std::to_string(kSmemBudgetFloats) +
                                 " (the band does not fit in shared memory); use version 1");
-  if (version != 1 && version != 2) bad_version("maxpool_forward", version);
   if (G.NC == 0) return;
   if (version == 1) {
-    LAUNCH(maxpool_forward_v1, dim3(grid_for(G.NC * G.P * G.Q)), dim3(kThreads), 0, stream, x, y, G);
+    LAUNCH(maxpool_forward_v1, dim3(grid_stride_blocks(G.NC * G.P * G.Q, kThreads)), dim3(kThreads), 0, stream, x, y,
+           G);
   } else {
     const int rows_max = (plan.TP - 1) * G.stride + G.size;
     const size_t smem = size_t(plan.planes) * rows_max * G.W * sizeof(float);
@@ -286,13 +279,13 @@ void maxpool_backward(const float* dy, const float* x, float* dx, int64_t N, int
                       int stride, int version, cudaStream_t stream) {
   const PoolGeom G = geometry("maxpool_backward", N, C, H, W, size, stride);
   const BwdPlan plan = plan_backward(G);
-  if (version == 0) version = plan.ok ? 2 : 1;
+  version = pick_version("maxpool_backward", version, kPoolVersions, plan.ok ? 2 : 1);
   if (version == 2 && !plan.ok)
     throw std::invalid_argument("maxpool_backward: version 2 needs a band of rows to fit in shared memory; use version 1");
-  if (version != 1 && version != 2) bad_version("maxpool_backward", version);
   if (G.NC == 0) return;
   if (version == 1) {
-    LAUNCH(maxpool_backward_v1, dim3(grid_for(G.NC * G.H * G.W)), dim3(kThreads), 0, stream, dy, x, dx, G);
+    LAUNCH(maxpool_backward_v1, dim3(grid_stride_blocks(G.NC * G.H * G.W, kThreads)), dim3(kThreads), 0, stream, dy,
+           x, dx, G);
   } else {
     const size_t per_plane = size_t(plan.rows_max) * G.W + 2 * size_t(plan.np_max) * G.Q;
     const size_t smem = size_t(plan.planes) * per_plane * sizeof(float);

@@ -4,6 +4,8 @@
 #include "common/cuda_common.h"
 
 namespace alexnet::kernels {
+// Numbered versions of maxpool_forward and maxpool_backward: 1..kPoolVersions (common/launch.h).
+inline constexpr int kPoolVersions = 2;
 // y (N, C, P, Q) = max over size x size windows of x (N, C, H, W) at the given stride, no
 // padding; P = (H - size)/stride + 1. std::invalid_argument when size > H or W.
 void maxpool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride,

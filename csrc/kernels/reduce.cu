@@ -12,8 +12,7 @@
 //            then warp 0 combines the eight warp sums the same way.
 #include "kernels/reduce.cuh"
 
-#include <stdexcept>
-#include <string>
+#include "common/launch.h"
 
 namespace alexnet::kernels {
 namespace {
@@ -60,9 +59,7 @@ __global__ void reduce_sum_v2(const float* __restrict__ x, float* __restrict__ o
 }  // namespace
 
 void reduce_sum(const float* x, float* out, float* work, int64_t n, int version, cudaStream_t stream) {
-  if (version == 0) version = 2;
-  if (version != 1 && version != 2)
-    throw std::invalid_argument("reduce_sum: no kernel version " + std::to_string(version) + " (have 1, 2)");
+  version = pick_version("reduce_sum", version, kReduceVersions, 2);
   int64_t blocks = (n + 4 * kThreads - 1) / (4 * kThreads);
   blocks = blocks < 1 ? 1 : blocks > kReduceMaxBlocks ? kReduceMaxBlocks : blocks;
   auto kernel = version == 1 ? reduce_sum_v1 : reduce_sum_v2;

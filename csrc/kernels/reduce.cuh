@@ -4,6 +4,8 @@
 #include "common/cuda_common.h"
 
 namespace alexnet::kernels {
+// Numbered versions of reduce_sum: 1..kReduceVersions (common/launch.h).
+inline constexpr int kReduceVersions = 2;
 // Partial sums need this many floats of workspace.
 constexpr int kReduceMaxBlocks = 1024;
 // out[0] = sum of x[0..n); work holds kReduceMaxBlocks floats. Deterministic: the

@@ -4,6 +4,8 @@
 #include "common/cuda_common.h"
 
 namespace alexnet::kernels {
+// Numbered versions of relu_forward and relu_backward: 1..kReluVersions (common/launch.h).
+inline constexpr int kReluVersions = 2;
 // y = max(0, x) over n elements. version 0 = the dispatcher's choice.
 void relu_forward(const float* x, float* y, int64_t n, int version, cudaStream_t stream);
 // dx = dy where y > 0, else 0.

@@ -16,6 +16,8 @@
 #include <string>
 #include <type_traits>
 
+#include "common/launch.h"
+
 namespace alexnet::kernels::selftest {
 namespace {
 

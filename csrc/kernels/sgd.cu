@@ -18,20 +18,14 @@
 #include "kernels/sgd.cuh"
 
 #include <stdexcept>
-#include <string>
+
+#include "common/launch.h"
 
 namespace alexnet::kernels {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMultiChunk = kThreads * 16;  // elements per block of the multi kernel
-
-unsigned grid_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return unsigned(blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks);
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 __device__ __forceinline__ void step(float& w, float dw, float& v, float lr, float mom, float wd_lr) {
   const float vn = __fadd_rn(__fadd_rn(__fmul_rn(mom, v), -__fmul_rn(wd_lr, w)), -__fmul_rn(lr, dw));
@@ -125,17 +119,16 @@ __global__ void __launch_bounds__(kThreads)
 
 void sgd_update(float* w, const float* dw, float* v, int64_t n, double lr, double momentum, double wd_lr, int version,
                 cudaStream_t stream) {
-  const bool al = aligned16(w) && aligned16(dw) && aligned16(v);
-  if (version == 0) version = al ? 2 : 1;
+  const bool al = aligned16(w, dw, v);
+  version = pick_version("sgd_update", version, kSgdVersions, al ? 2 : 1);
   if (version == 2 && !al) throw std::invalid_argument("sgd_update: version 2 needs 16-byte aligned w, dw and v");
-  if (version != 1 && version != 2)
-    throw std::invalid_argument("sgd_update: no kernel version " + std::to_string(version) + " (have 1, 2)");
   if (n == 0) return;
   if (version == 1)
-    LAUNCH(sgd_v1, dim3(grid_for(n)), dim3(kThreads), 0, stream, w, dw, v, n, float(lr), float(momentum), float(wd_lr));
+    LAUNCH(sgd_v1, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, w, dw, v, n, float(lr),
+           float(momentum), float(wd_lr));
   else
-    LAUNCH(sgd_v2, dim3(grid_for((n + 3) / 4)), dim3(kThreads), 0, stream, w, dw, v, n, float(lr), float(momentum),
-           float(wd_lr));
+    LAUNCH(sgd_v2, dim3(grid_stride_blocks((n + 3) / 4, kThreads)), dim3(kThreads), 0, stream, w, dw, v, n, float(lr),
+           float(momentum), float(wd_lr));
 }
 
 void sgd_update_multi(SgdTensor* tensors, int count, SgdTensor* device_table, double lr, double momentum,
@@ -143,7 +136,7 @@ void sgd_update_multi(SgdTensor* tensors, int count, SgdTensor* device_table, do
   int64_t blocks = 0;
   for (int i = 0; i < count; ++i) {
     tensors[i].first_block = blocks;
-    tensors[i].vectorized = aligned16(tensors[i].w) && aligned16(tensors[i].dw) && aligned16(tensors[i].v);
+    tensors[i].vectorized = aligned16(tensors[i].w, tensors[i].dw, tensors[i].v);
     blocks += (tensors[i].n + kMultiChunk - 1) / kMultiChunk;
   }
   if (blocks == 0) return;

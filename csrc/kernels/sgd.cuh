@@ -4,6 +4,9 @@
 #include "common/cuda_common.h"
 
 namespace alexnet::kernels {
+// Numbered versions of sgd_update: 1..kSgdVersions (common/launch.h); sgd_update_multi has one kernel.
+inline constexpr int kSgdVersions = 2;
+
 // In place over n float32 elements (the paper's rule):
 //   v = momentum*v - wd_lr*w - lr*dw;  w = w + v,   wd_lr = weight_decay * lr (in double, by the caller).
 void sgd_update(float* w, const float* dw, float* v, int64_t n, double lr, double momentum, double wd_lr, int version,

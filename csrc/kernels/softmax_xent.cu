@@ -33,6 +33,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/launch.h"
+
 namespace alexnet::kernels {
 namespace {
 
@@ -169,10 +171,6 @@ __global__ void __launch_bounds__(kThreads) mean_rows(const float* __restrict__ 
   if (threadIdx.x == 0) loss[0] = s / n_count;
 }
 
-[[noreturn]] void bad_version(const char* op, int v) {
-  throw std::invalid_argument(std::string(op) + ": no kernel version " + std::to_string(v) + " (have 1, 2)");
-}
-
 }  // namespace
 
 int64_t first_bad_label(const void* labels, bool labels64, int64_t n, int64_t classes, int* work, int64_t* bad_value,
@@ -202,8 +200,7 @@ int64_t first_bad_label(const void* labels, bool labels64, int64_t n, int64_t cl
 
 void softmax_cross_entropy(const float* logits, const void* labels, bool labels64, float* loss, float* dlogits,
                            float* row_loss, int64_t N, int64_t classes, int version, cudaStream_t stream) {
-  if (version == 0) version = 2;
-  if (version != 1 && version != 2) bad_version("softmax_cross_entropy", version);
+  version = pick_version("softmax_cross_entropy", version, kSoftmaxXentVersions, 2);
   if (N < 1 || classes < 1)
     throw std::invalid_argument("softmax_cross_entropy: logits must have at least one row and one class");
   if (N > INT_MAX || classes > INT_MAX) throw std::invalid_argument("softmax_cross_entropy: logits too large");

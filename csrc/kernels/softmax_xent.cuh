@@ -4,6 +4,8 @@
 #include "common/cuda_common.h"
 
 namespace alexnet::kernels {
+// Numbered versions of softmax_cross_entropy: 1..kSoftmaxXentVersions (common/launch.h).
+inline constexpr int kSoftmaxXentVersions = 2;
 // Scans labels (n entries, int64 when labels64 else int32) on the device. Returns -1 when
 // every label is in [0, classes), else the first bad row, with its label in *bad_value.
 // work: one int of device memory. Synchronizes `stream` (one 4-byte copy back).

@@ -18,6 +18,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/launch.h"
+
 namespace alexnet::kernels {
 namespace {
 
@@ -60,9 +62,7 @@ __global__ void topk_v2(const float* __restrict__ logits, const L* __restrict__ 
 
 void topk_correct(const float* logits, const void* labels, bool labels64, int64_t N, int64_t classes, int64_t k,
                   int64_t* out, int version, cudaStream_t stream) {
-  if (version == 0) version = 2;
-  if (version != 1 && version != 2)
-    throw std::invalid_argument("topk_correct: no kernel version " + std::to_string(version) + " (have 1, 2)");
+  version = pick_version("topk_correct", version, kTopkVersions, 2);
   if (k < 1) throw std::invalid_argument("topk_correct: k must be >= 1, got " + std::to_string(k));
   if (classes > INT_MAX) throw std::invalid_argument("topk_correct: too many classes");
   CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(int64_t), stream));
