@@ -5,6 +5,7 @@
     >>> model = alexnet_cuda.AlexNet(backend=be)
 """
 __version__ = "0.1.0"
+__all__ = ["AlexNet", "get_backend", "available_backends", "__version__"]
 
 import os as _os
 

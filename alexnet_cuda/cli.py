@@ -89,6 +89,10 @@ def _find_run_folder(args):
 
 
 def _cmd_train(args):
+    """train AlexNet (no --data: the built-in synthetic set)
+
+    Train AlexNet. Without --data, a synthetic 10-class set of rendered shapes and textures is generated
+    once (cached) and used. Without a usable GPU the numpy backend and the small preset are chosen."""
     if args.resume:
         for name in ("data", "batch_size", "lr", "warmup", "preset", "seed", "patience", "schedule", "init"):
             if getattr(args, name) is not None:
@@ -125,6 +129,10 @@ def _prepare_arguments(p):
 
 
 def _cmd_prepare(args):
+    """resize, centre-crop and pack an image folder for training
+
+    Resize every image of SRC/train and SRC/val so its shorter side is the size, keep the centre
+    square, and pack them with the mean image and the PCA of the pixels into DST (resumable)."""
     size = args.size
     if size is None:
         preset = args.preset or ("full" if default_backend_name()[0] == "cuda" else "small")
@@ -145,6 +153,11 @@ def _eval_arguments(e):
 
 
 def _cmd_eval(args):
+    """top-1/top-5 error of a checkpoint on a val/ split
+
+    Top-1 and top-5 error of a checkpoint on the val/ split of an image folder (prepared into the cache
+    on first use; train/ is not needed) or of a prepared folder, with the centre crop or the paper's
+    ten patches."""
     evaluate.evaluate(args.checkpoint, args.data, ten_crop=args.ten_crop, batch_size=args.batch_size, backend=args.backend,
              log=_log)
     return 0
@@ -158,6 +171,10 @@ def _predict_arguments(p):
 
 
 def _cmd_predict(args):
+    """top-5 classes of images
+
+    The most likely classes of each image, with their probabilities. Needs only the checkpoint: the
+    class names and the training mean image are stored in it."""
     failed = []
 
     def report(path, err):
@@ -174,26 +191,31 @@ def _cmd_predict(args):
 # The parser and the wrapper
 # ---------------------------------------------------------------------------
 
-_COMMANDS = (  # name, add_arguments, run, one line, description
-    ("train", _train_arguments, _cmd_train, "train AlexNet (no --data: the built-in synthetic set)",
-     "Train AlexNet. Without --data, a synthetic 10-class set of rendered shapes and textures is generated "
-     "once (cached) and used. Without a usable GPU the numpy backend and the small preset are chosen."),
-    ("eval", _eval_arguments, _cmd_eval, "top-1/top-5 error of a checkpoint on a val/ split",
-     "Top-1 and top-5 error of a checkpoint on the val/ split of an image folder (prepared into the cache on "
-     "first use; train/ is not needed) or of a prepared folder, with the centre crop or the paper's ten patches."),
-    ("predict", _predict_arguments, _cmd_predict, "top-5 classes of images",
-     "The most likely classes of each image, with their probabilities. Needs only the checkpoint: the class "
-     "names and the training mean image are stored in it."),
-    ("prepare", _prepare_arguments, _cmd_prepare, "resize, centre-crop and pack an image folder for training",
-     "Resize every image of SRC/train and SRC/val so its shorter side is the size, keep the centre square, and "
-     "pack them with the mean image and the PCA of the pixels into DST (resumable)."),
-    ("visualize", visualize.add_arguments, lambda a: visualize.run(a, log=_log),
-     "pictures: conv1 filters, top-5 predictions, nearest neighbours, curves",
-     "Pictures of a trained network (the paper's section 6.1): conv1_filters.png, predictions.png, "
-     "neighbours.png and curves.png in --out. Drawn with Pillow."),
-    ("gradcheck", gradcheck.add_arguments, lambda a: gradcheck.run(a, log=_log),
-     "finite-difference checks of every backward", gradcheck.DESCRIPTION),
-)
+def _visualize(args):
+    """pictures: conv1 filters, top-5 predictions, nearest neighbours, curves
+
+    Pictures of a trained network (the paper's section 6.1): conv1_filters.png, predictions.png,
+    neighbours.png and curves.png in --out. Drawn with Pillow."""
+    return visualize.run(args, log=_log)
+
+
+def _gradcheck(args):
+    return gradcheck.run(args, log=_log)
+
+
+_gradcheck.__doc__ = "finite-difference checks of every backward\n\n" + gradcheck.DESCRIPTION
+
+
+# name: (add its arguments, run it); each runner's docstring is its help line, a blank line, and
+# its description
+_COMMANDS = {
+    "train": (_train_arguments, _cmd_train),
+    "eval": (_eval_arguments, _cmd_eval),
+    "predict": (_predict_arguments, _cmd_predict),
+    "prepare": (_prepare_arguments, _cmd_prepare),
+    "visualize": (visualize.add_arguments, _visualize),
+    "gradcheck": (gradcheck.add_arguments, _gradcheck),
+}
 
 
 def build_parser():
@@ -202,8 +224,10 @@ def build_parser():
                                             "kernels, with CPU backends for machines without a GPU).")
     p.add_argument("--version", action="version", version=f"alexnet-cuda {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name, add_arguments, run, help_line, description in _COMMANDS:
-        s = sub.add_parser(name, help=help_line, description=description)
+    for name, (add_arguments, run) in _COMMANDS.items():
+        help_line, _, description = run.__doc__.partition("\n\n")
+        description = " ".join(description.split())
+        s = sub.add_parser(name, help=help_line.strip(), description=description)
         add_arguments(s)
         s.set_defaults(run=run)
     return p

@@ -606,7 +606,7 @@ class _Curves:
         return y + h
 
     def epoch_axis(self, y):
-        cv, W, H = self.cv, self.size[0], self.size[1]
+        cv, H = self.cv, self.size[1]
         for e in self.xticks:
             cv.line([(self.X(e), y), (self.X(e), y + 4)], _FRAME, 1)
             cv.text(self.X(e), y + 7, str(e), self.FS, _MUTED, align="center")

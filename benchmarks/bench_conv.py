@@ -32,7 +32,6 @@ usable GPU it prints why and exits with status 2 (never estimated); --check runs
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -154,53 +153,29 @@ def check(args):
                 diff = np.abs(tf[k]().numpy() - want[k]).max() / max(1e-30, np.abs(want[k]).max())
                 assert diff < 1e-10, f"torch and the reference disagree on {lname} {k}: {diff}"
         ours = OurConv(be, *(be.asarray(a) for a in (x, w, b, dy)), geo)
-        for v in [0] + be.versions("conv2d_forward"):
-            errs = []
-            for k in ("forward", "data", "filter", "bias"):
-                ours.fn(k, v)()
-                got = be.to_numpy(ours.result(k)).astype(np.float64)
-                e = np.abs(got - want[k]).max() / max(1e-30, np.abs(want[k]).max())
-                errs.append(e)
-                worst = max(worst, e)
-                if not e < 1e-5:
-                    ok = False
-            print(f"  {lname} v{v}: max |err| / max |ref|  forward {errs[0]:.1e}  data {errs[1]:.1e}  "
-                  f"filter {errs[2]:.1e}  bias {errs[3]:.1e}")
+        w_, ok_ = common.check_versions(be, "conv2d_forward", lname, ours, want)
+        worst, ok = max(worst, w_), ok and ok_
     print(("OK" if ok else "MISMATCH") + f": worst relative error {worst:.2e} (limit 1e-5)")
     return 0 if ok else 1
 
 
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--v1-iters", type=int, default=3, help="iterations for version 1 (direct loops: slow)")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--versions", default="", help="comma-separated kernel versions (default: 0 and every numbered one)")
-    ap.add_argument("--only", default="", help="comma-separated layers (conv1..conv5)")
-    ap.add_argument("--check", action="store_true", help="correctness at tiny sizes on cuda or emu, then exit")
-    args = ap.parse_args(argv)
+    args = common.kernel_bench_args(__doc__, "conv1..conv5", "direct loops", argv)
     if args.check:
         return check(args)
     common.require_gpu("bench_conv.py")
 
     import cupy
-    import torch
 
     from alexnet_cuda import get_backend
 
-    if not torch.cuda.is_available():
-        print("bench_conv.py: not run: torch cannot see the GPU (cuDNN is the baseline of this benchmark).")
+    torch = common.fp32_torch("bench_conv.py", "cuDNN")
+    if torch is None:
         return 2
     torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-
     be = get_backend("cuda")
-    versions = ([int(v) for v in args.versions.split(",") if v.strip()] if args.versions
-                else [0] + be.versions("conv2d_forward"))
-    only = [s.strip() for s in args.only.split(",") if s.strip()] or list(LAYERS)
+    versions, only = common.selection(args, be, "conv2d_forward", LAYERS)
     N = args.batch_size
     rnd = cupy.random.default_rng(0)
     rows = []

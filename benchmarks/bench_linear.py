@@ -21,7 +21,6 @@ else emu) and exits 1 on a mismatch.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -97,50 +96,27 @@ def check(args):
         want = {"forward": ref.linear_forward(d[0], d[1], d[2])}
         want["data"], want["weight"], want["bias"] = ref.linear_backward(d[3], d[0], d[1])
         ours = OurLinear(be, *(be.asarray(a) for a in (x, w, b, dy)))
-        for v in [0] + be.versions("linear_forward"):
-            errs = []
-            for k in ("forward", "data", "weight", "bias"):
-                ours.fn(k, v)()
-                got = be.to_numpy(ours.result(k)).astype(np.float64)
-                e = np.abs(got - want[k]).max() / max(1e-30, np.abs(want[k]).max())
-                errs.append(e)
-                worst = max(worst, e)
-                ok &= bool(e < 1e-5)
-            print(f"  {lname} v{v}: max |err| / max |ref|  forward {errs[0]:.1e}  data {errs[1]:.1e}  "
-                  f"weight {errs[2]:.1e}  bias {errs[3]:.1e}")
+        w_, ok_ = common.check_versions(be, "linear_forward", lname, ours, want)
+        worst, ok = max(worst, w_), ok and ok_
     print(("OK" if ok else "MISMATCH") + f": worst relative error {worst:.2e} (limit 1e-5)")
     return 0 if ok else 1
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--v1-iters", type=int, default=3, help="iterations for version 1 (naive: slow)")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--versions", default="", help="comma-separated kernel versions (default: 0 and every numbered one)")
-    ap.add_argument("--only", default="", help="comma-separated layers (fc6,fc7,fc8)")
-    ap.add_argument("--check", action="store_true", help="correctness at tiny sizes on cuda or emu, then exit")
-    args = ap.parse_args(argv)
+    args = common.kernel_bench_args(__doc__, "fc6,fc7,fc8", "naive", argv)
     if args.check:
         return check(args)
     common.require_gpu("bench_linear.py")
 
     import cupy
-    import torch
 
     from alexnet_cuda import get_backend
 
-    if not torch.cuda.is_available():
-        print("bench_linear.py: not run: torch cannot see the GPU (cuBLAS is the baseline of this benchmark).")
+    torch = common.fp32_torch("bench_linear.py", "cuBLAS")
+    if torch is None:
         return 2
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
     be = get_backend("cuda")
-    versions = ([int(v) for v in args.versions.split(",") if v.strip()] if args.versions
-                else [0] + be.versions("linear_forward"))
-    only = [s.strip() for s in args.only.split(",") if s.strip()] or list(LAYERS)
+    versions, only = common.selection(args, be, "linear_forward", LAYERS)
     N = args.batch_size
     rnd = cupy.random.default_rng(0)
     rows, sums = [], {}

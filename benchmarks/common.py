@@ -4,6 +4,7 @@ the driver, the date and the commit.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -120,3 +121,59 @@ def require_gpu(script):
     if why:
         print(f"{script}: not run: {why}. This benchmark needs a GPU (results are never estimated).")
         sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel benchmarks against cuDNN / cuBLAS (bench_conv.py, bench_linear.py)
+
+CHECK_LIMIT = 1e-5  # relative to the largest reference value: float32 kernels against float64
+
+
+def kernel_bench_args(doc, layers, v1_note, argv):
+    """The options shared by the kernel benchmarks, parsed."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--v1-iters", type=int, default=3, help=f"iterations for version 1 ({v1_note}: slow)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--versions", default="", help="comma-separated kernel versions (default: 0 and every numbered one)")
+    ap.add_argument("--only", default="", help=f"comma-separated layers ({layers})")
+    ap.add_argument("--check", action="store_true", help="correctness at tiny sizes on cuda or emu, then exit")
+    return ap.parse_args(argv)
+
+
+def fp32_torch(script, baseline):
+    """torch with TF32 off (FP32 against FP32), or None after one line when it cannot see the GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"{script}: not run: torch cannot see the GPU ({baseline} is the baseline of this benchmark).")
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch
+
+
+def selection(args, be, op, layers):
+    """(versions, layer names) chosen by --versions and --only."""
+    versions = ([int(v) for v in args.versions.split(",") if v.strip()] if args.versions
+                else [0] + be.versions(op))
+    return versions, [s.strip() for s in args.only.split(",") if s.strip()] or list(layers)
+
+
+def check_versions(be, op, lname, ours, want):
+    """Every version of our op against the float64 reference `want` (direction -> array): one line
+    per version; returns (worst relative error, all within CHECK_LIMIT)."""
+    import numpy as np
+
+    worst, ok = 0.0, True
+    for v in [0] + be.versions(op):
+        errs = {}
+        for k in want:
+            ours.fn(k, v)()
+            got = be.to_numpy(ours.result(k)).astype(np.float64)
+            errs[k] = np.abs(got - want[k]).max() / max(1e-30, np.abs(want[k]).max())
+            ok &= bool(errs[k] < CHECK_LIMIT)
+        worst = max([worst] + list(errs.values()))
+        print(f"  {lname} v{v}: max |err| / max |ref|  " + "  ".join(f"{k} {e:.1e}" for k, e in errs.items()))
+    return worst, ok

@@ -28,53 +28,41 @@ def rand(rng, shape, dtype):
 # Naive loop implementations (the independent computations)
 # ---------------------------------------------------------------------------
 
-def naive_conv(x, w, b, stride, padding, groups):
-    N, C, H, W = x.shape
-    K, Cg, R, S = w.shape
-    Kg = K // groups
-    P = (H + 2 * padding - R) // stride + 1
-    Q = (W + 2 * padding - S) // stride + 1
-    y = np.zeros((N, K, P, Q))
+def _taps(x_shape, w_shape, P, Q, stride, padding, groups):
+    """Every (n, k, p, q, [(c, r, s, ci, h, ww), ...]) of a convolution by plain loops: output element
+    (n, k, p, q) and the kernel taps (c, r, s) that land inside the input, at x[n, ci, h, ww]."""
+    N, C, H, W = x_shape
+    K, Cg, R, S = w_shape
     for n in range(N):
         for k in range(K):
-            g = k // Kg
+            g = k // (K // groups)
             for p in range(P):
                 for q in range(Q):
-                    acc = 0.0 if b is None else float(b[k])
-                    for c in range(Cg):
-                        for r in range(R):
-                            for s in range(S):
-                                h = p * stride + r - padding
-                                ww = q * stride + s - padding
-                                if 0 <= h < H and 0 <= ww < W:
-                                    acc += float(w[k, c, r, s]) * float(x[n, g * Cg + c, h, ww])
-                    y[n, k, p, q] = acc
+                    taps = [(c, r, s, g * Cg + c, p * stride + r - padding, q * stride + s - padding)
+                            for c in range(Cg) for r in range(R) for s in range(S)]
+                    yield n, k, p, q, [t for t in taps if 0 <= t[4] < H and 0 <= t[5] < W]
+
+
+def naive_conv(x, w, b, stride, padding, groups):
+    P = (x.shape[2] + 2 * padding - w.shape[2]) // stride + 1
+    Q = (x.shape[3] + 2 * padding - w.shape[3]) // stride + 1
+    y = np.zeros((x.shape[0], w.shape[0], P, Q))
+    for n, k, p, q, taps in _taps(x.shape, w.shape, P, Q, stride, padding, groups):
+        acc = 0.0 if b is None else float(b[k])
+        for c, r, s, ci, h, ww in taps:
+            acc += float(w[k, c, r, s]) * float(x[n, ci, h, ww])
+        y[n, k, p, q] = acc
     return y
 
 
 def naive_conv_backward(dy, x, w, stride, padding, groups):
-    N, C, H, W = x.shape
-    K, Cg, R, S = w.shape
-    Kg = K // groups
-    _, _, P, Q = dy.shape
-    dx = np.zeros(x.shape)
-    dw = np.zeros(w.shape)
-    db = np.zeros(K)
-    for n in range(N):
-        for k in range(K):
-            g = k // Kg
-            for p in range(P):
-                for q in range(Q):
-                    d = float(dy[n, k, p, q])
-                    db[k] += d
-                    for c in range(Cg):
-                        for r in range(R):
-                            for s in range(S):
-                                h = p * stride + r - padding
-                                ww = q * stride + s - padding
-                                if 0 <= h < H and 0 <= ww < W:
-                                    dx[n, g * Cg + c, h, ww] += d * float(w[k, c, r, s])
-                                    dw[k, c, r, s] += d * float(x[n, g * Cg + c, h, ww])
+    dx, dw, db = np.zeros(x.shape), np.zeros(w.shape), np.zeros(w.shape[0])
+    for n, k, p, q, taps in _taps(x.shape, w.shape, dy.shape[2], dy.shape[3], stride, padding, groups):
+        d = float(dy[n, k, p, q])
+        db[k] += d
+        for c, r, s, ci, h, ww in taps:
+            dx[n, ci, h, ww] += d * float(w[k, c, r, s])
+            dw[k, c, r, s] += d * float(x[n, ci, h, ww])
     return dx, dw, db
 
 
