@@ -55,14 +55,17 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def open_rgb(path, *, draft_size: int | None = None) -> Image.Image:
-    """Open and fully decode `path` as an RGB PIL image.
+def open_rgb(path, *, draft_size: int | None = None, info: dict | None = None) -> Image.Image:
+    """Open and fully decode `path` (a path or a binary file object) as an RGB PIL image.
 
     `draft_size`: the shorter side that will be needed; lets the JPEG decoder
     scale down by a power of two while decoding (never below that size).
+    `info`: a dict that receives the file's "format" (JPEG, PNG, ...) and "mode".
     Raises whatever Pillow raises for broken files (OSError, ValueError, ...).
     """
     with Image.open(path) as im:
+        if info is not None:
+            info.update(format=im.format, mode=im.mode)
         if draft_size is not None and im.format == "JPEG":
             w, h = im.size
             s = min(w, h)
@@ -93,6 +96,17 @@ def resize_center_crop(im: Image.Image, size: int) -> np.ndarray:
     return a
 
 
-def load_resized(path, size: int) -> np.ndarray:
-    """Decode `path` to RGB and apply the paper's preprocessing."""
-    return resize_center_crop(open_rgb(path, draft_size=size), size)
+def load_resized(path, size: int, info: dict | None = None) -> np.ndarray:
+    """Decode `path` to RGB and apply the paper's preprocessing (`info`: see open_rgb)."""
+    return resize_center_crop(open_rgb(path, draft_size=size, info=info), size)
+
+
+def quirks(name: str, info: dict) -> list:
+    """What was unusual about a decoded file: its mode when not RGB ("CMYK",
+    "L", ...), "PNG named .JPEG" when the content and the extension disagree."""
+    out = [] if info.get("mode") in (None, "RGB") else [str(info["mode"])]
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    kind = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}.get(ext)
+    if kind and info.get("format") and info["format"] != kind:
+        out.append(f"{info['format']} named .{ext.upper()}")
+    return out

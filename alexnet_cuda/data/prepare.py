@@ -4,10 +4,13 @@ prepare_dataset(src, dst) reads an image folder
 
     src/train/<class>/*.{jpg,jpeg,png}     src/val/<class>/*.{jpg,jpeg,png}
 
+-- or the official ImageNet archives, read in place, or the Kaggle ImageNet
+layout (see imagenet.py; one log line says which input was found) --
 resizes every image so its shorter side is `size`, takes the central
 size x size patch, and writes
 
     dst/train_images.npy   uint8 (N, S, S, 3), rows ordered by class, then name
+                           (the flat ImageNet val sets: by name)
     dst/train_labels.npy   int64 (N,)
     dst/val_images.npy, dst/val_labels.npy
     dst/mean.npy           float32 (S, S, 3): the per-pixel mean training image
@@ -16,7 +19,13 @@ size x size patch, and writes
                            of the training pixels, in units of pixel/255
     dst/source_files.txt.gz  the source's file list (see source.py)
     dst/meta.json          classes, counts, size, skipped files, splits, source
-                           and its fingerprint; written last
+                           and its fingerprint; written last. Also: "layout"
+                           (folder, imagenet-archives, imagenet-kaggle),
+                           "class_names" parallel to "classes" (ImageNet: the
+                           first synonym, "tench"; else the class folder names),
+                           "class_words" (ImageNet: "tench, Tinca tinca"),
+                           "conversions" {"CMYK": n, "L": n, "PNG named .JPEG": n}:
+                           images decoded from another mode or format
 
 With splits=("val",) only val/ is read (train/ may be absent) and only the
 val files are written: no mean image, no PCA (evaluation takes the mean from
@@ -66,9 +75,10 @@ import numpy as np
 
 from ..files import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_json, fsync_dir
 from .errors import DataError
-from .imageio import load_resized
-from .source import (FORMAT, FORMAT_VERSION, SOURCE_FILES, SPLITS, check_folder, check_splits,
-                     class_folders, describe_change, scan_source, source_files_blob)
+from .imageio import load_resized, quirks
+from .imagenet import LAYOUT_TEXT, input_classes, load_item, scan_input
+from .source import (FORMAT, FORMAT_VERSION, SOURCE_FILES, SPLITS, check_splits, describe_change,
+                     source_files_blob)
 from .synthetic import default_cache_root
 
 _HEADER_LEN = 128  # fixed .npy header length, so the header can be rewritten in place
@@ -103,31 +113,46 @@ def _npy_header(shape) -> bytes:
 
 # ---------------------------------------------------------------- decoding (worker side)
 def _decode_one(args):
-    """Decode + resize one file; returns (uint8 image, pixel sum (3,),
-    pixel outer-product sum (3,3)) or (None, error text)."""
-    path, size = args
+    """Decode + resize one file (`where`: a path, or an archive member, see
+    imagenet.load_item); returns (uint8 image, (pixel sum (3,), pixel
+    outer-product sum (3,3), quirks)) or (None, error text)."""
+    where, size, name = args
+    info = {}
     try:
-        a = load_resized(path, size)
+        a = load_resized(load_item(where), size, info=info)
     except Exception as e:  # broken / unreadable file: skipped, never a crash
         msg = str(e).splitlines()[0] if str(e) else ""
         return None, f"{type(e).__name__}: {msg}"[:200]
-    x = a.reshape(-1, 3).astype(np.float64)
-    # integer-valued products below 2**53: exact in float64 in any order
-    return a, (x.sum(0), x.T @ x)
+    # contiguous planes (3, pixels) and einsum (no BLAS threads in the workers): 4x faster
+    # than (pixels, 3) @; integer-valued products below 2**53: exact in float64 in any order
+    x = np.ascontiguousarray(a.reshape(-1, 3).T).astype(np.float64)
+    return a, (x.sum(1), np.einsum("ij,kj->ik", x, x), quirks(name, info))
+
+
+def _where(src: Path, item) -> object:
+    """Where the decoder finds an item (relpath, label[, where])."""
+    return item[2] if len(item) > 2 else str(src / item[0])
 
 
 # ---------------------------------------------------------------- chunks (main side)
-def _process_chunk(split, k, items, src, size, mm, offset, pool, record_path):
-    """Decode chunk `k` of `split`, write its rows at mm[offset:], commit its
-    record. Returns the record (dict)."""
-    jobs = [(str(src / rel), size) for rel, _ in items]
-    results = pool.map(_decode_one, jobs, chunksize=8) if pool is not None else map(_decode_one, jobs)
-    labels, skipped, errors = [], [], []
+def _submit(items, src, size, pool):
+    """The decoding of `items`, started in the pool (in order; lazy without a pool)."""
+    jobs = [(_where(src, it), size, it[0]) for it in items]
+    return pool.map(_decode_one, jobs, chunksize=8) if pool is not None else map(_decode_one, jobs)
+
+
+def _process_chunk(split, k, items, src, size, mm, offset, pool, record_path, results=None):
+    """Decode chunk `k` of `split` (`results`: its decoding, already started
+    by _submit), write its rows at mm[offset:], commit its record. Returns the
+    record (dict)."""
+    if results is None:
+        results = _submit(items, src, size, pool)
+    labels, skipped, errors, notes = [], [], [], []
     img_sum = np.zeros((size, size, 3) if split == "train" else (0,), np.uint32)
     pix_sum = np.zeros(3, np.float64)
     pix_outer = np.zeros((3, 3), np.float64)
     n = 0
-    for (rel, label), (img, info) in zip(items, results):
+    for (rel, label, *_), (img, info) in zip(items, results):
         if img is None:
             skipped.append(rel)
             errors.append(info)
@@ -138,10 +163,12 @@ def _process_chunk(split, k, items, src, size, mm, offset, pool, record_path):
             pix_sum += info[0]
             pix_outer += info[1]
         labels.append(label)
+        notes += info[2]
         n += 1
     mm.flush()
     rec = {"n_ok": np.int64(n), "labels": np.asarray(labels, np.int64),
            "skipped": np.asarray(skipped, dtype=str), "errors": np.asarray(errors, dtype=str),
+           "notes": np.asarray(notes, dtype=str),
            "img_sum": img_sum, "pix_sum": pix_sum, "pix_outer": pix_outer}
     atomic_save_npz(record_path, **rec)
     return rec
@@ -227,7 +254,8 @@ def _counts_text(meta) -> str:
 
 def list_classes(data, split: str = "val") -> list:
     """The class names of `split` of `data`, without decoding anything: for a
-    raw folder the sorted sub-folder names of <data>/<split>/, for a prepared
+    raw folder the sorted sub-folder names of <data>/<split>/, for the
+    ImageNet archives or Kaggle layout the sorted WordNet ids, for a prepared
     folder the classes it records. DataError when there are none."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -235,8 +263,15 @@ def list_classes(data, split: str = "val") -> list:
     meta = read_meta(data)
     if meta is not None:
         return list(meta["classes"])
-    check_folder(data, (split,))
-    return class_folders(data, split)
+    return input_classes(data, split)
+
+
+def class_names_of(meta) -> list:
+    """The human-readable class names a prepared folder records ("tench"),
+    else its classes (folder names, WordNet ids)."""
+    names = meta.get("class_names")
+    classes = list(meta["classes"])
+    return list(names) if isinstance(names, list) and len(names) == len(classes) else classes
 
 
 # ---------------------------------------------------------------- preparing
@@ -258,7 +293,7 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
     size = int(size)
     if size < 1:
         raise DataError(f"prepare: size must be positive, got {size}")
-    scan = scan_source(src, splits, size)  # DataError before any work
+    scan = scan_input(src, splits, size)  # DataError before any work
     meta = read_meta(dst)
     if meta is not None:
         why = _mismatch(meta, dst, scan)
@@ -334,8 +369,19 @@ class _Progress:
         self.done += n_files
         self.decoded += n_files
         rate = self.decoded / max(time.perf_counter() - self.t0, 1e-9)
+        left = (self.total - self.done) / max(rate, 1e-9)
+        eta = f", {left / 3600:.1f} h left" if left >= 3600 else f", {left / 60:.0f} min left" if left >= 60 else ""
         self.log(f"prepare: {split} {min((k + 1) * chunk_size, n_split)}/{n_split} "
-                 f"({self.done}/{self.total} overall, {rate:.0f} images/s)")
+                 f"({self.done}/{self.total} overall, {rate:.0f} images/s{eta})")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system
+    has one; else os.cpu_count())."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _prepare(scan, dst: Path, *, log, workers, chunk_size) -> Path:
@@ -345,10 +391,11 @@ def _prepare(scan, dst: Path, *, log, workers, chunk_size) -> Path:
     if (dst / "meta.json").exists():  # from here on dst never claims to be complete
         (dst / "meta.json").unlink()
         fsync_dir(dst)
+    log(f"prepare: found {LAYOUT_TEXT[scan.layout]} in {scan.path}")
     partial, chunk_size, resumed = _open_plan(dst, scan, chunk_size, log)
-    total = sum(len(scan.files[s]) for s in scan.splits)
+    total = _list_files(scan, log)
     if workers is None:  # all cores, unless the job is too small to pay for them
-        workers = (os.cpu_count() or 1) if total >= 64 else 1
+        workers = usable_cores() if total >= 64 else 1
     use_pool = workers > 1
     counts = " and ".join(f"{len(scan.files[s])} {s}" for s in scan.splits)
     log(f"prepare: {scan.path} -> {dst}: {len(scan.classes)} classes, {counts} files, "
@@ -368,6 +415,16 @@ def _prepare(scan, dst: Path, *, log, workers, chunk_size) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     _log_done(meta, progress, dst, log)
     return dst
+
+
+def _list_files(scan, log) -> int:
+    """List the images of every split (for archives: a pass over their tar
+    headers, logged); returns how many there are."""
+    t0 = time.perf_counter()
+    total = sum(len(scan.files[s]) for s in scan.splits)
+    if scan.layout == "imagenet-archives":
+        log(f"prepare: listed the {total} images of the archives in {time.perf_counter() - t0:.1f}s")
+    return total
 
 
 def _committed(rec_paths) -> list:
@@ -427,9 +484,16 @@ def _decode_rest(split, scan, part_img, rec_paths, recs, chunk_size, pool, progr
             f.write(_npy_header((n_total, size, size, 3)))
             f.truncate(_HEADER_LEN + n_total * rowbytes)  # sparse
     mm = np.memmap(part_img, np.uint8, "r+", offset=_HEADER_LEN, shape=(n_total, size, size, 3))
+
+    def start(k):  # with a pool, chunk k+1 decodes while chunk k is written and flushed
+        return _submit(items[k * chunk_size:(k + 1) * chunk_size], scan.path, size, pool) \
+            if pool is not None and k < nchunks else None
+    ahead = start(len(recs))
     for k in range(len(recs), nchunks):
         chunk = items[k * chunk_size:(k + 1) * chunk_size]
-        rec = _process_chunk(split, k, chunk, scan.path, size, mm, n_done, pool, rec_paths[k])
+        results, ahead = ahead, start(k + 1)
+        rec = _process_chunk(split, k, chunk, scan.path, size, mm, n_done, pool, rec_paths[k],
+                             results=results)
         progress.chunk(split, k, chunk_size, n_total, rec, len(chunk))
         recs.append(rec)
         n_done += int(rec["n_ok"])
@@ -496,7 +560,10 @@ def _write_meta(dst: Path, scan, records, eigvals, log) -> dict:
             "counts": counts, "class_counts": per_class,
             "skipped_count": sum(len(v) for v in skipped.values()), "skipped": skipped,
             "source": str(scan.path), "fingerprint": {s: scan.fingerprint[s] for s in splits},
-            "source_files": SOURCE_FILES, "files": files}
+            "source_files": SOURCE_FILES, "files": files, "layout": scan.layout,
+            "class_names": list(scan.class_names or classes), "conversions": _conversions(records)}
+    if scan.class_words is not None:
+        meta["class_words"] = list(scan.class_words)
     if eigvals is not None:
         meta.update(pca_units="pixel/255", eigvals=eigvals.tolist())
         files.update(mean="mean.npy", pca="pca.npz")
@@ -505,14 +572,30 @@ def _write_meta(dst: Path, scan, records, eigvals, log) -> dict:
     return meta
 
 
+def _conversions(records) -> dict:
+    """{quirk: number of images} over all chunks ("CMYK": 3, "PNG named .JPEG": 1)."""
+    counts = {}
+    for recs in records.values():
+        for r in recs:
+            for q in r.get("notes", ()):
+                counts[str(q)] = counts.get(str(q), 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _log_done(meta, progress, dst, log):
+    conv = meta.get("conversions") or {}
+    if conv:
+        log("prepare: decoded with conversions: " + ", ".join(
+            f"{n} {q}" if " named " in q else f"{n} {q} to RGB" for q, n in conv.items()))
     nskip = meta["skipped_count"]
     if nskip:
         names = [n for s in meta["splits"] for n in meta["skipped"][s]]
         shown = ", ".join(names[:_MAX_NAMED]) + (f" ... and {nskip - _MAX_NAMED} more (see meta.json)"
                                                   if nskip > _MAX_NAMED else "")
         log(f"prepare: skipped {nskip} unreadable file(s): {shown}")
-    log(f"prepare: done in {time.perf_counter() - progress.t0:.1f}s: {_counts_text(meta)} of "
+    dt = time.perf_counter() - progress.t0
+    rate = f" ({progress.decoded / dt:.0f} images/s)" if progress.decoded and dt > 0 else ""
+    log(f"prepare: done in {dt:.1f}s{rate}: {_counts_text(meta)} of "
         f"{meta['size']}x{meta['size']} in {dst}")
 
 
@@ -521,7 +604,9 @@ class PreparedDataset:
     """One split of a prepared folder.
 
     images  uint8 memmap (N, S, S, 3)     labels  int64 (N,)
-    classes list[str] (sorted folder names); size S; num_classes
+    classes list[str] (sorted folder names, or WordNet ids); size S; num_classes
+    class_names list[str] parallel to classes: the human-readable names
+            ("tench") where the source had them (ImageNet), else the classes
     mean    float32 (S, S, 3) of the training set; None in a folder prepared
             for evaluation only (splits=("val",)): take the checkpoint's
     eigvals (3,), eigvecs (3, 3) (eigvecs[:, i] is eigenvector i): PCA of the
@@ -545,6 +630,7 @@ class PreparedDataset:
             raise DataError(f"{self.path} is missing some of its files; prepare it again")
         self.meta = meta
         self.classes = list(meta["classes"])
+        self.class_names = class_names_of(meta)
         self.num_classes = len(self.classes)
         self.size = int(meta["size"])
         self.images = np.load(self.path / f"{split}_images.npy", mmap_mode="r")
@@ -640,7 +726,7 @@ def ensure_prepared(data, cache_root=None, *, size: int = 256, log=print, worker
     meta = read_meta(data)
     if meta is not None:
         return _use_prepared(data, meta, size, splits, log)
-    scan = scan_source(data, splits, int(size))
+    scan = scan_input(data, splits, int(size))
     if splits != SPLITS:
         full = cache_entry(scan.path, size, SPLITS, cache_root)
         meta = read_meta(full)

@@ -1,7 +1,9 @@
 """The raw image folder: its layout, its classes, and its fingerprint.
 
 A raw folder is   <src>/train/<class>/*.{jpg,jpeg,png}   <src>/val/<class>/*.{jpg,jpeg,png}
-(only val/ is needed to evaluate).
+(only val/ is needed to evaluate). The ImageNet downloads (the official
+archives, the Kaggle layout) are scanned by imagenet.py into the same Source,
+with a "# layout=<kind>" line after the header of their canonical text.
 
 The fingerprint of a split is the sha256 of a canonical text: one header line
 with the preparation settings (format version, size, split), then one line
@@ -43,6 +45,22 @@ class Source:
     files: dict = field(default_factory=dict)        # split -> [(relpath, label)]
     text: dict = field(default_factory=dict)         # split -> canonical text (bytes)
     fingerprint: dict = field(default_factory=dict)  # split -> sha256 hex of text
+    layout: str = "folder"          # "folder", "imagenet-archives" or "imagenet-kaggle"
+    class_names: list = None        # human-readable name per class (None: the class ids)
+    class_words: list = None        # the full synonym text per class, where known
+
+
+class LazyFiles(dict):
+    """split -> [(relpath, label[, where])], listed by `lister(split)` on first use
+    (listing the members of an archive is not needed to check a fingerprint)."""
+
+    def __init__(self, lister):
+        super().__init__()
+        self.lister = lister
+
+    def __missing__(self, split):
+        self[split] = value = self.lister(split)
+        return value
 
 
 def check_splits(splits) -> tuple:
@@ -109,6 +127,18 @@ def header(split: str, size: int) -> str:
     return f"# {FORMAT} {FORMAT_VERSION} size={int(size)} split={split}\n"
 
 
+def set_text(scan: Source, split: str, lines: list):
+    """The canonical text of `split` (header + `lines`) and its fingerprint."""
+    scan.text[split] = (header(split, scan.size) + "".join(lines)).encode("utf-8", "surrogateescape")
+    scan.fingerprint[split] = hashlib.sha256(scan.text[split]).hexdigest()
+
+
+def stat_line(src: Path, rel: str) -> str:
+    """'<rel>\t<bytes>\t<mtime in ns>' of the file src/rel."""
+    st = (src / rel).stat()
+    return f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n"
+
+
 def scan_source(src, splits=SPLITS, size: int = 256) -> Source:
     """Validate the layout of the raw folder `src` and list its images with
     their fingerprint (DataError for a bad layout)."""
@@ -141,13 +171,16 @@ def source_files_blob(scan: Source) -> bytes:
 
 
 def _parse(text: bytes, splits) -> dict:
-    out = {}
+    """{(split, relpath): (bytes, mtime)} of the lines under the headers of `splits`."""
+    out, split = {}, None
     for line in text.decode("utf-8", "surrogateescape").splitlines():
-        if not line or line.startswith("#"):
+        if line.startswith(f"# {FORMAT} "):
+            split = line.rsplit("split=", 1)[-1].strip()
+        if not line or line.startswith("#") or "\t" not in line:
             continue
         rel, nbytes, mtime = line.rsplit("\t", 2)
-        if rel.split("/", 1)[0] in splits:
-            out[rel] = (nbytes, mtime)
+        if split in splits:
+            out[(split, rel)] = (nbytes, mtime)
     return out
 
 
