@@ -218,7 +218,8 @@ def _restore(run, tensors, info):
 # ---------------------------------------------------------------------------
 
 class ChanceWatch:
-    """Says once when the loss's moving average has sat at ln(num_classes) (chance) for `after` steps."""
+    """Says once when the loss's moving average has been no better than chance, ln(num_classes), for
+    `after` steps in a row (sitting at it, or above it after a blow-up)."""
 
     def __init__(self, num_classes, after):
         self.chance = math.log(num_classes) if num_classes > 1 else 0.0
@@ -227,13 +228,13 @@ class ChanceWatch:
     def update(self, loss):
         """A warning to print, or None."""
         self.ema = loss if self.ema is None else 0.95 * self.ema + 0.05 * loss
-        near = self.chance and abs(self.ema - self.chance) < 0.02 * self.chance + 0.01
-        self.stuck = self.stuck + 1 if near else 0
+        no_better = self.chance and self.ema > self.chance - (0.02 * self.chance + 0.01)
+        self.stuck = self.stuck + 1 if no_better else 0
         if self.stuck < self.after or self.warned:
             return None
         self.warned = True
-        return (f"warning: the loss has stayed at ln(num_classes) = {self.chance:.3f} (chance) for {self.stuck} "
-                f"steps: the network is not learning. Try a learning-rate warm-up (--warmup 200), a lower --lr, "
+        return (f"warning: the loss has been no lower than ln(num_classes) = {self.chance:.3f} (chance) for "
+                f"{self.stuck} steps: the network is not learning. Try a learning-rate warm-up (--warmup 200), a lower --lr, "
                 f"or --init reproduction (smaller fc weights, biases 0.1); small networks need --init he.")
 
 

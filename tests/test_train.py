@@ -279,6 +279,16 @@ def test_warns_when_loss_sits_at_chance(tiny_data, tmp_path, monkeypatch):
     assert sum("chance" in l for l in logs) == 1
 
 
+def test_the_chance_warning_fires_on_the_papers_recipe_and_says_what_to_try(tiny_data, tmp_path):
+    """The paper's init on a network far smaller than the paper's stays at chance (docs/measurements.md)."""
+    logs = []
+    cfg = tiny_cfg(tiny_data, tmp_path / "paper", epochs=2, init="paper", input_scale=1.0, warmup=0)
+    assert T.train(cfg, log=logs.append, chance_warn_steps=8) == 0
+    warnings = [l for l in logs if "chance" in l]
+    assert len(warnings) == 1 and "not learning" in warnings[0]
+    assert "--warmup" in warnings[0] and "--init" in warnings[0] and "--lr" in warnings[0]
+
+
 def test_resume_errors(tiny_data, tmp_path):
     with pytest.raises(T.TrainError, match="no checkpoint"):
         T.train(resume=True, out=tmp_path / "none", log=quiet)
