@@ -36,8 +36,9 @@ def _log(*args, **kw):
 # ---------------------------------------------------------------------------
 
 def _train_arguments(t):
-    t.add_argument("--data", help="image folder with train/ and val/ (one sub-folder per class), or a prepared "
-                                  "folder; raw folders are prepared into the cache once")
+    t.add_argument("--data", help="image folder with train/ and val/ (one sub-folder per class), a folder with the "
+                                  "official ImageNet archives or the Kaggle ImageNet layout, or a prepared folder; "
+                                  "all but the last are prepared into the cache once")
     t.add_argument("--out", help="run folder for config.json, metrics.jsonl, checkpoint.safetensors and "
                                  "curves.png (default runs/alexnet-<preset>)")
     t.add_argument("--epochs", type=positive_int, help="epochs to train (default: the preset's, full 90, small 25)")
@@ -117,7 +118,9 @@ def _cmd_train(args):
 # ---------------------------------------------------------------------------
 
 def _prepare_arguments(p):
-    p.add_argument("src", help="image folder with train/ and val/ (one sub-folder per class)")
+    p.add_argument("src", help="image folder with train/ and val/ (one sub-folder per class), a folder holding "
+                               "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz, "
+                               "or the Kaggle ImageNet folder (with ILSVRC/Data/CLS-LOC/)")
     p.add_argument("dst", help="output folder")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="prepare at the size this preset trains on (full 256, small 76); default: the preset "
@@ -131,8 +134,10 @@ def _prepare_arguments(p):
 def _cmd_prepare(args):
     """resize, centre-crop and pack an image folder for training
 
-    Resize every image of SRC/train and SRC/val so its shorter side is the size, keep the centre
-    square, and pack them with the mean image and the PCA of the pixels into DST (resumable)."""
+    Resize every image of SRC's training and validation sets so its shorter side is the size, keep the
+    centre square, and pack them with the mean image and the PCA of the pixels into DST (resumable). SRC
+    is an image folder (train/CLASS/, val/CLASS/), the official ImageNet archives (read in place) or the
+    Kaggle ImageNet layout; which one was found is said in the first line."""
     size = args.size
     if size is None:
         preset = args.preset or ("full" if default_backend_name()[0] == "cuda" else "small")

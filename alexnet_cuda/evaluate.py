@@ -80,7 +80,7 @@ def predict(checkpoint, images, *, top=5, backend=None, on_error=None):
     be = resolve_backend(backend)
     model, info = model_from_checkpoint(checkpoint, backend=be)
     cfg = info["config"]
-    classes = cfg.get("classes") or [str(i) for i in range(model.num_classes)]
+    classes = cfg.get("class_names") or cfg.get("classes") or [str(i) for i in range(model.num_classes)]
     mean = info["mean"] if info.get("mean") is not None else cfg.get("prepared")
     if mean is None:
         raise TrainError(f"{checkpoint} holds no mean image and names no prepared dataset")

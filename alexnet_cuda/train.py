@@ -181,8 +181,8 @@ def _load_data(cfg, log, resumed):
         log(f"note: {prepared} has {len(train_ds)} training images, fewer than one batch of {cfg['batch_size']}; "
             f"training with batch size {len(train_ds)} (choose another with --batch-size)")
         cfg["batch_size"] = len(train_ds)
-    cfg.update(prepared=str(prepared), classes=list(train_ds.classes), num_classes=train_ds.num_classes,
-               data_size=train_ds.size)
+    cfg.update(prepared=str(prepared), classes=list(train_ds.classes), class_names=list(train_ds.class_names),
+               num_classes=train_ds.num_classes, data_size=train_ds.size)
     return train_ds, val_ds
 
 

@@ -689,7 +689,7 @@ def visualize(checkpoint, data=None, out=None, *, num_images=8, num_queries=5, k
     prepared = ensure_prepared(src, None, size=cfg.get("data_size", 256), log=log)
     val_ds, train_ds = PreparedDataset(prepared, "val"), PreparedDataset(prepared, "train")
     check_classes(cfg, val_ds.classes, src, model.num_classes)
-    classes = list(val_ds.classes)
+    classes = list(val_ds.class_names)  # what the pictures print: "tench" rather than n01440764
     if len(val_ds) == 0 or len(train_ds) == 0:
         raise VisualizeError(f"{prepared} has an empty train or val split")
     crop, scale = model.input_size, float(cfg.get("input_scale", 1.0))

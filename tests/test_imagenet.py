@@ -347,3 +347,18 @@ def test_the_wrong_folder_of_a_layout_says_which_to_pass(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="has no train/ folder"):  # the message of an image folder, as before
         prepare_dataset(tmp_path / "empty", tmp_path / "d", size=8, log=None)
+
+
+def test_train_and_predict_on_the_archives_print_class_names(tmp_path, monkeypatch, capsys):
+    from alexnet_cuda import cli
+    monkeypatch.setenv("ALEXNET_CUDA_CACHE", str(tmp_path / "cache"))
+    src = make_archives(tmp_path / "archives")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(src), "--out", str(out), "--epochs", "1", "--backend", "numpy",
+                     "--preset", "small"]) == 0
+    assert "prepare: found the official ImageNet archives" in capsys.readouterr().out
+    img = tmp_path / "tench.jpg"
+    img.write_bytes(image_bytes("n01440764"))
+    assert cli.main(["predict", "--checkpoint", str(out / "checkpoint.safetensors"), "--top", "3", str(img)]) == 0
+    shown = {line.split(".", 1)[1].rsplit(None, 1)[0].strip() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert shown == {"tench", "goldfish", "kit fox"}                 # names, not WordNet ids
