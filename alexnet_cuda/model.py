@@ -33,7 +33,11 @@ same arithmetic.
 Initializations:
 
 * ``init="paper"`` (section 5): weights ~ N(0, 0.01); biases 1 in conv2, conv4,
-  conv5, fc6, fc7 and 0 in conv1, conv3, fc8. The "full" preset uses it.
+  conv5, fc6, fc7 and 0 in conv1, conv3, fc8.
+* ``init="paper-bias0.1"``: the paper's weights with biases of 0.1 where it has 1
+  (the value of Caffe's bvlc_alexnet reproduction). The "full" preset's default:
+  on a 10-class set the paper's biases of 1 make fc8 unstable at lr 0.01 and kill
+  the upper ReLUs within ten steps (benchmarks/results/full_preset_cpu.md).
 * ``init="he"`` (fan-in scaled, He et al. 2015): weights ~ N(0, 2 / fan_in)
   with fan_in = (in_channels / groups) * R * S for a conv and in_features for
   a linear layer; all biases 0. The "small" preset uses it: at quarter width
@@ -59,7 +63,9 @@ __all__ = ["AlexNet", "PRESETS", "TowerLayout", "INITS", "scaled_channels", "fea
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
-INITS = ("paper", "he")
+INITS = ("paper", "paper-bias0.1", "he")
+# The layers whose biases the paper sets to 1 (0 elsewhere); "paper-bias0.1" sets them to 0.1.
+POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 # The paper's channel counts, scaled by `width`.
 BASE_CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
@@ -71,7 +77,8 @@ BASE_CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5":
 PRESETS = {
     # The paper's network (60.97 M parameters): 227x227 crops of 256x256 images,
     # raw 0..255 pixels minus the mean, dropout 0.5, batch 128, 90 epochs. For a GPU.
-    "full": dict(width=1.0, input_size=227, data_size=256, init="paper", dropout=0.5, input_scale=1.0,
+    # Its one departure: biases 0.1 where the paper has 1 (`--init paper` restores them).
+    "full": dict(width=1.0, input_size=227, data_size=256, init="paper-bias0.1", dropout=0.5, input_scale=1.0,
                  batch_size=128, epochs=90),
     # The same topology at quarter width (1.28 M parameters with 10 classes) on
     # 67x67 crops (the smallest input that leaves a 1x1 map after the last pool)
@@ -208,6 +215,17 @@ class Linear(Layer):
 
 
 class ReLU(Layer):
+    """ReLU; optionally tracks which units fire (AlexNet.track_activity, for alexnet_cuda.health).
+
+    With `track` on, every train-mode forward ORs into `active` (a bool backend array of shape
+    y.shape[1:], one entry per unit: channel x row x column, or feature) whether the unit's output
+    was > 0 for some example of the batch. It only reads y: no computed value changes. Off by
+    default, and then it costs nothing.
+    """
+
+    track = False
+    active = None
+
     def __init__(self, name):
         self.name = name
 
@@ -215,7 +233,18 @@ class ReLU(Layer):
         y = be.relu_forward(x)
         if train:
             self._cache = y
+            if self.track and y.shape[0]:
+                self._observe(be, y)
         return y
+
+    def _observe(self, be, y):
+        # y >= 0 after the ReLU, so "some example > 0" is "the maximum over the batch > 0", a
+        # reduction that needs no bool array of y's size
+        a = y.max(axis=0) > 0
+        if self.active is None:
+            self.active = a
+        else:
+            be.xp.logical_or(self.active, a, out=self.active)
 
     def backward(self, be, dy):
         return be.relu_backward(dy, self._cache)
@@ -360,13 +389,13 @@ class AlexNet:
 
     def _init(self, init):
         rng = np.random.default_rng(self.seed)
-        ones = ("conv2", "conv4", "conv5", "fc6", "fc7")
+        positive = {"paper": 1.0, "paper-bias0.1": 0.1}.get(init, 0.0)
         be = self.backend
         for l in self._param_layers:
             ws = l.shapes["weight"]
-            std = 0.01 if init == "paper" else math.sqrt(2.0 / l.fan_in)
+            std = math.sqrt(2.0 / l.fan_in) if init == "he" else 0.01
             w = rng.standard_normal(ws, dtype=np.float64) * std
-            b = np.full(l.shapes["bias"], 1.0 if (init == "paper" and l.name in ones) else 0.0)
+            b = np.full(l.shapes["bias"], positive if l.name in POSITIVE_BIAS_LAYERS else 0.0)
             l.weight = be.asarray(w, dtype=self.dtype)
             l.bias = be.asarray(b, dtype=self.dtype)
 
@@ -428,6 +457,25 @@ class AlexNet:
         be = self.backend
         self.momentum = {n: be.asarray(np.array(state[n], dtype=self.dtype, copy=True), dtype=self.dtype)
                          for n in self.parameter_shapes()}
+
+    # -- activity (alexnet_cuda.health) ---------------------------------------
+
+    def track_activity(self, on=True):
+        """Switch the ReLU layers' activity tracking on or off (off by default); resets what they hold."""
+        for l in self.layers:
+            if isinstance(l, ReLU):
+                l.track, l.active = bool(on), None
+
+    def take_activity(self, reset=True):
+        """{relu name: bool backend array (y.shape[1:]) of the units that were > 0 for some example of
+        the train-mode forwards since the last reset, or None when none ran}; resets unless reset=False."""
+        out = {}
+        for l in self.layers:
+            if isinstance(l, ReLU):
+                out[l.name] = l.active
+                if reset:
+                    l.active = None
+        return out
 
     def tower_state_dict(self, t):
         """The parameters tower `t` owns: its rows of conv1..conv5 (weights and biases), numpy copies.

@@ -7,7 +7,7 @@
 
 A checkpoint is a safetensors file (alexnet_cuda.checkpoint): the weights under their
 PyTorch names (conv1.weight, ...), the momentum buffers as `momentum.<name>`, the
-training mean image as `data.mean`; its metadata holds the format, the config, the
+training mean image as `data.mean`, the partial epoch's health sums as `health.*`; its metadata holds the format, the config, the
 position (`epoch` done, `batch` of the next epoch, `step`), the schedule's state, the
 RNG keys, the partial epoch (`EpochTotals`) and the model's constructor arguments.
 """
@@ -35,7 +35,8 @@ CONFIG = "config.json"
 CURVES = "curves.png"
 FORMAT = "alexnet-cuda-checkpoint"
 FORMAT_VERSION = "1"
-EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "val_top1_err", "val_top5_err", "images_per_sec", "seconds")
+EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "val_top1_err", "val_top5_err", "images_per_sec", "seconds",
+                "health")
 
 
 @dataclass
@@ -97,10 +98,12 @@ def write_config(out, cfg):
 # Checkpoints
 # ---------------------------------------------------------------------------
 
-def save_checkpoint(path, model, *, cfg, epoch, batch, schedule, partial, mean=None):
+def save_checkpoint(path, model, *, cfg, epoch, batch, schedule, partial, mean=None, extra=None):
     """Write everything needed to continue (see the module docstring). `schedule` has state_dict();
-    `partial` is an EpochTotals (or its dict)."""
+    `partial` is an EpochTotals (or its dict); `extra` holds more tensors (the partial epoch's health
+    sums, `health.*`)."""
     tensors = dict(model.state_dict())
+    tensors.update(extra or {})
     tensors.update({f"momentum.{n}": v for n, v in model.momentum_state_dict().items()})
     if mean is not None:
         tensors["data.mean"] = np.asarray(mean, np.float32)
@@ -134,7 +137,7 @@ def load_checkpoint(path):
 
 def split_tensors(tensors):
     """(weights, momentum, mean) of a checkpoint's tensors."""
-    weights = {k: v for k, v in tensors.items() if not k.startswith(("momentum.", "data."))}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(("momentum.", "data.", "health."))}
     momentum = {k[len("momentum."):]: v for k, v in tensors.items() if k.startswith("momentum.")}
     return weights, momentum, tensors.get("data.mean")
 

@@ -12,7 +12,9 @@
   on the CPU backends a resumed run's metrics equal an uninterrupted run's, bit for bit.
 * A NaN or infinite loss raises DivergedError naming the step; that step's update is not applied
   and the last good checkpoint is kept. Ctrl-C saves a checkpoint and raises TrainingInterrupted.
-* A warning when the loss stays at ln(num_classes) (chance) for long.
+* A warning when the loss stays at ln(num_classes) (chance) for long, and per-layer health in
+  every epoch's record (alexnet_cuda.health: weight and gradient norms, update-to-weight ratios,
+  dead ReLUs) with a warning naming a layer whose updates are out of range or whose units died.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from .backends import resolve_backend
 from .data import EvalLoader, PreparedDataset, TrainLoader, ensure_prepared, is_prepared
 from .errors import EXIT_OK, DivergedError, TrainError, TrainingInterrupted
 from .evaluate import evaluate_model
+from .health import Health
 from .model import MOMENTUM, PRESETS, WEIGHT_DECAY, AlexNet
 from .progress import Progress
 from .schedule import LRSchedule
@@ -130,6 +133,7 @@ class Run:
     schedule: LRSchedule
     mean: object
     log: object
+    health: Health
     epoch: int = 0                  # epochs done
     batch: int = 0                  # batches done of the next epoch
     partial: rf.EpochTotals = field(default_factory=rf.EpochTotals)
@@ -140,7 +144,7 @@ class Run:
 
     def save(self, epoch, batch):
         rf.save_checkpoint(self.checkpoint, self.model, cfg=self.cfg, epoch=epoch, batch=batch,
-                           schedule=self.schedule, partial=self.partial, mean=self.mean)
+                           schedule=self.schedule, partial=self.partial, mean=self.mean, extra=self.health.state())
 
 
 def _open_fresh(cfg):
@@ -200,11 +204,12 @@ def _build_run(cfg, out, log, resumed):
     log(f"data: {len(train_ds)} train / {len(val_ds)} val images, {train_ds.num_classes} classes, "
         f"{train_ds.size}px prepared, {cfg['input_size']}px crops; {len(loader)} steps of {cfg['batch_size']} "
         f"per epoch")
-    return Run(cfg, out, model, loader, val_loader, schedule, train_ds.mean, log)
+    return Run(cfg, out, model, loader, val_loader, schedule, train_ds.mean, log, Health(model))
 
 
 def _restore(run, tensors, info):
     rf.restore_training_state(run.checkpoint, run.model, tensors, info)
+    run.health.load_state(tensors)
     run.schedule.load_state_dict(info["schedule"])
     run.epoch, run.batch, run.partial = info["epoch"], info["batch"], info["partial"]
     rf.keep_metrics_until(run.out, run.epoch)
@@ -234,8 +239,9 @@ class ChanceWatch:
             return None
         self.warned = True
         return (f"warning: the loss has been no lower than ln(num_classes) = {self.chance:.3f} (chance) for "
-                f"{self.stuck} steps: the network is not learning. Try a learning-rate warm-up (--warmup 200), a lower --lr, "
-                f"or --init reproduction (smaller fc weights, biases 0.1); small networks need --init he.")
+                f"{self.stuck} steps: the network is not learning. Try --init paper-bias0.1 (biases 0.1 instead "
+                f"of the paper's 1), a lower --lr, or a warm-up (--warmup 100); networks much narrower than the "
+                f"paper's need --init he.")
 
 
 class _Interrupt:
@@ -285,6 +291,7 @@ def train_one_epoch(run, epoch, intr, watch, bar):
             if not math.isfinite(loss):
                 bar.close()
                 raise _diverged(run, loss, epoch, b, lr)
+            run.health.after_step()
             b += 1
             run.partial.loss_sum += loss
             run.partial.loss_count += 1
@@ -308,7 +315,7 @@ def _end_epoch(run, epoch, top1, top5, seconds):
     lr = run.schedule.lr_for_epoch(epoch)
     rec = {"epoch": epoch + 1, "step": run.model.step, "lr": lr, "train_loss": p.mean_loss(),
            "val_top1_err": top1, "val_top5_err": top5, "images_per_sec": p.images_per_sec(cfg["batch_size"]),
-           "seconds": seconds}
+           "seconds": seconds, "health": run.health.record()}
     run.schedule.end_epoch(epoch, top1)
     rf.append_metrics(run.out, rec)
     run.partial = rf.EpochTotals()
@@ -319,6 +326,8 @@ def _end_epoch(run, epoch, top1, top5, seconds):
     note = f" (lr -> {nxt:g})" if nxt < lr and epoch + 1 < cfg["epochs"] else ""
     run.log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {rec['train_loss']:.4f}, val top-1 err {top1:.2%}, "
             f"top-5 err {top5:.2%}, lr {lr:g}, {rec['images_per_sec']:.0f} img/s, {seconds:.1f}s{note}")
+    for warning in run.health.warnings(rec["health"]):
+        run.log(warning)
 
 
 def _stop(run, epoch, batch, where):

@@ -19,6 +19,9 @@ writes into DIR:
                      learning rate (log scale) per epoch, from the
                      metrics.jsonl next to the checkpoint, with dashed lines
                      where the learning rate was divided.
+* health.png         when the metrics records carry the training's health
+                     (alexnet_cuda.health): per layer the update ratio per
+                     epoch (log scale) and per ReLU layer the dead fraction.
 
 Everything is drawn with Pillow (no plotting library); the two pictures of
 photographs are stored with a dithered 256-colour palette (a third of the
@@ -46,11 +49,13 @@ from .cliargs import add_backend_argument, non_negative_int, positive_int
 from .data import EvalLoader, PreparedDataset, ensure_prepared
 from .errors import AlexNetError
 from .files import atomic_write_bytes
+from .health import DEAD_MAX, UPDATE_RATIO_MAX, UPDATE_RATIO_MIN
 from .reference import softmax
 from .runfolder import CURVES, METRICS, check_classes, model_from_checkpoint, read_metrics, trained_data
 
 __all__ = ["add_arguments", "run", "visualize", "nearest_neighbours", "write_curves", "lr_drops",
-           "conv1_filters_image", "predictions_image", "neighbours_image", "curves_image",
+           "conv1_filters_image", "predictions_image", "neighbours_image", "curves_image", "health_image",
+           "health_layout", "HEALTH_CELL", "HEALTH_COLS",
            "FILTER_SCALE", "FILTER_GAP", "FILTER_MAX_COLS", "CURVES_SIZE"]
 
 # conv1_filters.png: tile = kernel side * FILTER_SCALE, FILTER_GAP pixels between tiles
@@ -627,6 +632,170 @@ def curves_image(records, size=CURVES_SIZE):
     return c.cv.result(size)
 
 
+# ---------------------------------------------------------------------------
+# Training health (alexnet_cuda.health): one small chart per layer
+# ---------------------------------------------------------------------------
+
+HEALTH_COLS = 4
+HEALTH_CELL = (200, 150)      # one chart, in pixels
+_HEALTH_HEAD = 26             # a section's title line
+_HEALTH_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+_HEALTH_RELUS = ("relu1", "relu2", "relu3", "relu4", "relu5", "relu6", "relu7")
+_C_RATIO_MAX = (158, 202, 225)
+_C_WARN = (214, 39, 40)
+
+
+def _health_names(records, section, default):
+    """The layer names of `section` ("layers" or "dead") in the records' order, else `default`."""
+    names = []
+    for r in records:
+        for n in ((r.get("health") or {}).get(section) or {}):
+            if n not in names:
+                names.append(n)
+    return names or list(default)
+
+
+def _health_value(r, section, name, key=None):
+    v = ((r.get("health") or {}).get(section) or {}).get(name)
+    if key is not None:
+        v = v.get(key) if isinstance(v, dict) else None
+    return _num({"v": v}, "v")
+
+
+def health_layout(num_layers=len(_HEALTH_LAYERS), num_relus=len(_HEALTH_RELUS)):
+    """(width, height) of health.png: a titled section of charts for the parameter layers, one for the ReLUs."""
+    rows = -(-num_layers // HEALTH_COLS) + -(-num_relus // HEALTH_COLS)
+    return HEALTH_COLS * HEALTH_CELL[0], 2 * _HEALTH_HEAD + rows * HEALTH_CELL[1]
+
+
+def _few_ticks(xmax, n=4):
+    step = 1
+    for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
+        step = s
+        if xmax / s <= n:
+            break
+    return list(range(0, int(xmax) + 1, step))
+
+
+class _HealthChart(_Curves):
+    """One chart of health.png: _Curves's epoch axis, lr drops and lines, in one cell of a shared canvas."""
+
+    FS = 10
+
+    def __init__(self, cv, records, box):
+        self.cv, self.records = cv, records
+        x, y, w, h = box
+        self.x0, self.x1 = x + 46, x + w - 12
+        self.ytop, self.ybot = y + 22, y + h - 24
+        self.title_y = y + 11
+        epochs = [int(r["epoch"]) for r in records]
+        xmax = max(2, max(epochs) if epochs else 1)
+        self.xticks = _few_ticks(xmax)
+        self.xmax = max(xmax, self.xticks[-1])
+        self.drops = lr_drops(records)
+        self.dots = len(records) <= 40
+
+    def Y(self, u, top):
+        """Screen y of u in 0..top (a small margin inside the frame)."""
+        h = self.ybot - self.ytop
+        return self.ybot - 3 - (h - 6) * u / top
+
+    def axes(self, title, note, yticks, top):
+        cv, x0, x1, FS = self.cv, self.x0, self.x1, self.FS
+        cv.text(x0 - 40, self.title_y, title, 12, _INK, valign="middle")
+        cv.text(x1, self.title_y, note, FS, _MUTED, align="right", valign="middle")
+        for u, s in yticks:
+            yy = self.Y(u, top)
+            cv.line([(x0, yy), (x1, yy)], _GRID, 1)
+            cv.text(x0 - 5, yy, s, FS, _MUTED, align="right", valign="middle")
+        for e in self.xticks:
+            cv.line([(self.X(e), self.ytop), (self.X(e), self.ybot)], _GRID, 1)
+            cv.text(self.X(e), self.ybot + 5, str(e), FS, _MUTED, align="center")
+        for e in self.drops:
+            cv.dashed(self.X(e), self.ytop, self.ybot, _C_DROP, 1)
+        cv.rect([x0, self.ytop, x1, self.ybot], outline=_FRAME, width=1)
+
+    def threshold(self, u, top):
+        """A dashed horizontal line at u (a warning threshold), when it lies in 0..top."""
+        if 0 <= u <= top:
+            x, y = self.x0, self.Y(u, top)
+            while x < self.x1:
+                self.cv.line([(x, y), (min(x + 5, self.x1), y)], _C_WARN, 1)
+                x += 9
+
+    def empty(self):
+        self.cv.text((self.x0 + self.x1) / 2, (self.ytop + self.ybot) / 2, "no data", self.FS, _MUTED,
+                     align="center", valign="middle")
+
+
+def _log_range(vals):
+    """(lo, hi) decades around the positive `vals`, at least two decades apart."""
+    lo = math.floor(math.log10(min(vals))) if vals else -4
+    hi = math.ceil(math.log10(max(vals))) if vals else -2
+    hi = hi + 1 if hi == lo else hi
+    lo = lo - 1 if hi - lo < 2 else lo
+    return lo, hi
+
+
+def _ratio_chart(cv, records, box, name, ratio_min, ratio_max):
+    """The update ratio of layer `name` per epoch (mean and max), log scale, with the warning thresholds."""
+    c = _HealthChart(cv, records, box)
+    mean = [(int(r["epoch"]), _health_value(r, "layers", name, "update_ratio")) for r in records]
+    most = [(int(r["epoch"]), _health_value(r, "layers", name, "update_ratio_max")) for r in records]
+    vals = [v for _, v in mean + most if v is not None and v > 0]
+    lo, hi = _log_range(vals)
+    top = hi - lo
+    every = max(1, -(-top // 4))
+    ticks = [(e - lo, _fmt_lr(10.0 ** e)) for e in range(lo, hi + 1) if (hi - e) % every == 0]
+    last = next((v for _, v in reversed(mean) if v is not None), None)
+    c.axes(name, f"last {last:.1e}" if last is not None else "", ticks, top)
+    for t in (ratio_min, ratio_max):
+        c.threshold(math.log10(t) - lo, top)
+    if not vals:
+        c.empty()
+        return
+    Y = lambda u: c.Y(u, top)  # noqa: E731
+    to_u = lambda pts: [(e, None if v is None or v <= 0 else math.log10(v) - lo) for e, v in pts]  # noqa: E731
+    c.polyline(to_u(most), Y, _C_RATIO_MAX, top)
+    c.polyline(to_u(mean), Y, _C_LOSS, top)
+
+
+def _dead_chart(cv, records, box, name, dead_max):
+    """The fraction of dead units of ReLU layer `name` per epoch, 0..100%, with the warning threshold."""
+    c = _HealthChart(cv, records, box)
+    pts = [(int(r["epoch"]), _health_value(r, "dead", name)) for r in records]
+    last = next((v for _, v in reversed(pts) if v is not None), None)
+    c.axes(name, f"last {last:.0%} dead" if last is not None else "", [(0, "0%"), (0.5, "50%"), (1, "100%")], 1.0)
+    c.threshold(dead_max, 1.0)
+    if all(v is None for _, v in pts):
+        c.empty()
+        return
+    c.polyline(pts, lambda u: c.Y(u, 1.0), _C_TOP5, 1.0)
+
+
+def health_image(records):
+    """health.png from metrics records: per parameter layer its update ratio ||update|| / ||weight|| per
+    epoch (log scale; the epoch's mean, and in light blue its max), per ReLU layer the fraction of units
+    dead for the whole epoch; dashed red lines at the warning thresholds of alexnet_cuda.health, dashed
+    grey ones where the learning rate was divided. Records without health numbers draw empty charts."""
+    layers, relus = _health_names(records, "layers", _HEALTH_LAYERS), _health_names(records, "dead", _HEALTH_RELUS)
+    size = health_layout(len(layers), len(relus))
+    cv = _Canvas(size, 2 if _scalable() else 1)
+    (cw, ch), y = HEALTH_CELL, 0
+    sections = [("update ratio ||update|| / ||weight|| per step: the epoch's mean (dark) and max (light), log scale", layers,
+                 lambda box, n: _ratio_chart(cv, records, box, n, UPDATE_RATIO_MIN, UPDATE_RATIO_MAX)),
+                ("dead units: zero for every training image of the epoch", relus,
+                 lambda box, n: _dead_chart(cv, records, box, n, DEAD_MAX))]
+    for title, names, draw in sections:
+        cv.text(8, y + _HEALTH_HEAD / 2 + 2, title, 13, _INK, valign="middle")
+        y += _HEALTH_HEAD
+        for i, n in enumerate(names):
+            r, col = divmod(i, HEALTH_COLS)
+            draw((col * cw, y + r * ch, cw, ch), n)
+        y += -(-len(names) // HEALTH_COLS) * ch
+    return cv.result(size)
+
+
 def write_curves(out_dir, *, metrics=None, path=None, log=None):
     """(Re)write `out_dir`/curves.png from `out_dir`/metrics.jsonl (or the given files), atomically.
 
@@ -730,6 +899,8 @@ def visualize(checkpoint, data=None, out=None, *, num_images=8, num_queries=5, k
     recs = read_metrics(mpath)
     if recs:
         done("curves.png", curves_image(recs))
+        if any(r.get("health") for r in recs):
+            done("health.png", health_image(recs))
     else:
         log(f"visualize: no training curves: {mpath} holds no epochs")
     return written

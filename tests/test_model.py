@@ -71,9 +71,21 @@ def test_width_scales_every_layer_and_presets():
     assert m.parameter_shapes()["fc6.weight"] == (256, 16)
     s = from_preset("small", 10, backend="numpy")
     assert s.config["width"] == PRESETS["small"]["width"] and s.input_size == PRESETS["small"]["input_size"]
-    assert s.config["init"] == "he" and PRESETS["full"]["init"] == "paper"
+    assert s.config["init"] == "he" and PRESETS["full"]["init"] == "paper-bias0.1"
     with pytest.raises(ValueError, match="preset"):
         from_preset("huge", 10)
+
+
+def test_paper_bias01_init_differs_from_the_papers_in_the_biases_only():
+    kw = dict(num_classes=10, input_size=67, width=1 / 16, backend="numpy", seed=3)
+    paper = AlexNet(init="paper", **kw).state_dict()
+    b01 = AlexNet(init="paper-bias0.1", **kw).state_dict()
+    for name, w in paper.items():
+        layer, kind = name.split(".")
+        if kind == "weight" or layer in ("conv1", "conv3", "fc8"):
+            np.testing.assert_array_equal(b01[name], w, err_msg=name)      # same draws, same zeros
+        else:
+            assert np.all(w == 1.0) and np.all(b01[name] == np.float32(0.1)), name
 
 
 def test_he_init_statistics():

@@ -14,6 +14,7 @@ from alexnet_cuda import available_backends, checkpoint as ck
 from alexnet_cuda import train as T
 from alexnet_cuda import runfolder as rf
 from alexnet_cuda.backends import limit_blas_threads
+from alexnet_cuda.health import Health
 from alexnet_cuda.errors import AlexNetError, DivergedError, TrainingInterrupted
 from alexnet_cuda.progress import Progress
 from alexnet_cuda.schedule import LRSchedule
@@ -274,6 +275,7 @@ def test_huge_lr_diverges_with_a_message(tiny_data, tmp_path):
 
 def test_warns_when_loss_sits_at_chance(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(AlexNet, "train_step", lambda self, x, y, lr, **kw: math.log(3))
+    monkeypatch.setattr(Health, "after_step", lambda self: None)      # the fake step makes no gradients
     logs = []
     assert T.train(tiny_cfg(tiny_data, tmp_path / "flat", epochs=2), log=logs.append, chance_warn_steps=5) == 0
     assert sum("chance" in l for l in logs) == 1
@@ -287,6 +289,18 @@ def test_the_chance_warning_fires_on_the_papers_recipe_and_says_what_to_try(tiny
     warnings = [l for l in logs if "chance" in l]
     assert len(warnings) == 1 and "not learning" in warnings[0]
     assert "--warmup" in warnings[0] and "--init" in warnings[0] and "--lr" in warnings[0]
+
+
+def test_every_epoch_records_the_layers_health_and_warns_by_name(tiny_data, tmp_path):
+    logs = []
+    assert T.train(tiny_cfg(tiny_data, tmp_path / "h", epochs=1, lr=1e-12), log=logs.append) == 0
+    health = read_metrics(tmp_path / "h")[0]["health"]
+    assert set(health["layers"]) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"}
+    assert set(health["dead"]) == {f"relu{i}" for i in range(1, 8)} and health["steps"] == 6
+    assert all(0 <= f <= 1 for f in health["dead"].values())
+    # an lr of 1e-12 moves no weight: every layer's update ratio is below float32's rounding step
+    warned = [l for l in logs if l.startswith("warning: ") and "update" in l]
+    assert len(warned) == 8 and {l.split(":")[1].strip() for l in warned} == set(health["layers"])
 
 
 def test_resume_errors(tiny_data, tmp_path):
