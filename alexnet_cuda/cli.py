@@ -43,7 +43,8 @@ def _train_arguments(t):
                                  "curves.png (default runs/alexnet-<preset>)")
     t.add_argument("--epochs", type=positive_int, help="epochs to train (default: the preset's, full 90, small 25)")
     t.add_argument("--batch-size", type=positive_int, help="batch size (default: the preset's, full 128, small 64)")
-    t.add_argument("--lr", type=positive_float, help="initial learning rate (default 0.01)")
+    t.add_argument("--lr", type=positive_float,
+                   help="initial learning rate (default: the preset's, full 0.005, small 0.01; the paper's is 0.01)")
     t.add_argument("--warmup", type=non_negative_int,
                    help="steps over which the lr rises linearly to --lr (default: the preset's; 0 = none, the "
                         "paper's)")

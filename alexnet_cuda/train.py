@@ -73,7 +73,7 @@ def default_config(**kw):
         "backend": "numpy",
         "epochs": p["epochs"],
         "batch_size": p["batch_size"],
-        "lr": 0.01,
+        "lr": p["lr"],
         "momentum": MOMENTUM,
         "weight_decay": WEIGHT_DECAY,
         "schedule": "plateau",

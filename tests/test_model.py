@@ -72,6 +72,7 @@ def test_width_scales_every_layer_and_presets():
     s = from_preset("small", 10, backend="numpy")
     assert s.config["width"] == PRESETS["small"]["width"] and s.input_size == PRESETS["small"]["input_size"]
     assert s.config["init"] == "he" and PRESETS["full"]["init"] == "paper-bias0.1"
+    assert PRESETS["full"]["lr"] == 0.005 and PRESETS["small"]["lr"] == 0.01
     with pytest.raises(ValueError, match="preset"):
         from_preset("huge", 10)
 
