@@ -291,6 +291,25 @@ def test_the_chance_warning_fires_on_the_papers_recipe_and_says_what_to_try(tiny
     assert "--warmup" in warnings[0] and "--init" in warnings[0] and "--lr" in warnings[0]
 
 
+# Losses measured on the full preset, batch 128 (benchmarks/results/full_preset_cpu.md): the paper's
+# recipe (12 steps, then at chance as the longer runs showed) and the default (60 steps).
+PAPER_LOSSES = [3.081, 7.955, 17.275, 22.297, 26.219, 18.656, 12.725, 8.847, 2.98, 2.336, 2.346, 2.328]
+DEFAULT_LOSSES = [2.331, 2.306, 2.315, 2.308, 2.296, 2.326, 2.294, 2.326, 2.3, 2.358, 2.319, 2.327, 2.301, 2.318,
+                  2.313, 2.299, 2.296, 2.313, 2.286, 2.299, 2.294, 2.298, 2.319, 2.285, 2.289, 2.287, 2.301, 2.32,
+                  2.259, 2.295, 2.301, 2.266, 2.277, 2.278, 2.251, 2.246, 2.234, 2.217, 2.261, 2.261, 2.229,
+                  2.206, 2.157, 2.146, 2.174, 2.151, 2.14, 2.03, 2.019, 1.96, 2.053, 1.955, 2.011, 2.043, 2.039,
+                  1.902, 1.848, 1.838, 1.891, 1.949]
+
+
+def test_the_chance_watch_on_the_full_presets_measured_losses():
+    after = max(50, min(500, 2 * 47))       # what train uses on the built-in set (47 steps per epoch)
+    paper = T.ChanceWatch(10, after)
+    said = [paper.update(x) for x in PAPER_LOSSES + [2.33] * after]
+    assert sum(w is not None for w in said) == 1 and "--init paper-bias0.1" in next(w for w in said if w)
+    default = T.ChanceWatch(10, after)
+    assert all(default.update(x) is None for x in DEFAULT_LOSSES)
+
+
 def test_every_epoch_records_the_layers_health_and_warns_by_name(tiny_data, tmp_path):
     logs = []
     assert T.train(tiny_cfg(tiny_data, tmp_path / "h", epochs=1, lr=1e-12), log=logs.append) == 0
