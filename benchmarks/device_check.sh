@@ -5,7 +5,10 @@
 #      ALEXNET_CUDA_EXT_DIR, so the rest of the check still runs; the summary says which)
 #   2. the test suite, with the cuda backend present (kernel tests run on emu AND cuda)
 #   3. every benchmark script (bench_data is a CPU benchmark: skipped)
-#   4. compute-sanitizer memcheck and racecheck over the cuda kernel tests, small sizes
+#   4. with DEVICE_CHECK_TRAIN=1: the full preset's no-argument `alexnet-cuda train` (built-in
+#      data, 90 epochs; about 4230 steps), its metrics.jsonl and curves.png kept, the checkpoint
+#      not (give it time: DEVICE_CHECK_SECONDS=600 and DEVICE_CHECK_BENCH=0 leave it ~7 minutes)
+#   5. compute-sanitizer memcheck and racecheck over the cuda kernel tests, small sizes
 # Each step has its own time limit and the whole check a deadline (DEVICE_CHECK_SECONDS,
 # default 420): a step that would pass the deadline is cut short, and the summary says so.
 # Logs and results go to OUTDIR (benchmarks/results/* are copied there too).
@@ -70,7 +73,15 @@ step bench_train 60 "$PY" benchmarks/bench_train.py
 mkdir -p "$OUT/results" && cp -r benchmarks/results/. "$OUT/results/" 2>/dev/null
 }
 
-# 4. sanitizers over the cuda kernel tests (tests select small sizes; -k cuda keeps emu out)
+# 4. the full preset's no-argument training run, on the built-in data (rendered and prepared at 256
+# into a cache inside OUT, removed afterwards); an epoch cut short by the limit is simply missing
+if [ "${DEVICE_CHECK_TRAIN:-0}" = 1 ]; then
+  step train_full 480 bash -c "cd '$OUT' && ALEXNET_CUDA_CACHE='$OUT/cache' '$PY' -m alexnet_cuda train --out '$OUT/run-full'"
+  cp "$OUT/run-full/metrics.jsonl" "$OUT/run-full/config.json" "$OUT/run-full/curves.png" "$OUT/" 2>/dev/null
+  rm -rf "$OUT/cache" "$OUT/run-full/checkpoint.safetensors"
+fi
+
+# 5. sanitizers over the cuda kernel tests (tests select small sizes; -k cuda keeps emu out)
 # (test_emu.py is left out: its kernels test the emulator, and under the sanitizers its large
 # reductions and atomics cases alone took the whole time limit on an H200)
 KTESTS=$(ls tests/test_kernels_*.py tests/test_elementwise.py 2>/dev/null)
