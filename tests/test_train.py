@@ -189,6 +189,7 @@ def test_train_writes_metrics_config_checkpoint(tiny_data, tmp_path):
     for r in recs:
         assert set(r) >= {"epoch", "step", "lr", "train_loss", "val_top1_err", "val_top5_err",
                           "images_per_sec", "seconds"}
+        assert tuple(r) == rf.EPOCH_FIELDS      # the documented fields, in order, and no others
         assert 0 <= r["val_top1_err"] <= 1 and 0 <= r["val_top5_err"] <= r["val_top1_err"]
         assert math.isfinite(r["train_loss"]) and r["images_per_sec"] > 0
     assert recs[1]["step"] == 2 * (48 // 8)
