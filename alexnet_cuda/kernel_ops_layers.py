@@ -61,14 +61,17 @@ class LayerOps:
         return dx
 
     # ---- dropout ------------------------------------------------------------------------
-    def dropout_forward(self, x, *, p=0.5, seed, offset=0, version=0):
-        """(y, mask uint8): mask is bitwise reference.dropout_mask(x.shape, p=p, seed=seed, offset=offset)."""
+    def dropout_forward(self, x, *, p=0.5, seed, offset=0, start=0, version=0):
+        """(y, mask uint8): mask is bitwise reference.dropout_mask(x.shape, p=p, seed=seed, offset=offset,
+        start=start)."""
         fn = "dropout_forward"
         p = checks.probability(fn, "p", p)
         seed = checks.u64(fn, "seed", seed)
         offset = checks.u64(fn, "offset", offset)
+        start = checks.u64(fn, "start", start)
         y, mask = self._empty_like(x), self._empty_like(x, np.uint8)
-        self._mod.dropout_forward(x, y, mask, p=p, seed=seed, offset=offset, version=version, stream=self._stream())
+        self._mod.dropout_forward(x, y, mask, p=p, seed=seed, offset=offset, start=start, version=version,
+                                  stream=self._stream())
         return y, mask
 
     def dropout_backward(self, dy, mask, *, p=0.5, version=0):

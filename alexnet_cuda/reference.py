@@ -470,12 +470,15 @@ def _shape_arg(fn, shape):
     return tuple(_int(fn, f"shape[{i}]", d, minimum=0) for i, d in enumerate(dims))
 
 
-def dropout_mask(shape, *, p, seed, offset=0):
+def dropout_mask(shape, *, p, seed, offset=0, start=0):
     """The dropout keep-mask (uint8, 1 = kept) of the given shape: a pure
     function of (seed, offset, element index), bit for bit what the kernels
     compute.
 
-    For element i (flat C-order index, uint64), group = i // 4, lane = i % 4:
+    Element k of the array (flat C-order) has index i = start + k: a process
+    holding rows r0.. of a larger batch passes start = r0 * (elements per row)
+    and gets exactly those rows of the whole batch's mask (data parallelism).
+    For element index i (uint64), group = i // 4, lane = i % 4:
 
         counter = (group & 0xffffffff, group >> 32, offset & 0xffffffff, offset >> 32)
         key     = (seed & 0xffffffff, seed >> 32)
@@ -484,14 +487,18 @@ def dropout_mask(shape, *, p, seed, offset=0):
         mask[i] = 1 if (r >> 8) >= t else 0
 
     so P(keep) = 1 - t / 2**24 (p rounded up to a multiple of 2**-24).
-    seed and offset are integers in [0, 2**64); p in [0, 1).
+    seed, offset and start are integers in [0, 2**64); p in [0, 1).
     """
     fn = "dropout_mask"
     shape = _shape_arg(fn, shape)
     p = _prob(fn, "p", p)
     seed = _u64(fn, "seed", seed)
     offset = _u64(fn, "offset", offset)
-    return _dropout_keep_range(0, math.prod(shape), p, seed, offset).astype(np.uint8).reshape(shape)
+    start = _u64(fn, "start", start)
+    n = math.prod(shape)
+    if start + n > 2**64:
+        raise ValueError(f"{fn}: start + size must be <= 2**64, got {start} + {n}")
+    return _dropout_keep_range(start, n, p, seed, offset).astype(np.uint8).reshape(shape)
 
 
 def _dropout_keep_range(start, n, p, seed, offset):
@@ -517,10 +524,10 @@ def _dropout_scale(dtype, p):
     return dtype.type(1.0 / (1.0 - p))
 
 
-def dropout_forward(x, *, p=0.5, seed, offset=0):
+def dropout_forward(x, *, p=0.5, seed, offset=0, start=0):
     """Inverted dropout (paper §4.2, scaled at training time instead of test):
 
-        mask = dropout_mask(x.shape, p=p, seed=seed, offset=offset)
+        mask = dropout_mask(x.shape, p=p, seed=seed, offset=offset, start=start)
         y    = (x * mask) * scale,   scale = dtype(1 / (1 - p))
 
     Returns (y, mask). At test time dropout is the identity.
@@ -528,7 +535,7 @@ def dropout_forward(x, *, p=0.5, seed, offset=0):
     fn = "dropout_forward"
     _array(fn, "x", x)
     p = _prob(fn, "p", p)
-    mask = dropout_mask(x.shape, p=p, seed=seed, offset=offset)
+    mask = dropout_mask(x.shape, p=p, seed=seed, offset=offset, start=start)
     return x * mask * _dropout_scale(x.dtype, p), mask
 
 

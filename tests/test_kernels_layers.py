@@ -288,6 +288,34 @@ def test_dropout_vector_version_needs_alignment(kernel_backend, rng):
     assert_same(host(be, y), yr, "y")
 
 
+@pytest.mark.parametrize("rows,lo,hi", [(6, 2, 5), (5, 1, 4), (4, 3, 4)])
+def test_dropout_start_gives_the_rows_of_the_whole_batch(kernel_backend, emu_order, rng, rows, lo, hi):
+    """Rows lo..hi-1 of a batch, dropped with start = lo * row size, get exactly those rows of the whole
+    batch's mask (what a data-parallel rank holding those rows needs). Row sizes 7 and 4098 make start
+    odd, even-but-not-a-multiple-of-4 and a multiple of 4, so both versions and every Philox lane
+    offset run; bit for bit against the whole-tensor reference."""
+    be = kernel_backend
+    for cols in (7, 4098, 4096):
+        x = randn(rng, (rows, cols))
+        whole = ref.dropout_mask(x.shape, p=0.5, seed=11, offset=3)
+        part = np.ascontiguousarray(x[lo:hi])
+        for v in versions(be, "dropout_forward"):
+            start = lo * cols
+            if v == 2 and start % 4:
+                with pytest.raises(ValueError, match="start"):
+                    be.dropout_forward(dev(be, part), p=0.5, seed=11, offset=3, start=start, version=2)
+                continue
+            y, mask = be.dropout_forward(dev(be, part), p=0.5, seed=11, offset=3, start=start, version=v)
+            assert_same(host(be, mask), whole[lo:hi], f"mask version {v}, cols {cols}")
+            assert_same(host(be, y), ref.dropout_forward(part, p=0.5, seed=11, offset=3, start=start)[0], "y")
+
+
+def test_dropout_start_bounds():
+    with pytest.raises(ValueError, match="start"):
+        ref.dropout_mask((8,), p=0.5, seed=1, start=2**64 - 4)
+    assert ref.dropout_mask((4,), p=0.5, seed=1, start=2**64 - 4).shape == (4,)
+
+
 def test_philox_known_answers(kernel_backend):
     """common/philox.h on the host against Random123's vectors and the reference."""
     mod = kernel_backend._mod

@@ -181,8 +181,8 @@ void bind_layers(py::module_& m) {
   // ---- dropout ---------------------------------------------------------------------------
   m.def(
       "dropout_forward",
-      [](py::handle x, py::handle y, py::handle mask, double p, uint64_t seed, uint64_t offset, int version,
-         uintptr_t stream) {
+      [](py::handle x, py::handle y, py::handle mask, double p, uint64_t seed, uint64_t offset, uint64_t start,
+         int version, uintptr_t stream) {
         const char* op = "dropout_forward";
         Array X = input(x, op, "x", {DType::F32});
         Array Y = output(y, op, "y", {DType::F32});
@@ -192,11 +192,12 @@ void bind_layers(py::module_& m) {
         expect_no_overlap({&Y, &M}, {&X, &Y, &M});
         check_prob(op, p);
         py::gil_scoped_release nogil;
-        kernels::dropout_forward(X.f32(), Y.f32(), M.as<uint8_t>(), X.numel(), p, seed, offset, version,
+        kernels::dropout_forward(X.f32(), Y.f32(), M.as<uint8_t>(), X.numel(), p, seed, offset, start, version,
                                  as_stream(stream));
       },
-      "x"_a, "y"_a, "mask"_a, py::kw_only(), "p"_a = 0.5, "seed"_a, "offset"_a = 0, "version"_a = 0, "stream"_a = 0,
-      "Inverted dropout: mask (uint8) from Philox-4x32-10 keyed by (seed, offset, element index), "
+      "x"_a, "y"_a, "mask"_a, py::kw_only(), "p"_a = 0.5, "seed"_a, "offset"_a = 0, "start"_a = 0, "version"_a = 0,
+      "stream"_a = 0,
+      "Inverted dropout: mask (uint8) from Philox-4x32-10 keyed by (seed, offset, start + element index), "
       "y = x * mask / (1 - p). y and mask are written in place.");
 
   m.def(

@@ -1,6 +1,9 @@
 // Inverted dropout, forward and backward (paper section 4.2; scaled at training time).
 //
-// Math:    mask[i] = keep(philox(group = i / 4, seed, offset)[i % 4], t)   (common/philox.h)
+// Math:    e = start + i is the element index of element i of x (start = 0 for a whole tensor; a
+//          process holding rows r0.. of a larger batch passes start = r0 * row size, so its mask is
+//          exactly those rows of the whole batch's mask)
+//          mask[i] = keep(philox(group = e / 4, seed, offset)[e % 4], t)   (common/philox.h)
 //          y[i]    = (x[i] * mask[i]) * scale,   scale = float(1 / (1 - p)) (double on the host)
 //          dx[i]   = (dy[i] * mask[i]) * scale
 //          t = min(2^24, ceil(p * 2^24)) is computed on the host from p as a double. The
@@ -10,13 +13,14 @@
 // Threads: forward: one thread per group of 4 elements (one Philox call), grid-stride loop,
 //          256 threads per block. Backward: as relu (elementwise, no RNG).
 //
-// version 1: scalar loads and stores; the thread of group g handles elements 4g .. 4g+3
-//            (fewer in the last group). Works for any alignment.
+// version 1: scalar loads and stores; the thread of group g handles element indices 4g .. 4g+3
+//            that fall in [start, start + n) (fewer in the first and last group). Works for any
+//            alignment and any start.
 // version 2: one float4 load/store and one 32-bit mask store per group (forward), or per
-//            4 elements (backward). Needs x, y (dy, dx) 16-byte and mask 4-byte aligned (the
-//            dispatcher picks version 1 otherwise); the n % 4 tail is done by the last group's
-//            thread with scalar accesses. Groups start at element 0 of the tensor, so the
-//            vector lanes are exactly the Philox lanes.
+//            4 elements (backward). Needs x, y (dy, dx) 16-byte and mask 4-byte aligned and
+//            start % 4 == 0 (the dispatcher picks version 1 otherwise); the n % 4 tail is done by
+//            the last group's thread with scalar accesses. Local group g is Philox group
+//            start / 4 + g, so the vector lanes are exactly the Philox lanes.
 // Both are memory-bound: forward reads 4 and writes 5 bytes per element, backward reads 5
 // and writes 4; ten Philox rounds per 4 elements are far below the memory time.
 #include "kernels/dropout.cuh"
@@ -38,15 +42,19 @@ __device__ __forceinline__ float drop(float x, uint8_t m, float scale) {
 
 // ---- version 1 ------------------------------------------------------------------
 __global__ void dropout_forward_v1(const float* __restrict__ x, float* __restrict__ y, uint8_t* __restrict__ mask,
-                                   int64_t n, uint64_t seed, uint64_t offset, uint32_t threshold, float scale) {
-  const int64_t groups = (n + 3) / 4;
+                                   int64_t n, uint64_t start, uint64_t seed, uint64_t offset, uint32_t threshold,
+                                   float scale) {
+  const int64_t lead = int64_t(start % 4);  // elements of the first Philox group before x[0]
+  const int64_t groups = (lead + n + 3) / 4;
   for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += int64_t(gridDim.x) * blockDim.x) {
-    const Philox4 r = dropout_philox(uint64_t(g), seed, offset);
-    const int64_t base = g * 4;
-    for (int lane = 0; lane < 4 && base + lane < n; ++lane) {
+    const Philox4 r = dropout_philox(start / 4 + uint64_t(g), seed, offset);
+    const int64_t base = g * 4 - lead;  // index in x of this group's lane 0
+    for (int lane = 0; lane < 4; ++lane) {
+      const int64_t i = base + lane;
+      if (i < 0 || i >= n) continue;
       const uint8_t m = dropout_keep(r.v[lane], threshold) ? 1 : 0;
-      mask[base + lane] = m;
-      y[base + lane] = drop(x[base + lane], m, scale);
+      mask[i] = m;
+      y[i] = drop(x[i], m, scale);
     }
   }
 }
@@ -59,10 +67,11 @@ __global__ void dropout_backward_v1(const float* __restrict__ dy, const uint8_t*
 
 // ---- version 2 ------------------------------------------------------------------
 __global__ void dropout_forward_v2(const float4* __restrict__ x, float4* __restrict__ y, uint32_t* __restrict__ mask,
-                                   int64_t n, uint64_t seed, uint64_t offset, uint32_t threshold, float scale) {
+                                   int64_t n, uint64_t group0, uint64_t seed, uint64_t offset, uint32_t threshold,
+                                   float scale) {
   const int64_t full = n / 4, groups = (n + 3) / 4;
   for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += int64_t(gridDim.x) * blockDim.x) {
-    const Philox4 r = dropout_philox(uint64_t(g), seed, offset);
+    const Philox4 r = dropout_philox(group0 + uint64_t(g), seed, offset);
     uint8_t m[4];
     for (int lane = 0; lane < 4; ++lane) m[lane] = dropout_keep(r.v[lane], threshold) ? 1 : 0;
     if (g < full) {
@@ -109,23 +118,26 @@ void check_p(const char* op, double p) {
 }  // namespace
 
 void dropout_forward(const float* x, float* y, uint8_t* mask, int64_t n, double p, uint64_t seed, uint64_t offset,
-                     int version, cudaStream_t stream) {
+                     uint64_t start, int version, cudaStream_t stream) {
   check_p("dropout_forward", p);
   if (n == 0) return;
+  if (start > ~uint64_t(0) - uint64_t(n))
+    throw std::invalid_argument("dropout_forward: start + size must be <= 2^64, got start " + std::to_string(start));
   const uint32_t t = dropout_threshold(p);
   const float scale = float(1.0 / (1.0 - p));
-  const bool al = aligned16(x, y) && aligned(mask, 4);
+  const bool al = aligned16(x, y) && aligned(mask, 4) && start % 4 == 0;
   version = pick_version("dropout_forward", version, kDropoutVersions, al ? 2 : 1);
-  const int64_t groups = (n + 3) / 4;
   if (version == 1) {
+    const int64_t groups = (int64_t(start % 4) + n + 3) / 4;
     LAUNCH(dropout_forward_v1, dim3(grid_stride_blocks(groups, kThreads)), dim3(kThreads), 0, stream, x, y, mask, n,
-           seed, offset, t, scale);
+           start, seed, offset, t, scale);
   } else {
     if (!al)
-      throw std::invalid_argument("dropout_forward: version 2 needs 16-byte aligned x, y and 4-byte aligned mask");
-    LAUNCH(dropout_forward_v2, dim3(grid_stride_blocks(groups, kThreads)), dim3(kThreads), 0, stream,
-           reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y), reinterpret_cast<uint32_t*>(mask), n, seed,
-           offset, t, scale);
+      throw std::invalid_argument("dropout_forward: version 2 needs 16-byte aligned x, y, 4-byte aligned mask and "
+                                  "start % 4 == 0");
+    LAUNCH(dropout_forward_v2, dim3(grid_stride_blocks((n + 3) / 4, kThreads)), dim3(kThreads), 0, stream,
+           reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y), reinterpret_cast<uint32_t*>(mask), n,
+           start / 4, seed, offset, t, scale);
   }
 }
 
