@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from . import __version__, data, evaluate, gradcheck, train, visualize
+from . import __version__, data, distributed, evaluate, gradcheck, train, visualize
 from .backends import cuda_unusable_reason, default_backend_name
 from .cliargs import add_backend_argument, non_negative_int, positive_float, positive_int
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, AlexNetError, BackendError, TrainError
+from .errors import (EXIT_INTERRUPTED, EXIT_USAGE, AlexNetError, BackendError, DivergedError, TrainError,
+                     TrainingInterrupted)
 from .model import INITS, PRESETS
 from .runfolder import CHECKPOINT
 
@@ -62,6 +64,11 @@ def _train_arguments(t):
                    help="epochs without a lower val error before lr is divided by 10 (default 2)")
     t.add_argument("--schedule", help="'plateau' (default: the paper's, lr/10 on plateaus, at most 3 times) "
                                       "or 'step:E1,E2,...' (lr/10 after those epochs)")
+    t.add_argument("--gpus", type=positive_int,
+                   help="train data-parallel on N GPUs of this machine: starts N processes with mpiexec (needs "
+                        "`pip install .[mpi]`); --batch-size stays the global batch. On several machines, start "
+                        "`mpirun`/`srun ... alexnet-cuda train` yourself (README). On the CPU backends N processes "
+                        "share the cores")
 
 
 def _choose_backend(args):
@@ -94,7 +101,15 @@ def _cmd_train(args):
     """train AlexNet (no --data: the built-in synthetic set)
 
     Train AlexNet. Without --data, a synthetic 10-class set of rendered shapes and textures is generated
-    once (cached) and used. Without a usable GPU the numpy backend and the small preset are chosen."""
+    once (cached) and used. Without a usable GPU the numpy backend and the small preset are chosen.
+    Started by mpiexec/mpirun/srun with several ranks (or with --gpus N), the ranks train one model
+    data-parallel."""
+    ranks = distributed.launched_ranks()
+    if args.gpus is not None and ranks == 1 and args.gpus > 1:
+        return distributed.launch(args.gpus, _without_gpus(getattr(args, "argv", sys.argv[1:])), _log)
+    if args.gpus is not None and ranks > 1 and args.gpus != ranks:
+        raise TrainError(f"--gpus {args.gpus}, but this process is one of {ranks} ranks started by MPI; drop --gpus "
+                         f"when starting the ranks yourself")
     if args.resume:
         for name in ("data", "batch_size", "lr", "warmup", "preset", "seed", "patience", "schedule", "init"):
             if getattr(args, name) is not None:
@@ -106,12 +121,31 @@ def _cmd_train(args):
         _log(note)
     src = args.data
     if src is None:  # rendered at 96 px for the small preset (prepared at 76), at 256 for the full one
-        src = data.make_synthetic_dataset(image_size=max(96, PRESETS[preset]["data_size"]), seed=0, log=_log)
+        world = distributed.world()
+        src = world.rank0_first(lambda: data.make_synthetic_dataset(
+            image_size=max(96, PRESETS[preset]["data_size"]), seed=0, log=_log if world.writer else _quiet))
     cfg = train.default_config(preset=preset, backend=backend, data=str(src), out=args.out or f"runs/alexnet-{preset}",
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            seed=args.seed, workers=args.workers, patience=args.patience, schedule=args.schedule,
                            init=args.init)
     return train.train(cfg, log=_log)
+
+
+def _quiet(*args, **kw):
+    pass
+
+
+def _without_gpus(argv):
+    """argv without its --gpus option (the ranks that --gpus starts must not start more)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            out.append(a)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -240,16 +274,28 @@ def build_parser():
 
 
 def _run(run, args):
-    """Run a command; user errors become one `error:` line and their exit status."""
+    """Run a command; user errors become one `error:` line and their exit status. In a data-parallel
+    job, an error of one rank ends every rank (distributed.abort_job), except the stops the ranks agree
+    on (a diverged loss, Ctrl-C), after which each rank exits with the same status."""
     try:
         return run(args) or 0
-    except AlexNetError as e:
+    except (DivergedError, TrainingInterrupted) as e:
         if e.exit_code != EXIT_INTERRUPTED:  # an interrupted run has said where it stopped
             print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except AlexNetError as e:
+        distributed.abort_job(e.exit_code, f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
+        distributed.abort_job(EXIT_INTERRUPTED, "interrupted")
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BaseException as e:
+        if not isinstance(e, SystemExit):
+            traceback.print_exc()
+            distributed.abort_job(1, f"{type(e).__name__}: {e}")
+        raise
 
 
 def main(argv=None):
@@ -259,6 +305,7 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     return _run(args.run, args)
 
 

@@ -34,9 +34,11 @@ def _scores(model, x):
     return xp.ascontiguousarray(p.reshape(B, V, -1).mean(axis=1))
 
 
-def evaluate_model(model, loader, *, stop=None):
+def evaluate_model(model, loader, *, stop=None, world=None):
     """(top1_err, top5_err, n) over an EvalLoader; None when `stop()` turns true. The counts stay on
-    the backend (no logits are copied back)."""
+    the backend (no logits are copied back). With `world` (distributed.World), each rank evaluates
+    its shard of the loader and the counts are summed over the ranks (give no `stop` then: every
+    rank must reach the sum)."""
     be = model.backend
     c1 = c5 = 0
     n = 0
@@ -49,9 +51,11 @@ def evaluate_model(model, loader, *, stop=None):
         c1 = c1 + be.topk_correct(scores, yb, 1)
         c5 = c5 + be.topk_correct(scores, yb, k5)
         n += len(y)
+    c1, c5 = int(be.to_numpy(c1)), int(be.to_numpy(c5))
+    if world is not None:
+        c1, c5, n = (int(v) for v in world.sum_values([c1, c5, n]))
     if n == 0:
         raise DataError("the validation set is empty")
-    c1, c5 = int(be.to_numpy(c1)), int(be.to_numpy(c5))
     return (n - c1) / n, (n - c5) / n, n
 
 

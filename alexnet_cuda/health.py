@@ -55,8 +55,8 @@ _TINY = np.finfo(np.float64).tiny
 class Health:
     """Per-layer numbers of one epoch of training (see the module docstring)."""
 
-    def __init__(self, model: AlexNet):
-        self.model = model
+    def __init__(self, model: AlexNet, world=None):
+        self.model, self.world = model, world
         self.xp = model.backend.xp
         self.layers = [n[:-len(".weight")] for n, _ in model.named_parameters() if n.endswith(".weight")]
         self.relus = [l for l in model.layers if isinstance(l, ReLU)]
@@ -100,7 +100,7 @@ class Health:
         ...}, "dead": {"relu1": fraction, ...}} (None where nothing was measured)."""
         xp, n = self.xp, len(self.layers)
         active = self.model.take_activity()
-        masks = [(name, a) for name, a in active.items() if a is not None]
+        masks = [(name, self._over_ranks(a)) for name, a in active.items() if a is not None]
         counts = [a.sum(dtype=xp.float64) for _, a in masks]
         parts = [self._grad_sum, self._ratio_sum, self._ratio_max, self._norms(self._weights())]
         if counts:
@@ -118,6 +118,13 @@ class Health:
             dead[name] = (a.size - float(host[4 * n + j])) / a.size if a.size else None
         self._reset()
         return {"steps": c, "layers": layers, "dead": dead}
+
+    def _over_ranks(self, active):
+        """A unit is alive when it was active on any rank (data parallelism: each saw part of the batch)."""
+        if self.world is None or self.world.size == 1:
+            return active
+        be = self.model.backend
+        return be.asarray(self.world.any_mask_(be.to_numpy(active)), dtype=np.uint8)
 
     def warnings(self, record):
         """One-line warnings for `record` (see health_warnings)."""

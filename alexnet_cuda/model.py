@@ -298,7 +298,8 @@ class Flatten(Layer):
 
 
 class Dropout(Layer):
-    """Inverted dropout; the mask is keyed by (model seed, step * 2 + index)."""
+    """Inverted dropout; the mask is keyed by (model seed, step * 2 + index) and the element's index in
+    the whole batch (a data-parallel rank holding rows r0.. of it passes ctx["row0"] = r0)."""
 
     def __init__(self, name, p, index):
         self.name, self.p, self.index = name, p, index
@@ -308,7 +309,8 @@ class Dropout(Layer):
             self._cache = None
             return x
         y, mask = be.dropout_forward(x, p=self.p, seed=ctx["seed"],
-                                     offset=ctx["step"] * AlexNet.DROPOUT_LAYERS + self.index)
+                                     offset=ctx["step"] * AlexNet.DROPOUT_LAYERS + self.index,
+                                     start=ctx.get("row0", 0) * (x.size // max(1, x.shape[0])))
         self._cache = mask
         return y
 
@@ -503,9 +505,9 @@ class AlexNet:
             raise ValueError(f"AlexNet: x has shape {tuple(x.shape)}, expected (N, 3, {s}, {s})")
         return x
 
-    def _run(self, x, train):
+    def _run(self, x, train, row0=0):
         be = self.backend
-        ctx = {"seed": self.seed, "step": self.step}
+        ctx = {"seed": self.seed, "step": self.step, "row0": row0}
         for l in self.layers:
             x = l.forward(be, x, train, ctx)
         return x
@@ -537,14 +539,18 @@ class AlexNet:
                 break
         return x
 
-    def loss_and_grads(self, x, labels):
-        """Forward (train mode) and backward; fills each parameter's gradient. Returns the loss (0-d array)."""
+    def loss_and_grads(self, x, labels, *, on_grads=None, row0=0):
+        """Forward (train mode) and backward; fills each parameter's gradient. Returns the loss (0-d array).
+
+        on_grads(layer), if given, is called as soon as each parameter layer's gradients are complete
+        (data parallelism starts averaging them there). row0: the index of x's first row in the global
+        batch (keys the dropout masks; 0 for a single process)."""
         be = self.backend
         x = self._input(x)
         labels = be.asarray(labels, dtype=np.int64)
         if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
             raise ValueError(f"AlexNet: labels has shape {tuple(labels.shape)}, expected ({x.shape[0]},)")
-        logits = self._run(x, True)
+        logits = self._run(x, True, row0)
         loss, d = be.softmax_cross_entropy(logits, labels)
         for i in range(len(self.layers) - 1, -1, -1):
             l = self.layers[i]
@@ -553,6 +559,8 @@ class AlexNet:
             else:
                 d = l.backward(be, d)
             l.clear()
+            if on_grads is not None and l.params:
+                on_grads(l)
         return loss
 
     def gradients(self):
@@ -569,14 +577,21 @@ class AlexNet:
         self.backend.sgd_update_multi(params, grads, [self.momentum[n] for n in names], lr=float(lr),
                                       momentum=float(momentum), weight_decays=[wds[n] for n in names])
 
-    def train_step(self, x, labels, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY):
+    def train_step(self, x, labels, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, *, average=None, row0=0):
         """One SGD step on the batch (x, labels); returns the loss as a float.
 
         Forward and backward, then the update as its own phase. A non-finite
         loss skips the update (the weights stay as they were) and is returned
         as is, for the caller to stop on. `step` advances either way.
+        With `average` (a distributed.GradientAverager), (x, labels) are rows row0.. of the global
+        batch; the gradients and the loss are averaged over the ranks before the update.
         """
-        loss = float(self.backend.to_numpy(self.loss_and_grads(x, labels)))
+        if average is None:
+            loss = float(self.backend.to_numpy(self.loss_and_grads(x, labels)))
+        else:
+            loss = self.loss_and_grads(x, labels, on_grads=average.layer_done, row0=row0)
+            average.finish()
+            loss = average.mean_loss(loss)
         if math.isfinite(loss):
             self.apply_update(lr, momentum, weight_decay)
         self.step += 1

@@ -15,6 +15,9 @@
 * A warning when the loss stays at ln(num_classes) (chance) for long, and per-layer health in
   every epoch's record (alexnet_cuda.health: weight and gradient norms, update-to-weight ratios,
   dead ReLUs) with a warning naming a layer whose updates are out of range or whose units died.
+* Started by MPI with several ranks (alexnet_cuda.distributed), the ranks train one model
+  data-parallel: each computes its rows of every global batch, gradients are averaged, and rank 0
+  alone prints and writes the run folder.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from . import runfolder as rf
 from .backends import resolve_backend
 from .data import EvalLoader, PreparedDataset, TrainLoader, ensure_prepared, is_prepared
@@ -44,6 +48,9 @@ __all__ = ["default_config", "default_workers", "train", "train_one_epoch", "RES
 
 # Config keys that `resume` may change; everything else comes from the checkpoint.
 RESUME_OVERRIDES = ("epochs", "workers", "backend")
+# Config keys that describe where a run ran, not what it computes: ranks may differ in them, and a
+# resumed run takes this run's.
+PLACE_KEYS = ("ranks", "workers")
 
 
 # ---------------------------------------------------------------------------
@@ -94,6 +101,7 @@ def default_config(**kw):
         "pca_std": 0.1,
         "flip": True,
         "eval_batch_size": 256,
+        "ranks": 1,              # data-parallel processes (set from the MPI launch, not an option)
     }
     unknown = set(kw) - set(cfg)
     if unknown:
@@ -107,10 +115,14 @@ def _model_kwargs(cfg, num_classes):
                 dropout=cfg["dropout"], lrn=cfg["lrn"], seed=cfg["seed"], init=cfg["init"])
 
 
-def _check_numbers(cfg):
+def _check_numbers(cfg, world):
     for k in ("epochs", "batch_size"):
         if int(cfg[k]) < 1:
             raise TrainError(f"{k} must be >= 1, got {cfg[k]}")
+    cfg["ranks"] = world.size
+    if cfg["batch_size"] % world.size:
+        raise TrainError(f"the batch size {cfg['batch_size']} (global, over all ranks) must divide by the number of "
+                         f"ranks, {world.size}; choose --batch-size as a multiple of {world.size}")
     if cfg.get("workers") is None:
         cfg["workers"] = default_workers(cfg["backend"])
     if int(cfg["workers"]) < 0:
@@ -134,6 +146,8 @@ class Run:
     mean: object
     log: object
     health: Health
+    world: distributed.World
+    average: distributed.GradientAverager | None
     epoch: int = 0                  # epochs done
     batch: int = 0                  # batches done of the next epoch
     partial: rf.EpochTotals = field(default_factory=rf.EpochTotals)
@@ -143,6 +157,8 @@ class Run:
         return self.out / rf.CHECKPOINT
 
     def save(self, epoch, batch):
+        if not self.world.writer:
+            return
         rf.save_checkpoint(self.checkpoint, self.model, cfg=self.cfg, epoch=epoch, batch=batch,
                            schedule=self.schedule, partial=self.partial, mean=self.mean, extra=self.health.state())
 
@@ -181,30 +197,43 @@ def _load_data(cfg, log, resumed):
     if cfg["input_size"] > train_ds.size:
         raise TrainError(f"the input crop {cfg['input_size']} does not fit the prepared images of "
                          f"{train_ds.size}x{train_ds.size} in {prepared}")
-    if len(train_ds) < cfg["batch_size"] and not resumed and len(train_ds) > 0:
+    if len(train_ds) < cfg["batch_size"] and not resumed and len(train_ds) >= cfg["ranks"]:
+        bs = len(train_ds) - len(train_ds) % cfg["ranks"]  # a multiple of the ranks
         log(f"note: {prepared} has {len(train_ds)} training images, fewer than one batch of {cfg['batch_size']}; "
-            f"training with batch size {len(train_ds)} (choose another with --batch-size)")
-        cfg["batch_size"] = len(train_ds)
+            f"training with batch size {bs} (choose another with --batch-size)")
+        cfg["batch_size"] = bs
     cfg.update(prepared=str(prepared), classes=list(train_ds.classes), class_names=list(train_ds.class_names),
                num_classes=train_ds.num_classes, data_size=train_ds.size)
     return train_ds, val_ds
 
 
-def _build_run(cfg, out, log, resumed):
-    train_ds, val_ds = _load_data(cfg, log, resumed)
+def _build_run(cfg, out, log, resumed, world):
+    train_ds, val_ds = world.rank0_first(lambda: _load_data(cfg, log, resumed))  # rank 0 fills the cache
+    if cfg["backend"] == "cuda":
+        world.use_local_gpu()
+    elif cfg["backend"] == "emu":
+        world.share_cores()
     be = resolve_backend(cfg["backend"])
     model = AlexNet(backend=be, **_model_kwargs(cfg, train_ds.num_classes))
     cfg["model"], cfg["num_parameters"] = dict(model.config), model.num_parameters()
+    shard = (world.rank, world.size)
     loader = TrainLoader(train_ds, batch_size=cfg["batch_size"], crop=cfg["input_size"], seed=cfg["seed"],
-                         workers=cfg["workers"], flip=cfg["flip"], pca_std=cfg["pca_std"], scale=cfg["input_scale"])
+                         workers=cfg["workers"], flip=cfg["flip"], pca_std=cfg["pca_std"], scale=cfg["input_scale"],
+                         shard=shard)
     val_loader = EvalLoader(val_ds, batch_size=cfg["eval_batch_size"], crop=cfg["input_size"],
-                            scale=cfg["input_scale"])
+                            scale=cfg["input_scale"], shard=shard)
     schedule = LRSchedule.parse(cfg["schedule"], cfg["lr"], cfg["patience"], warmup=cfg.get("warmup", 0))
     log(f"model: {model!r}")
     log(f"data: {len(train_ds)} train / {len(val_ds)} val images, {train_ds.num_classes} classes, "
         f"{train_ds.size}px prepared, {cfg['input_size']}px crops; {len(loader)} steps of {cfg['batch_size']} "
         f"per epoch")
-    return Run(cfg, out, model, loader, val_loader, schedule, train_ds.mean, log, Health(model))
+    average = None
+    if world.size > 1:
+        average = distributed.GradientAverager(world, be)
+        log(f"data parallel: {world.size} ranks, {cfg['batch_size'] // world.size} images of each batch per rank; "
+            f"gradients averaged with {'NCCL' if be.name == 'cuda' else 'MPI'}")
+    return Run(cfg, out, model, loader, val_loader, schedule, train_ds.mean, log, Health(model, world), world,
+               average)
 
 
 def _restore(run, tensors, info):
@@ -212,7 +241,8 @@ def _restore(run, tensors, info):
     run.health.load_state(tensors)
     run.schedule.load_state_dict(info["schedule"])
     run.epoch, run.batch, run.partial = info["epoch"], info["batch"], info["partial"]
-    rf.keep_metrics_until(run.out, run.epoch)
+    if run.world.writer:
+        rf.keep_metrics_until(run.out, run.epoch)
     part = f" and {run.batch}/{len(run.loader)} batches of epoch {run.epoch + 1}" if run.batch else ""
     run.log(f"resume: {run.checkpoint}: {run.epoch} epoch(s) done{part}, step {run.model.step}, "
             f"lr {run.schedule.lr_for_epoch(run.epoch):g}")
@@ -268,6 +298,13 @@ class _Interrupt:
         return False
 
 
+def _stop_agreed(run, intr):
+    """Whether Ctrl-C was pressed (on any rank: the ranks agree, so all stop at the same step)."""
+    if run.world.size > 1 and run.world.any_(intr.flag):
+        intr.flag = True
+    return intr.flag
+
+
 def _diverged(run, loss, epoch, b, lr):
     msg = (f"the loss became {loss} at step {run.model.step} (epoch {epoch + 1}, batch {b + 1}/{len(run.loader)}, "
            f"lr {lr:g}); stopping. ")
@@ -287,7 +324,8 @@ def train_one_epoch(run, epoch, intr, watch, bar):
         for x, y in gen:
             lr = run.schedule.lr_at(epoch, model.step)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a non-finite loss stops below
-                loss = model.train_step(x, y, lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+                loss = model.train_step(x, y, lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                                        average=run.average, row0=run.loader.row0)
             if not math.isfinite(loss):
                 bar.close()
                 raise _diverged(run, loss, epoch, b, lr)
@@ -301,7 +339,7 @@ def train_one_epoch(run, epoch, intr, watch, bar):
             if warning:
                 bar.close()
                 run.log(warning)
-            if intr.flag:
+            if _stop_agreed(run, intr):
                 break
     finally:
         if hasattr(gen, "close"):
@@ -317,11 +355,13 @@ def _end_epoch(run, epoch, top1, top5, seconds):
            "val_top1_err": top1, "val_top5_err": top5, "images_per_sec": p.images_per_sec(cfg["batch_size"]),
            "seconds": seconds, "health": run.health.record()}
     run.schedule.end_epoch(epoch, top1)
-    rf.append_metrics(run.out, rec)
+    if run.world.writer:
+        rf.append_metrics(run.out, rec)
     run.partial = rf.EpochTotals()
     run.epoch, run.batch = epoch + 1, 0
     run.save(epoch + 1, 0)
-    write_curves(run.out, log=run.log)
+    if run.world.writer:
+        write_curves(run.out, log=run.log)
     nxt = run.schedule.lr_for_epoch(epoch + 1)
     note = f" (lr -> {nxt:g})" if nxt < lr and epoch + 1 < cfg["epochs"] else ""
     run.log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {rec['train_loss']:.4f}, val top-1 err {top1:.2%}, "
@@ -344,47 +384,79 @@ def _run_epochs(run, intr, progress_stream, progress_interval, watch):
         bar.start(run.batch)
         b = train_one_epoch(run, epoch, intr, watch, bar)
         bar.close()
-        if intr.flag:
+        if _stop_agreed(run, intr):
             run.partial.seconds = time.perf_counter() - t_epoch
             raise _stop(run, epoch, b, f"at step {run.model.step} (epoch {epoch + 1}, batch {b}/{len(run.loader)})")
-        res = evaluate_model(run.model, run.val_loader, stop=lambda: intr.flag)
+        if run.world.size > 1:  # every rank must reach the sum of the counts: no stop inside validation
+            res = evaluate_model(run.model, run.val_loader, world=run.world)
+        else:
+            res = evaluate_model(run.model, run.val_loader, stop=lambda: intr.flag)
         if res is None:
             run.partial.seconds = time.perf_counter() - t_epoch
             raise _stop(run, epoch, b, f"during validation of epoch {epoch + 1}")
         _end_epoch(run, epoch, res[0], res[1], time.perf_counter() - t_epoch)
-        if intr.flag:
+        if _stop_agreed(run, intr):
             run.log(f"interrupted after epoch {epoch + 1}; checkpoint saved to {run.checkpoint}; "
                     f"continue with --resume")
             raise TrainingInterrupted(f"interrupted after epoch {epoch + 1}")
 
 
+class _Discard:
+    """The progress stream of the ranks that do not print."""
+
+    def write(self, s):
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+def _quiet(*args, **kw):
+    pass
+
+
+def _check_ranks_agree(cfg, world):
+    """Refuse to start when the ranks run different code or configurations."""
+    world.check_same("code versions", distributed.code_fingerprint())
+    world.check_same("configurations", {k: v for k, v in cfg.items() if k not in PLACE_KEYS})
+
+
 def train(cfg=None, *, resume=False, out=None, overrides=None, log=print, progress_stream=None,
-          progress_interval=30.0, chance_warn_steps=None):
+          progress_interval=30.0, chance_warn_steps=None, world=None):
     """Run (or with resume=True continue) training; returns EXIT_OK (0) when every epoch is done.
 
     Fresh run: `cfg` is a full config (default_config()). Resume: `out` names the run folder; its
     checkpoint's config is used, with `overrides` (epochs, workers, backend) applied. Raises
     TrainError/DataError/CheckpointError for user errors, DivergedError on a non-finite loss and
-    TrainingInterrupted after Ctrl-C (both after saving what can be saved).
+    TrainingInterrupted after Ctrl-C (both after saving what can be saved). `world`: the data-parallel
+    ranks (default: distributed.world(), from the MPI launch); only rank 0 logs and writes files.
     """
+    world = world if world is not None else distributed.world()
+    if not world.writer:
+        log, progress_stream = _quiet, _Discard()
     if resume:
         cfg, out, state = _open_resumed(out if out is not None else cfg["out"], overrides, log)
     else:
         cfg, out, state = _open_fresh(cfg)
     if cfg.get("data") is None:
         raise TrainError("no training data given")
-    _check_numbers(cfg)
-    run = _build_run(cfg, out, log, resumed=state is not None)
-    out.mkdir(parents=True, exist_ok=True)
+    if state is not None and cfg.get("ranks", 1) != world.size:
+        log(f"resume: ranks {cfg.get('ranks', 1)} -> {world.size} (the global batch stays {cfg['batch_size']})")
+    _check_numbers(cfg, world)
+    _check_ranks_agree(cfg, world)
+    run = _build_run(cfg, out, log, resumed=state is not None, world=world)
+    if world.writer:
+        out.mkdir(parents=True, exist_ok=True)
     if state is not None:
         _restore(run, *state)
         if run.epoch >= cfg["epochs"]:
             log(f"resume: the run in {out} has finished its {cfg['epochs']} epochs; pass --epochs N with N > "
                 f"{cfg['epochs']} to train it longer")
             return EXIT_OK
-    else:
+    elif world.writer:
         rf.keep_metrics_until(out, 0)
-    rf.write_config(out, cfg)
+    if world.writer:
+        rf.write_config(out, cfg)
     watch = ChanceWatch(run.model.num_classes, chance_warn_steps or max(50, min(500, 2 * len(run.loader))))
     with _Interrupt(log) as intr:
         _run_epochs(run, intr, progress_stream if progress_stream is not None else sys.stderr, progress_interval,

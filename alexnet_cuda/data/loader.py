@@ -61,6 +61,16 @@ def _check_common(dataset, batch_size, crop, scale, mean=None):
     return S, np.ascontiguousarray(mean.transpose(2, 0, 1))
 
 
+def _check_shard(shard, batch_size=None):
+    """(rank, ranks) of a data-parallel shard; a training batch must split evenly."""
+    rank, ranks = (int(v) for v in shard)
+    if not 0 <= rank < ranks:
+        raise ValueError(f"shard must be (rank, ranks) with 0 <= rank < ranks, got {shard}")
+    if batch_size is not None and batch_size % ranks:
+        raise ValueError(f"the batch size {batch_size} does not divide by the {ranks} ranks")
+    return rank, ranks
+
+
 class TrainLoader:
     """Augmented training batches (see the module doc).
 
@@ -73,10 +83,11 @@ class TrainLoader:
 
     def __init__(self, dataset, *, batch_size: int, crop: int, seed: int, workers: int = 0,
                  flip: bool = True, pca_std: float = 0.1, scale: float = 1.0,
-                 drop_last: bool = True, prefetch: int = 2):
+                 drop_last: bool = True, prefetch: int = 2, shard=(0, 1)):
         self.dataset = dataset
         self.S, self._mean_chw = _check_common(dataset, batch_size, crop, scale)
         self.batch_size, self.crop, self.seed = int(batch_size), int(crop), int(seed)
+        self.rank, self.ranks = _check_shard(shard, int(batch_size))
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.workers, self.prefetch = int(workers), max(1, int(prefetch))
@@ -125,15 +136,24 @@ class TrainLoader:
         offsets = 255.0 * (a * self.eigvals) @ self.eigvecs.T
         return rows, cols, flips, offsets
 
+    @property
+    def row0(self):
+        """The index in the global batch of this shard's first row (0 without sharding)."""
+        return self.rank * self.batch_size // self.ranks
+
     def batch(self, epoch: int, b: int, perm: np.ndarray | None = None):
-        """Batch `b` of `epoch` as (x, y)."""
+        """Batch `b` of `epoch` as (x, y): with shard (rank, ranks), that rank's rows of it (the same
+        images and augmentations as those rows of the unsharded batch)."""
         if not 0 <= b < len(self):
             raise IndexError(f"batch {b} out of range (epoch has {len(self)})")
         if perm is None:
             perm = self.permutation(epoch)
         idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+        aug = self.augmentation(epoch, b, len(idx))
+        lo, hi = self.rank * len(idx) // self.ranks, (self.rank + 1) * len(idx) // self.ranks
+        idx = idx[lo:hi]
+        rows, cols, flips, offsets = (a[lo:hi] for a in aug)
         n, c = len(idx), self.crop
-        rows, cols, flips, offsets = self.augmentation(epoch, b, n)
         offsets = offsets.astype(np.float32)
         x = np.empty((n, 3, c, c), np.float32)
         tmp = np.empty((3, c, c), np.uint8)
@@ -227,11 +247,13 @@ class EvalLoader:
 
     `mean`: the mean image (S, S, 3) to subtract; default dataset.mean. A
     folder prepared for evaluation only has none: pass the checkpoint's.
+    shard=(rank, ranks): only the batches b with b % ranks == rank.
     """
 
     def __init__(self, dataset, *, batch_size: int, crop: int, ten_crop: bool = False,
-                 scale: float = 1.0, mean=None):
+                 scale: float = 1.0, mean=None, shard=(0, 1)):
         self.dataset = dataset
+        self.rank, self.ranks = _check_shard(shard)
         self.S, self._mean_chw = _check_common(dataset, batch_size, crop, scale, mean)
         self.batch_size, self.crop = int(batch_size), int(crop)
         self.ten_crop, self.scale = bool(ten_crop), float(scale)
@@ -239,7 +261,8 @@ class EvalLoader:
         self._labels = np.asarray(dataset.labels, np.int64)
 
     def __len__(self):
-        return -(-len(self._labels) // self.batch_size)
+        """The batches this shard yields."""
+        return len(range(self.rank, -(-len(self._labels) // self.batch_size), self.ranks))
 
     def windows(self):
         """The (row, col) origins of the crops: centre only, or the five."""
@@ -252,7 +275,8 @@ class EvalLoader:
     def __iter__(self):
         c, mean = self.crop, self._mean_chw
         wins = self.windows()
-        for start in range(0, len(self._labels), self.batch_size):
+        starts = range(0, len(self._labels), self.batch_size)
+        for start in starts[self.rank::self.ranks]:
             imgs = self._images[start:start + self.batch_size]
             n = len(imgs)
             if self.ten_crop:
