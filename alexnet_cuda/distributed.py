@@ -304,7 +304,10 @@ class _NcclImpl:
             raise BackendError(f"data-parallel training on cuda needs NCCL, which cupy cannot load ({e}); install "
                                f"`pip install 'alexnet-cuda[cuda]'` (it brings NCCL's wheel)") from e
         self.cupy, self.nccl = cupy, nccl
-        uid = world.comm.bcast(nccl.get_unique_id() if world.rank == 0 else None, root=0)
+        if world.size == 1:  # a communicator of one (benchmarks/bench_dataparallel.py measures the path)
+            uid = nccl.get_unique_id()
+        else:
+            uid = world.comm.bcast(nccl.get_unique_id() if world.rank == 0 else None, root=0)
         self.comm = nccl.NcclCommunicator(world.size, uid, world.rank)
         self.size = world.size
         self.stream = cupy.cuda.Stream(non_blocking=True)
