@@ -5,20 +5,34 @@ failing rank ends the job as `alexnet-cuda train` does.
     mpiexec -n 2 python tests/mpi_train.py CONFIG.json
 JSON: {"config": {...default_config keys...}} or {"resume": RUN_FOLDER, "epochs": N}; with
 "misalign_dropout": true every rank draws the dropout masks of rows 0.. (a deliberately wrong
-mapping, the tests' negative control).
+mapping, the tests' negative control); with "fail": [RANK, STEP] that rank raises RuntimeError at
+that training step.
 """
 import json
 import sys
 
-from alexnet_cuda import cli
+from alexnet_cuda import cli, distributed
 from alexnet_cuda import train as T
 from alexnet_cuda.data import TrainLoader
+from alexnet_cuda.model import AlexNet
+
+
+def _fail_at(step):
+    plain = AlexNet.train_step
+
+    def train_step(self, *args, **kw):
+        if self.step == step:
+            raise RuntimeError(f"injected failure at step {step}")
+        return plain(self, *args, **kw)
+    AlexNet.train_step = train_step
 
 
 def main(path):
     job = json.loads(open(path).read())
     if job.get("misalign_dropout"):
         TrainLoader.row0 = property(lambda self: 0)
+    if job.get("fail") and distributed.world().rank == job["fail"][0]:
+        _fail_at(job["fail"][1])
 
     def run(_args):
         if "resume" in job:

@@ -234,6 +234,16 @@ def test_ranks_with_different_configurations_are_refused(tiny_data, tmp_path):
     assert time.monotonic() - t0 < 60
 
 
+def test_a_rank_that_raises_ends_the_job_naming_the_rank(tiny_data, tmp_path):
+    t0 = time.monotonic()
+    r = _job(tmp_path, "fail", {"config": _cfg(tiny_data, tmp_path / "r", epochs=100), "fail": [1, 8]}, timeout=120)
+    assert r.returncode != 0
+    assert "rank 1 of 2: RuntimeError: injected failure at step 8" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 60
+    tensors, info = rf.load_checkpoint(tmp_path / "r" / rf.CHECKPOINT)   # epoch 1's checkpoint, intact
+    assert info["epoch"] == 1
+
+
 def _rank_pid(marker, rank):
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -270,6 +280,29 @@ def test_a_killed_rank_ends_the_job_within_60_s(tiny_data, tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(tiny_data, tmp_path):
+    """SIGINT to mpiexec reaches every rank; they agree on the step, rank 0 saves, all exit 130, and the
+    run resumes."""
+    out = tmp_path / "run"
+    job = tmp_path / "long.json"
+    job.write_text(json.dumps({"config": _cfg(tiny_data, out, epochs=1000)}))
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, str(HERE / "mpi_train.py"), str(job)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.monotonic() + 120
+    while not (out / rf.METRICS).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert stdout.count("checkpoint saved to") == 1, stdout
+    _, info = rf.load_checkpoint(out / rf.CHECKPOINT)
+    r = _job(tmp_path, "resume", {"resume": str(out), "epochs": info["epoch"] + 1}, ranks=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert rf.load_checkpoint(out / rf.CHECKPOINT)[1]["epoch"] == info["epoch"] + 1
 
 
 def test_gpus_option_starts_the_ranks_with_mpiexec(raw_data, tmp_path):
