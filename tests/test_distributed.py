@@ -234,6 +234,27 @@ def test_ranks_with_different_configurations_are_refused(tiny_data, tmp_path):
     assert time.monotonic() - t0 < 60
 
 
+def test_ranks_running_different_code_are_refused(tiny_data, tmp_path):
+    """Rank 1 imports a copy of the package with one line changed: refused at start-up, nothing written."""
+    import shutil
+
+    import alexnet_cuda
+    pkg = Path(alexnet_cuda.__file__).parent
+    copy = tmp_path / "other"
+    shutil.copytree(pkg, copy / "alexnet_cuda", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    with open(copy / "alexnet_cuda" / "schedule.py", "a") as f:
+        f.write("# changed\n")
+    job = tmp_path / "j.json"
+    job.write_text(json.dumps({"config": _cfg(tiny_data, tmp_path / "r")}))
+    script = str(HERE / "mpi_train.py")
+    r = subprocess.run([MPIEXEC, "-n", "1", sys.executable, script, str(job), ":", "-n", "1", "-env", "PYTHONPATH",
+                        str(copy), sys.executable, script, str(job)], capture_output=True, text=True, timeout=120,
+                       env=_env())
+    assert r.returncode != 0
+    assert "different code versions" in r.stderr and "sources" in r.stderr, r.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_rank_that_raises_ends_the_job_naming_the_rank(tiny_data, tmp_path):
     t0 = time.monotonic()
     r = _job(tmp_path, "fail", {"config": _cfg(tiny_data, tmp_path / "r", epochs=100), "fail": [1, 8]}, timeout=120)
