@@ -12,7 +12,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, data, distributed, evaluate, gradcheck, train, visualize
+from . import __version__, data, distributed, evaluate, gradcheck, timing, train, visualize
 from .backends import cuda_unusable_reason, default_backend_name
 from .cliargs import add_backend_argument, non_negative_int, positive_float, positive_int
 from .errors import (EXIT_INTERRUPTED, EXIT_USAGE, AlexNetError, BackendError, DivergedError, TrainError,
@@ -239,6 +239,15 @@ def _visualize(args):
     return visualize.run(args, log=_log)
 
 
+def _time(args):
+    """time each layer of a training step (ours, and PyTorch's when importable)
+
+    Print the milliseconds of each layer's forward and backward pass and of the SGD update in one
+    training step of the chosen preset (median of --repeats steps), PyTorch's for the same layers on
+    the same device when torch is importable, and the ratio ours / PyTorch."""
+    return timing.run(args, log=_log)
+
+
 def _gradcheck(args):
     return gradcheck.run(args, log=_log)
 
@@ -255,6 +264,7 @@ _COMMANDS = {
     "prepare": (_prepare_arguments, _cmd_prepare),
     "visualize": (visualize.add_arguments, _visualize),
     "gradcheck": (gradcheck.add_arguments, _gradcheck),
+    "time": (timing.add_arguments, _time),
 }
 
 

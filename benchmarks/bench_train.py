@@ -151,7 +151,34 @@ def main(argv=None):
     md = write_results("bench_train", rows, cols, title="End-to-end training step (batch 128, full model)",
                        notes=notes)
     print(md)
+    print(per_layer_table(args.batch_size))
     return 0
+
+
+def per_layer_table(batch_size):
+    """The table of `alexnet-cuda time` (alexnet_cuda.timing): each layer alone, ours and PyTorch's;
+    written to results/bench_train_layers.md."""
+    from alexnet_cuda import AlexNet, get_backend
+    from alexnet_cuda.timing import format_table, time_step, time_torch_layers
+
+    from common import RESULTS, card_info, commit
+    model = AlexNet(num_classes=1000, backend=get_backend("cuda"), seed=0)
+    rows = time_step(model, batch_size)
+    note = None
+    try:
+        theirs = time_torch_layers(model, batch_size)
+    except ImportError as e:
+        note = f"PyTorch not timed: {e}"
+    else:
+        for r in rows:
+            r["torch_ms"] = theirs.get((r["layer"], r["direction"]))
+    table = format_table(rows, note)
+    meta = card_info()
+    (RESULTS / "bench_train_layers.md").write_text(
+        f"# Each layer of a training step alone (batch {batch_size}, full model, FP32)\n\nCard: {meta['card']} "
+        f"(driver {meta['driver']}), commit {commit()}; `alexnet-cuda time` prints the same table.\n\n"
+        f"```\n{table}\n```\n")
+    return table
 
 
 if __name__ == "__main__":
