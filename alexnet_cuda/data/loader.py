@@ -27,12 +27,16 @@ import numpy as np
 
 from .errors import DataError
 from .imageio import load_resized
+from .jpegstore import JpegImages
 
 _PERM_KEY = (0x7065726D,)  # spawn key that separates the permutation stream from batch streams
 
 
 def _plain(a):
-    """A plain ndarray view of `a` (a memmap's slices are slow to make)."""
+    """A plain ndarray view of `a` (a memmap's slices are slow to make); JPEG
+    storage as it is (it decodes on access)."""
+    if isinstance(a, JpegImages):
+        return a
     return a.view(np.ndarray) if isinstance(a, np.ndarray) else np.asarray(a)
 
 
