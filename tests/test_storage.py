@@ -13,7 +13,7 @@ from alexnet_cuda.data import (DataError, EvalLoader, PreparedDataset, TrainLoad
 from alexnet_cuda.data import jpegstore
 from alexnet_cuda.data import prepare as prepare_mod
 from alexnet_cuda.data import source as source_mod
-from test_data import Log, tree_digest  # noqa: E402 (tests/ is on sys.path under pytest)
+from test_data import Log, flaky_chunks, tree_digest  # noqa: E402 (tests/ is on sys.path under pytest)
 
 # The codec error allowed between a JPEG-stored crop and the raw one: RMS over a
 # crop's pixels and channels, in 0..255 levels. Quality 90 scales the standard
@@ -151,16 +151,7 @@ def test_raw_and_jpeg_preparations_do_not_mix(syn, pair, tmp_path):
 
 def test_jpeg_prepare_resumes(syn, pair, tmp_path, monkeypatch):
     _, ref = pair
-    real = prepare_mod._process_chunk
-    calls, fail_at = [], [None]
-
-    def flaky(split, k, *args, **kwargs):
-        calls.append((split, k))
-        if len(calls) == fail_at[0]:
-            raise RuntimeError("simulated interruption")
-        return real(split, k, *args, **kwargs)
-
-    monkeypatch.setattr(prepare_mod, "_process_chunk", flaky)
+    calls, fail_at = flaky_chunks(monkeypatch)
     dst = tmp_path / "dst"
     fail_at[0] = 4
     with pytest.raises(RuntimeError, match="simulated"):

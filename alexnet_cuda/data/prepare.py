@@ -63,7 +63,10 @@ statistics) atomically (tmp file + os.replace). A rerun skips every chunk with
 a record and redoes the first one without. At the end the image file's .npy
 header is rewritten for the number of decoded images, the unused tail is
 truncated, and the file is renamed into place; meta.json (written atomically,
-last) marks dst as complete.
+last) marks dst as complete. With jpeg storage a chunk appends its streams to
+dst/.partial/<split>_jpeg.npy (after a placeholder header) and records their
+sizes; a rerun cuts the file back to the committed chunks' bytes before it
+appends again, and the end writes the header and <split>_offsets.npy.
 """
 from __future__ import annotations
 
