@@ -16,22 +16,40 @@ preparation of the same source share them exactly.
 
 JpegImages reads such a split back with the indexing the loaders use
 (images[i], images[i, rows, cols], images[a:b], images[index array]), decoding
-on access. Pillow's JPEG decoder releases the GIL while it decodes (measured:
+on access; a read of 8 images or more (an EvalLoader batch) is decoded by up to
+8 shared threads. Pillow's JPEG decoder releases the GIL while it decodes (measured:
 benchmarks/results/data_storage_cpu.md), so the loader's worker threads decode
 in parallel.
 """
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .errors import DataError
+from .imageio import usable_cores
 
 STORAGES = ("raw", "jpeg")
 DEFAULT_JPEG_QUALITY = 90
+_MAX_DECODE_THREADS = 8   # threads that decode a many-image read (EvalLoader's batches)
+_pool, _pool_lock = None, threading.Lock()
+
+
+def _decode_pool():
+    """The shared threads that decode the images of one many-image read, or None on one core."""
+    global _pool
+    cores = usable_cores()
+    if cores < 2:
+        return None
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(min(_MAX_DECODE_THREADS, cores), thread_name_prefix="alexnet-cuda-jpeg")
+        return _pool
 
 
 def storage_tag(storage: str = "raw", quality: int | None = None) -> str:
@@ -118,8 +136,13 @@ class JpegImages:
             raise IndexError("JpegImages takes an int, a slice or an integer array")
         out = np.empty(idx.shape + self.shape[1:], np.uint8)
         flat = out.reshape((-1,) + self.shape[1:])
-        for j, i in enumerate(idx.reshape(-1)):
-            flat[j] = self.image(i)
+
+        def one(j_i):
+            flat[j_i[0]] = self.image(j_i[1])
+        pool = _decode_pool() if flat.shape[0] >= 8 else None
+        jobs = list(enumerate(idx.reshape(-1).tolist()))
+        for _ in (pool.map(one, jobs) if pool is not None else map(one, jobs)):
+            pass  # (the Pillow decoder releases the GIL: a read of many images decodes in parallel)
         return out[(slice(None),) * idx.ndim + rest] if rest else out
 
     def __array__(self, dtype=None, copy=None):

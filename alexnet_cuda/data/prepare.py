@@ -83,7 +83,7 @@ import numpy as np
 
 from ..files import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_json, fsync_dir
 from .errors import DataError
-from .imageio import load_resized, quirks
+from .imageio import load_resized, quirks, usable_cores
 from .imagenet import LAYOUT_TEXT, input_classes, load_item, scan_input
 from .jpegstore import JpegImages, encode_jpeg, parse_tag, storage_tag
 from .source import (FORMAT, FORMAT_VERSION, SOURCE_FILES, SPLITS, check_splits, describe_change,
@@ -456,15 +456,6 @@ class _Progress:
         eta = f", {left / 3600:.1f} h left" if left >= 3600 else f", {left / 60:.0f} min left" if left >= 60 else ""
         self.log(f"prepare: {split} {min((k + 1) * chunk_size, n_split)}/{n_split} "
                  f"({self.done}/{self.total} overall, {rate:.0f} images/s{eta})")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the system
-    has one; else os.cpu_count())."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _prepare(scan, dst: Path, *, log, workers, chunk_size) -> Path:
