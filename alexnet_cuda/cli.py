@@ -131,8 +131,8 @@ def _prepare_arguments(p):
                    help="overwrite DST when it was prepared from another source or an older state of SRC")
     p.add_argument("--workers", type=positive_int, help="decoding processes (default: all cores)")
     p.add_argument("--storage", choices=("raw", "jpeg"), default="raw",
-                   help="raw: uint8 arrays (196 KB per 256x256 image); jpeg: each image as a JPEG "
-                        "(about a tenth of that, decoded by the training loader's workers)")
+                   help="raw: uint8 arrays (192 KB per 256x256 image); jpeg: each image as a JPEG "
+                        "(about 25 KB for ImageNet-like photos, decoded by the training loader's threads)")
     p.add_argument("--jpeg-quality", type=positive_int, default=None, help="JPEG quality 1..100 (default 90)")
 
 

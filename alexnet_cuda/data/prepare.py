@@ -30,7 +30,7 @@ size x size patch, and writes
 
 With storage="jpeg" (prepare --storage jpeg) each split's images are kept
 as JPEG streams instead, dst/<split>_jpeg.npy + dst/<split>_offsets.npy (see
-jpegstore.py), about a tenth of the bytes, decoded by the loader.
+jpegstore.py), about an eighth of the bytes at 256x256, decoded by the loader.
 
 With splits=("val",) only val/ is read (train/ may be absent) and only the
 val files are written: no mean image, no PCA (evaluation takes the mean from
