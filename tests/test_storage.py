@@ -224,3 +224,26 @@ def test_train_on_a_jpeg_prepared_folder(syn, tmp_path, capsys):
     assert [r["epoch"] for r in recs] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in recs)
     assert json.loads((out / "config.json").read_text())["prepared"] == str(dst)
     assert "stored as JPEG quality 85" in capsys.readouterr().out
+
+
+def _read_all_in_child(path, q):
+    q.put(PreparedDataset(path, "val").images[:])
+
+
+def test_many_image_reads_work_in_a_forked_child(pair):
+    """The decode threads of a many-image read are per process: a child forked after the parent
+    used them (it inherits the pool object, not its threads) makes its own instead of hanging."""
+    import multiprocessing as mp
+    _, jpg = pair
+    want = PreparedDataset(jpg, "val").images[:]           # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_read_all_in_child, args=(str(jpg), q))
+    p.start()
+    try:
+        got = q.get(timeout=60)
+    finally:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+    np.testing.assert_array_equal(got, want)

@@ -24,6 +24,7 @@ in parallel.
 from __future__ import annotations
 
 import io
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,18 +38,20 @@ from .imageio import usable_cores
 STORAGES = ("raw", "jpeg")
 DEFAULT_JPEG_QUALITY = 90
 _MAX_DECODE_THREADS = 8   # threads that decode a many-image read (EvalLoader's batches)
-_pool, _pool_lock = None, threading.Lock()
+_pool, _pool_pid, _pool_lock = None, None, threading.Lock()
 
 
 def _decode_pool():
-    """The shared threads that decode the images of one many-image read, or None on one core."""
-    global _pool
+    """The shared threads that decode the images of one many-image read, or None on one core.
+    A forked child makes its own (it inherits the pool object, not its threads)."""
+    global _pool, _pool_pid
     cores = usable_cores()
     if cores < 2:
         return None
     with _pool_lock:
-        if _pool is None:
+        if _pool is None or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(min(_MAX_DECODE_THREADS, cores), thread_name_prefix="alexnet-cuda-jpeg")
+            _pool_pid = os.getpid()
         return _pool
 
 
