@@ -164,6 +164,10 @@ def _prepare_arguments(p):
     p.add_argument("--force", action="store_true",
                    help="overwrite DST when it was prepared from another source or an older state of SRC")
     p.add_argument("--workers", type=positive_int, help="decoding processes (default: all cores)")
+    p.add_argument("--storage", choices=("raw", "jpeg"), default="raw",
+                   help="raw: uint8 arrays (192 KB per 256x256 image); jpeg: each image as a JPEG "
+                        "(about 25 KB for ImageNet-like photos, decoded by the training loader's threads)")
+    p.add_argument("--jpeg-quality", type=positive_int, default=None, help="JPEG quality 1..100 (default 90)")
 
 
 def _cmd_prepare(args):
@@ -179,7 +183,8 @@ def _cmd_prepare(args):
         size = PRESETS[preset]["data_size"]
         _log(f"prepare: {size}x{size} images, the size the '{preset}' preset trains on (--size or --preset to "
              f"choose another)")
-    data.prepare_dataset(args.src, args.dst, size=size, log=_log, workers=args.workers, force=args.force)
+    data.prepare_dataset(args.src, args.dst, size=size, log=_log, workers=args.workers, force=args.force,
+                         storage=args.storage, jpeg_quality=args.jpeg_quality)
     return 0
 
 

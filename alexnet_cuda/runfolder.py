@@ -35,8 +35,10 @@ CONFIG = "config.json"
 CURVES = "curves.png"
 FORMAT = "alexnet-cuda-checkpoint"
 FORMAT_VERSION = "1"
+# loader_images_per_sec: what the loader's workers built per second while building (its capacity);
+# data_wait_seconds: how long the training steps waited for their next batch in the epoch
 EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "val_top1_err", "val_top5_err", "images_per_sec", "seconds",
-                "health")
+                "loader_images_per_sec", "data_wait_seconds", "health")
 
 
 @dataclass

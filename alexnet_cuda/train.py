@@ -36,6 +36,7 @@ from . import distributed
 from . import runfolder as rf
 from .backends import resolve_backend
 from .data import EvalLoader, PreparedDataset, TrainLoader, ensure_prepared, is_prepared
+from .data.feed import feed_for
 from .errors import EXIT_OK, DivergedError, TrainError, TrainingInterrupted
 from .evaluate import evaluate_model
 from .health import Health
@@ -219,7 +220,7 @@ def _build_run(cfg, out, log, resumed, world):
     shard = (world.rank, world.size)
     loader = TrainLoader(train_ds, batch_size=cfg["batch_size"], crop=cfg["input_size"], seed=cfg["seed"],
                          workers=cfg["workers"], flip=cfg["flip"], pca_std=cfg["pca_std"], scale=cfg["input_scale"],
-                         shard=shard)
+                         shard=shard, feed=feed_for(be))
     val_loader = EvalLoader(val_ds, batch_size=cfg["eval_batch_size"], crop=cfg["input_size"],
                             scale=cfg["input_scale"], shard=shard)
     schedule = LRSchedule.parse(cfg["schedule"], cfg["lr"], cfg["patience"], warmup=cfg.get("warmup", 0))
@@ -353,7 +354,8 @@ def _end_epoch(run, epoch, top1, top5, seconds):
     lr = run.schedule.lr_for_epoch(epoch)
     rec = {"epoch": epoch + 1, "step": run.model.step, "lr": lr, "train_loss": p.mean_loss(),
            "val_top1_err": top1, "val_top5_err": top5, "images_per_sec": p.images_per_sec(cfg["batch_size"]),
-           "seconds": seconds, "health": run.health.record()}
+           "seconds": seconds, "loader_images_per_sec": run.loader.stats.images_per_sec(),
+           "data_wait_seconds": run.loader.stats.wait_seconds, "health": run.health.record()}
     run.schedule.end_epoch(epoch, top1)
     if run.world.writer:
         rf.append_metrics(run.out, rec)
@@ -365,7 +367,9 @@ def _end_epoch(run, epoch, top1, top5, seconds):
     nxt = run.schedule.lr_for_epoch(epoch + 1)
     note = f" (lr -> {nxt:g})" if nxt < lr and epoch + 1 < cfg["epochs"] else ""
     run.log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {rec['train_loss']:.4f}, val top-1 err {top1:.2%}, "
-            f"top-5 err {top5:.2%}, lr {lr:g}, {rec['images_per_sec']:.0f} img/s, {seconds:.1f}s{note}")
+            f"top-5 err {top5:.2%}, lr {lr:g}, {rec['images_per_sec']:.0f} img/s (loader "
+            f"{rec['loader_images_per_sec']:.0f} img/s, waited {rec['data_wait_seconds']:.1f}s for data), "
+            f"{seconds:.1f}s{note}")
     for warning in run.health.warnings(rec["health"]):
         run.log(warning)
 

@@ -4,8 +4,9 @@
 #      (if pip cannot build here, a direct CMake build into build/device, used through
 #      ALEXNET_CUDA_EXT_DIR, so the rest of the check still runs; the summary says which)
 #   2. the test suite, with the cuda backend present (kernel tests run on emu AND cuda)
-#   3. every benchmark script (bench_data is a CPU benchmark: skipped), bench_dataparallel included
-#      (needs NCCL: pip install nvidia-nccl-cu13 if cupy cannot load it)
+#   3. every benchmark script (bench_data and bench_storage are CPU benchmarks: skipped),
+#      bench_dataparallel (needs NCCL: pip install nvidia-nccl-cu13 if cupy cannot load it) and
+#      feed_check.py (the pinned-memory upload of the next batch: equal batches, ms per batch)
 #   4. with DEVICE_CHECK_TRAIN=1: the full preset's no-argument `alexnet-cuda train` (built-in
 #      data, 90 epochs; about 4230 steps), its metrics.jsonl and curves.png kept, the checkpoint
 #      not (give it time: DEVICE_CHECK_SECONDS=600 and DEVICE_CHECK_BENCH=0 leave it ~7 minutes)
@@ -72,6 +73,7 @@ step bench_linear 40 "$PY" benchmarks/bench_linear.py
 step bench_layers 50 "$PY" benchmarks/bench_layers.py
 step bench_train 60 "$PY" benchmarks/bench_train.py
 step bench_dataparallel 40 "$PY" benchmarks/bench_dataparallel.py
+step feed_check 40 "$PY" benchmarks/feed_check.py
 mkdir -p "$OUT/results" && cp -r benchmarks/results/. "$OUT/results/" 2>/dev/null
 }
 

@@ -257,13 +257,9 @@ def test_mean_and_pca_match_numpy(tmp_path):
         np.testing.assert_allclose(z["cov"], cov, atol=1e-12)
 
 
-def test_prepare_resumes_and_reuses(tmp_path, monkeypatch):
-    src = make_synthetic_dataset(tmp_path / "syn", num_classes=10, train_per_class=3,
-                                 val_per_class=2, image_size=24, seed=0, workers=1, log=None)
-    bad = src / "train" / "circle" / "zz_broken.jpg"
-    bad.write_bytes(b"\xff\xd8 broken")
-    ref = prepare_dataset(src, tmp_path / "ref", size=16, log=None, workers=0, chunk_size=4)
-
+def flaky_chunks(monkeypatch):
+    """Record prepare's chunks as (split, k) in `calls`; the call numbered fail_at[0] (1-based)
+    raises RuntimeError("simulated interruption"). Returns (calls, fail_at)."""
     real = prepare_mod._process_chunk
     calls, fail_at = [], [None]
 
@@ -274,6 +270,17 @@ def test_prepare_resumes_and_reuses(tmp_path, monkeypatch):
         return real(split, k, *args, **kwargs)
 
     monkeypatch.setattr(prepare_mod, "_process_chunk", flaky)
+    return calls, fail_at
+
+
+def test_prepare_resumes_and_reuses(tmp_path, monkeypatch):
+    src = make_synthetic_dataset(tmp_path / "syn", num_classes=10, train_per_class=3,
+                                 val_per_class=2, image_size=24, seed=0, workers=1, log=None)
+    bad = src / "train" / "circle" / "zz_broken.jpg"
+    bad.write_bytes(b"\xff\xd8 broken")
+    ref = prepare_dataset(src, tmp_path / "ref", size=16, log=None, workers=0, chunk_size=4)
+
+    calls, fail_at = flaky_chunks(monkeypatch)
     dst = tmp_path / "dst"
     fail_at[0] = 4
     with pytest.raises(RuntimeError, match="simulated"):

@@ -20,7 +20,7 @@ from alexnet_cuda.progress import Progress
 from alexnet_cuda.schedule import LRSchedule
 from alexnet_cuda.model import AlexNet
 
-TIMING = ("images_per_sec", "seconds")
+TIMING = ("images_per_sec", "seconds", "loader_images_per_sec", "data_wait_seconds")
 
 
 # ---------------------------------------------------------------------------
@@ -192,7 +192,9 @@ def test_train_writes_metrics_config_checkpoint(tiny_data, tmp_path):
         assert tuple(r) == rf.EPOCH_FIELDS      # the documented fields, in order, and no others
         assert 0 <= r["val_top1_err"] <= 1 and 0 <= r["val_top5_err"] <= r["val_top1_err"]
         assert math.isfinite(r["train_loss"]) and r["images_per_sec"] > 0
+        assert r["loader_images_per_sec"] > 0 and 0 <= r["data_wait_seconds"] <= r["seconds"]
     assert recs[1]["step"] == 2 * (48 // 8)
+    assert sum(" img/s (loader " in l and "s for data), " in l for l in logs) == 2   # in each epoch's line
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"] == tiny_data and cfg["classes"] == ["circle", "square", "triangle"]
     assert cfg["model"]["width"] == 1 / 16 and cfg["num_classes"] == 3

@@ -110,3 +110,12 @@ def quirks(name: str, info: dict) -> list:
     if kind and info.get("format") and info["format"] != kind:
         out.append(f"{info['format']} named .{ext.upper()}")
     return out
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system
+    has one; else os.cpu_count()): how many decoders can run at once."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -21,18 +21,23 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
 from .imageio import load_resized
+from .jpegstore import JpegImages
 
 _PERM_KEY = (0x7065726D,)  # spawn key that separates the permutation stream from batch streams
 
 
 def _plain(a):
-    """A plain ndarray view of `a` (a memmap's slices are slow to make)."""
+    """A plain ndarray view of `a` (a memmap's slices are slow to make); JPEG
+    storage as it is (it decodes on access)."""
+    if isinstance(a, JpegImages):
+        return a
     return a.view(np.ndarray) if isinstance(a, np.ndarray) else np.asarray(a)
 
 
@@ -71,19 +76,64 @@ def _check_shard(shard, batch_size=None):
     return rank, ranks
 
 
+class LoaderStats:
+    """What a TrainLoader did since its current epoch started (reset by epoch()).
+
+    images, batches  built so far
+    build_seconds    wall time spent building them, summed over the workers
+    wait_seconds     time the consumer (the training step) waited for its next
+                     batch: with workers=0 all of build_seconds, with worker
+                     threads only what they had not built ahead
+    """
+
+    def __init__(self, workers: int = 0):
+        self._lock = threading.Lock()
+        self.reset(workers)
+
+    def reset(self, workers: int | None = None):
+        with self._lock:
+            if workers is not None:
+                self.workers = int(workers)
+            self.images = self.batches = 0
+            self.build_seconds = self.wait_seconds = 0.0
+
+    def built(self, n: int, seconds: float):
+        with self._lock:
+            self.images += int(n)
+            self.batches += 1
+            self.build_seconds += seconds
+
+    def images_per_sec(self) -> float:
+        """The rate the workers built batches at while they were building
+        (images per second of one worker's time, times the workers): what the
+        loader can deliver, whether or not the step asked for it. 0 before the
+        first batch."""
+        if self.build_seconds <= 0:
+            return 0.0
+        return self.images * max(1, self.workers) / self.build_seconds
+
+
 class TrainLoader:
     """Augmented training batches (see the module doc).
 
     workers=0 builds batches in the caller's thread when they are asked for;
     workers=n>0 builds them in n background threads (numpy releases the GIL
-    in the copies and arithmetic), `prefetch` batches ahead per thread at
-    most, delivered in order. Closing the generator early (break, exception,
-    KeyboardInterrupt, garbage collection) stops and joins the threads.
+    in the copies and arithmetic, Pillow while it decodes the JPEG storage),
+    `prefetch` batches ahead per thread at most, delivered in order. Closing
+    the generator early (break, exception, KeyboardInterrupt, garbage
+    collection) stops and joins the threads.
+
+    `feed`: None (batches are numpy arrays), or a callable that takes the
+    iterator of numpy batches and returns an iterator of the same batches
+    elsewhere (feed.PinnedUploader: on the GPU, uploaded ahead); it must close
+    the iterator it was given when it is closed.
+    `stats` (LoaderStats): images/s of the loader and the time the consumer
+    waited for data, reset at the start of each epoch().
     """
 
     def __init__(self, dataset, *, batch_size: int, crop: int, seed: int, workers: int = 0,
                  flip: bool = True, pca_std: float = 0.1, scale: float = 1.0,
-                 drop_last: bool = True, prefetch: int = 2, shard=(0, 1)):
+                 drop_last: bool = True, prefetch: int = 2, feed=None, shard=(0, 1)):
         self.dataset = dataset
         self.S, self._mean_chw = _check_common(dataset, batch_size, crop, scale)
         self.batch_size, self.crop, self.seed = int(batch_size), int(crop), int(seed)
@@ -97,6 +147,7 @@ class TrainLoader:
         if self.pca_std < 0:
             raise ValueError(f"pca_std must be >= 0, got {pca_std}")
         self.drop_last = bool(drop_last)
+        self.feed, self.stats = feed, LoaderStats(self.workers)
         self._mean_chw_flipped = np.ascontiguousarray(self._mean_chw[:, :, ::-1])
         self._images = _plain(dataset.images)
         self._labels = np.asarray(dataset.labels, np.int64)
@@ -146,6 +197,7 @@ class TrainLoader:
         images and augmentations as those rows of the unsharded batch)."""
         if not 0 <= b < len(self):
             raise IndexError(f"batch {b} out of range (epoch has {len(self)})")
+        t0 = time.perf_counter()
         if perm is None:
             perm = self.permutation(epoch)
         idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
@@ -171,19 +223,35 @@ class TrainLoader:
             o += offsets[k][:, None, None]                 # PCA lighting
         if self.scale != 1.0:
             x *= np.float32(self.scale)
+        self.stats.built(n, time.perf_counter() - t0)
         return x, self._labels[idx]
 
     def epoch(self, epoch: int, start_batch: int = 0):
-        """Yield the batches start_batch .. len(self)-1 of `epoch` as (x, y)."""
+        """Yield the batches start_batch .. len(self)-1 of `epoch` as (x, y)
+        (through `feed` when given); resets and fills `stats`."""
         nb = len(self)
         if not 0 <= start_batch <= nb:
             raise ValueError(f"start_batch must be in 0..{nb}, got {start_batch}")
+        self.stats.reset(self.workers)
         perm = self.permutation(epoch)
         if self.workers == 0:
-            for b in range(start_batch, nb):
-                yield self.batch(epoch, b, perm)
-            return
-        yield from self._threaded(epoch, start_batch, nb, perm)
+            it = (self.batch(epoch, b, perm) for b in range(start_batch, nb))
+        else:
+            it = self._threaded(epoch, start_batch, nb, perm)
+        if self.feed is not None:
+            it = self.feed(it)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                self.stats.wait_seconds += time.perf_counter() - t0
+                yield item
+        finally:
+            if hasattr(it, "close"):
+                it.close()
 
     def _threaded(self, epoch, start, nb, perm):
         W = min(self.workers, max(1, nb - start))

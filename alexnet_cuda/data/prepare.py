@@ -18,7 +18,8 @@ size x size patch, and writes
                            eigenvector i, eigenvalues descending), rgb_mean (3,)
                            of the training pixels, in units of pixel/255
     dst/source_files.txt.gz  the source's file list (see source.py)
-    dst/meta.json          classes, counts, size, skipped files, splits, source
+    dst/meta.json          classes, counts, size, skipped files, splits, source,
+                           storage ("raw", or "jpeg" with "jpeg_quality")
                            and its fingerprint; written last. Also: "layout"
                            (folder, imagenet-archives, imagenet-kaggle),
                            "class_names" parallel to "classes" (ImageNet: the
@@ -26,6 +27,10 @@ size x size patch, and writes
                            "class_words" (ImageNet: "tench, Tinca tinca"),
                            "conversions" {"CMYK": n, "L": n, "PNG named .JPEG": n}:
                            images decoded from another mode or format
+
+With storage="jpeg" (prepare --storage jpeg) each split's images are kept
+as JPEG streams instead, dst/<split>_jpeg.npy + dst/<split>_offsets.npy (see
+jpegstore.py), about an eighth of the bytes at 256x256, decoded by the loader.
 
 With splits=("val",) only val/ is read (train/ may be absent) and only the
 val files are written: no mean image, no PCA (evaluation takes the mean from
@@ -58,7 +63,10 @@ statistics) atomically (tmp file + os.replace). A rerun skips every chunk with
 a record and redoes the first one without. At the end the image file's .npy
 header is rewritten for the number of decoded images, the unused tail is
 truncated, and the file is renamed into place; meta.json (written atomically,
-last) marks dst as complete.
+last) marks dst as complete. With jpeg storage a chunk appends its streams to
+dst/.partial/<split>_jpeg.npy (after a placeholder header) and records their
+sizes; a rerun cuts the file back to the committed chunks' bytes before it
+appends again, and the end writes the header and <split>_offsets.npy.
 """
 from __future__ import annotations
 
@@ -75,10 +83,11 @@ import numpy as np
 
 from ..files import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_json, fsync_dir
 from .errors import DataError
-from .imageio import load_resized, quirks
+from .imageio import load_resized, quirks, usable_cores
 from .imagenet import LAYOUT_TEXT, input_classes, load_item, scan_input
+from .jpegstore import JpegImages, encode_jpeg, parse_tag, storage_tag
 from .source import (FORMAT, FORMAT_VERSION, SOURCE_FILES, SPLITS, check_splits, describe_change,
-                     source_files_blob)
+                     set_storage, source_files_blob)
 from .synthetic import default_cache_root
 
 _HEADER_LEN = 128  # fixed .npy header length, so the header can be rewritten in place
@@ -90,13 +99,14 @@ def _nolog(*args, **kwargs):
     pass
 
 
-def _outputs(splits) -> list:
-    """The data files of a prepared folder holding `splits`."""
-    names = [f"{s}_{k}.npy" for s in splits for k in ("images", "labels")]
+def _outputs(splits, storage: str = "raw") -> list:
+    """The data files of a prepared folder holding `splits` (storage: "raw" or "jpeg")."""
+    kinds = ("images", "labels") if storage == "raw" else ("jpeg", "offsets", "labels")
+    names = [f"{s}_{k}.npy" for s in splits for k in kinds]
     return names + (["mean.npy", "pca.npz"] if "train" in splits else [])
 
 
-ALL_OUTPUTS = ["meta.json", SOURCE_FILES] + _outputs(SPLITS)
+ALL_OUTPUTS = ["meta.json", SOURCE_FILES] + sorted(set(_outputs(SPLITS)) | set(_outputs(SPLITS, "jpeg")))
 
 
 # ---------------------------------------------------------------- small file helpers
@@ -115,8 +125,9 @@ def _npy_header(shape) -> bytes:
 def _decode_one(args):
     """Decode + resize one file (`where`: a path, or an archive member, see
     imagenet.load_item); returns (uint8 image, (pixel sum (3,), pixel
-    outer-product sum (3,3), quirks)) or (None, error text)."""
-    where, size, name = args
+    outer-product sum (3,3), quirks, the image as JPEG at `quality` or None))
+    or (None, error text)."""
+    where, size, name, quality = args
     info = {}
     try:
         a = load_resized(load_item(where), size, info=info)
@@ -126,7 +137,8 @@ def _decode_one(args):
     # contiguous planes (3, pixels) and einsum (no BLAS threads in the workers): 4x faster
     # than (pixels, 3) @; integer-valued products below 2**53: exact in float64 in any order
     x = np.ascontiguousarray(a.reshape(-1, 3).T).astype(np.float64)
-    return a, (x.sum(1), np.einsum("ij,kj->ik", x, x), quirks(name, info))
+    jpeg = encode_jpeg(a, quality) if quality else None
+    return a, (x.sum(1), np.einsum("ij,kj->ik", x, x), quirks(name, info), jpeg)
 
 
 def _where(src: Path, item) -> object:
@@ -135,18 +147,65 @@ def _where(src: Path, item) -> object:
 
 
 # ---------------------------------------------------------------- chunks (main side)
-def _submit(items, src, size, pool):
-    """The decoding of `items`, started in the pool (in order; lazy without a pool)."""
-    jobs = [(_where(src, it), size, it[0]) for it in items]
+def _submit(items, src, size, pool, quality=None):
+    """The decoding of `items` (and their encoding as JPEG at `quality`, if
+    given), started in the pool (in order; lazy without a pool)."""
+    jobs = [(_where(src, it), size, it[0], quality) for it in items]
     return pool.map(_decode_one, jobs, chunksize=8) if pool is not None else map(_decode_one, jobs)
 
 
-def _process_chunk(split, k, items, src, size, mm, offset, pool, record_path, results=None):
-    """Decode chunk `k` of `split` (`results`: its decoding, already started
-    by _submit), write its rows at mm[offset:], commit its record. Returns the
+class _RawSink:
+    """Where the decoded images of a raw split go: rows of the preallocated
+    .npy (memory-mapped), from row `n_done` on."""
+
+    def __init__(self, part_img: Path, n_total: int, size: int, n_done: int):
+        self.size, self.n = size, n_done
+        self.mm = np.memmap(part_img, np.uint8, "r+", offset=_HEADER_LEN, shape=(n_total, size, size, 3))
+
+    def write(self, img, info):
+        self.mm[self.n] = img
+        self.n += 1
+
+    def commit(self) -> dict:
+        """Make the rows written so far durable; the record's extra fields."""
+        self.mm.flush()
+        return {}
+
+    def close(self):
+        del self.mm
+
+
+class _JpegSink:
+    """Where the JPEG streams of a jpeg split go: appended to the partial
+    <split>_jpeg.npy (after its placeholder header), each chunk's sizes in its
+    record."""
+
+    def __init__(self, part: Path, size: int, committed_bytes: int):
+        self.size = size
+        self.f = open(part, "r+b")
+        self.f.truncate(_HEADER_LEN + committed_bytes)  # drop what an interrupted chunk appended
+        self.f.seek(_HEADER_LEN + committed_bytes)
+        self.sizes = []
+
+    def write(self, img, info):
+        self.f.write(info[3])
+        self.sizes.append(len(info[3]))
+
+    def commit(self) -> dict:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        sizes, self.sizes = np.asarray(self.sizes, np.int64), []
+        return {"sizes": sizes}
+
+    def close(self):
+        self.f.close()
+
+
+def _process_chunk(split, k, items, sink, record_path, results):
+    """Take chunk `k` of `split` (`results`: its decoding, started by
+    _submit), write its images to `sink`, commit its record. Returns the
     record (dict)."""
-    if results is None:
-        results = _submit(items, src, size, pool)
+    size = sink.size
     labels, skipped, errors, notes = [], [], [], []
     img_sum = np.zeros((size, size, 3) if split == "train" else (0,), np.uint32)
     pix_sum = np.zeros(3, np.float64)
@@ -157,7 +216,7 @@ def _process_chunk(split, k, items, src, size, mm, offset, pool, record_path, re
             skipped.append(rel)
             errors.append(info)
             continue
-        mm[offset + n] = img
+        sink.write(img, info)
         if split == "train":
             img_sum += img
             pix_sum += info[0]
@@ -165,11 +224,10 @@ def _process_chunk(split, k, items, src, size, mm, offset, pool, record_path, re
         labels.append(label)
         notes += info[2]
         n += 1
-    mm.flush()
     rec = {"n_ok": np.int64(n), "labels": np.asarray(labels, np.int64),
            "skipped": np.asarray(skipped, dtype=str), "errors": np.asarray(errors, dtype=str),
            "notes": np.asarray(notes, dtype=str),
-           "img_sum": img_sum, "pix_sum": pix_sum, "pix_outer": pix_outer}
+           "img_sum": img_sum, "pix_sum": pix_sum, "pix_outer": pix_outer, **sink.commit()}
     atomic_save_npz(record_path, **rec)
     return rec
 
@@ -213,6 +271,13 @@ def meta_splits(meta) -> tuple:
     return tuple(meta.get("splits", SPLITS))
 
 
+def meta_storage(meta) -> str:
+    """The storage tag of a prepared folder: "raw" or "jpeg-q<quality>"."""
+    if meta.get("storage", "raw") == "raw":
+        return "raw"
+    return storage_tag("jpeg", meta.get("jpeg_quality"))
+
+
 def is_prepared(path, splits=SPLITS) -> bool:
     """True when `path` is a complete folder written by prepare_dataset that
     holds `splits` (default: train and val, what training needs; pass
@@ -224,7 +289,7 @@ def is_prepared(path, splits=SPLITS) -> bool:
     have = meta_splits(meta)
     if not set(splits) <= set(have):
         return False
-    return all((path / n).is_file() for n in _outputs(have))
+    return all((path / n).is_file() for n in _outputs(have, meta.get("storage", "raw")))
 
 
 def _mismatch(meta, dst: Path, scan):
@@ -234,6 +299,8 @@ def _mismatch(meta, dst: Path, scan):
     source ('' when the old file list is unreadable), else ''."""
     if int(meta.get("size", -1)) != scan.size:
         return "size", f"at size {meta.get('size')}, not {scan.size}", ""
+    if meta_storage(meta) != scan.storage:
+        return "storage", f"with storage {meta_storage(meta)}, not {scan.storage}", ""
     if meta.get("source") != str(scan.path):
         return "source", f"from {meta.get('source')}", ""
     have = meta_splits(meta)
@@ -276,7 +343,8 @@ def class_names_of(meta) -> list:
 
 # ---------------------------------------------------------------- preparing
 def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None = None,
-                    chunk_size: int | None = None, force: bool = False, splits=SPLITS) -> Path:
+                    chunk_size: int | None = None, force: bool = False, splits=SPLITS,
+                    storage: str = "raw", jpeg_quality: int | None = None) -> Path:
     """Prepare the image folder `src` into `dst` (see the module doc).
 
     Returns `dst`. A complete `dst` prepared from the same source in the same
@@ -287,13 +355,16 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
     processes (default: all cores; 0 or 1: in this process). `chunk_size`:
     files per resumable chunk (default: about 256 MB of decoded images, at
     most 1000 files). `splits`: ("train", "val") or ("val",) (evaluation only).
+    `storage`: "raw" (uint8 arrays) or "jpeg" (JPEG streams at `jpeg_quality`,
+    default 90; see jpegstore.py); a dst prepared with the other storage
+    counts as another preparation (refused unless `force`).
     """
     log = log or _nolog
     dst = Path(dst).expanduser()
     size = int(size)
     if size < 1:
         raise DataError(f"prepare: size must be positive, got {size}")
-    scan = scan_input(src, splits, size)  # DataError before any work
+    scan = _scan(src, splits, size, storage, jpeg_quality)  # DataError before any work
     meta = read_meta(dst)
     if meta is not None:
         why = _mismatch(meta, dst, scan)
@@ -305,6 +376,18 @@ def prepare_dataset(src, dst, *, size: int = 256, log=print, workers: int | None
         if why is not None:
             log(f"prepare: overwriting {dst} (it was prepared {why[1]})")
     return _prepare(scan, dst, log=log, workers=workers, chunk_size=chunk_size)
+
+
+def _scan(src, splits, size, storage, jpeg_quality):
+    """scan_input with the storage in the fingerprint (DataError for a bad storage or input)."""
+    try:
+        tag = storage_tag(storage, jpeg_quality)
+    except ValueError as e:
+        raise DataError(f"prepare: {e}") from None
+    scan = scan_input(src, splits, size)
+    if tag != "raw":
+        set_storage(scan, tag)
+    return scan
 
 
 def _check_destination(dst: Path):
@@ -342,7 +425,7 @@ def _open_plan(dst: Path, scan, chunk_size, log):
             log(f"prepare: the unfinished preparation in {dst} was for other files or settings; "
                 f"starting over")
             shutil.rmtree(partial)
-    keep = set() if not partial.is_dir() else set(_outputs(scan.splits))
+    keep = set() if not partial.is_dir() else set(_outputs(scan.splits, parse_tag(scan.storage)[0]))
     for n in ALL_OUTPUTS:  # outputs of an older, different run are stale
         if n not in keep:
             (dst / n).unlink(missing_ok=True)
@@ -375,15 +458,6 @@ class _Progress:
                  f"({self.done}/{self.total} overall, {rate:.0f} images/s{eta})")
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the system
-    has one; else os.cpu_count())."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _prepare(scan, dst: Path, *, log, workers, chunk_size) -> Path:
     """Prepare `scan` into `dst`, whatever dst holds now (resuming a matching
     unfinished run)."""
@@ -398,8 +472,9 @@ def _prepare(scan, dst: Path, *, log, workers, chunk_size) -> Path:
         workers = usable_cores() if total >= 64 else 1
     use_pool = workers > 1
     counts = " and ".join(f"{len(scan.files[s])} {s}" for s in scan.splits)
+    stored = "" if scan.storage == "raw" else f", stored as JPEG quality {parse_tag(scan.storage)[1]}"
     log(f"prepare: {scan.path} -> {dst}: {len(scan.classes)} classes, {counts} files, "
-        f"{scan.size}x{scan.size}, chunks of {chunk_size}"
+        f"{scan.size}x{scan.size}{stored}, chunks of {chunk_size}"
         + (f", {workers} processes" if use_pool else "") + (" (resuming)" if resumed else ""))
     progress = _Progress(scan.path, total, log)
     pool = ProcessPoolExecutor(max_workers=workers) if use_pool else None
@@ -442,37 +517,61 @@ def _committed(rec_paths) -> list:
 
 
 def _prepare_split(split, scan, dst, partial, chunk_size, pool, progress) -> list:
-    """Decode (or resume) one split into dst/<split>_images.npy and its
-    labels; returns the chunk records."""
-    items, size = scan.files[split], scan.size
+    """Decode (or resume) one split into dst/<split>_images.npy (jpeg storage:
+    <split>_jpeg.npy and <split>_offsets.npy) and its labels; returns the
+    chunk records."""
+    items, size, jpeg = scan.files[split], scan.size, scan.storage != "raw"
     nchunks = (len(items) + chunk_size - 1) // chunk_size
     rec_paths = [partial / f"{split}-{k:05d}.npz" for k in range(nchunks)]
-    final_img, part_img = dst / f"{split}_images.npy", partial / f"{split}_images.npy"
+    kind = "jpeg" if jpeg else "images"
+    final_img, part_img = dst / f"{split}_{kind}.npy", partial / f"{split}_{kind}.npy"
     recs = _committed(rec_paths)
-    n_done = sum(int(r["n_ok"]) for r in recs)
     progress.done += len(items[:len(recs) * chunk_size])
-    if not (len(recs) == nchunks and final_img.is_file() and _npy_rows(final_img) == n_done):
+    if not (len(recs) == nchunks and _is_final(final_img, dst / f"{split}_offsets.npy", recs, jpeg)):
         final_img.unlink(missing_ok=True)  # not finalized by the interrupted run
         recs, n_done = _decode_rest(split, scan, part_img, rec_paths, recs, chunk_size, pool,
                                     progress)
         if n_done == 0:
             raise DataError(f"no readable images in {scan.path / split}")
-        _finalize_image(part_img, final_img, n_done, size)
+        if jpeg:
+            _finalize_jpeg(part_img, final_img, dst / f"{split}_offsets.npy", recs)
+        else:
+            _finalize_image(part_img, final_img, n_done, size)
     labels = np.concatenate([r["labels"] for r in recs]).astype(np.int64)
     atomic_save_npy(dst / f"{split}_labels.npy", labels)
     return recs
 
 
-def _decode_rest(split, scan, part_img, rec_paths, recs, chunk_size, pool, progress):
-    """Decode the chunks after the committed ones into the preallocated image
-    file (made anew when missing or damaged); returns (records, rows)."""
-    items, size = scan.files[split], scan.size
-    n_total, nchunks, rowbytes = len(items), len(rec_paths), size * size * 3
+def _jpeg_bytes(recs) -> int:
+    return int(sum(int(np.sum(r["sizes"])) for r in recs))
+
+
+def _is_final(final_img: Path, offsets: Path, recs, jpeg: bool) -> bool:
+    """Whether the split's finished image file (and offsets) hold what `recs` committed."""
     n_done = sum(int(r["n_ok"]) for r in recs)
-    psize = part_img.stat().st_size if part_img.is_file() else -1
-    if len(recs) == nchunks and psize == _HEADER_LEN + n_done * rowbytes:
-        return recs, n_done  # already truncated: only the rename was left
-    if psize != _HEADER_LEN + n_total * rowbytes:
+    if not jpeg:
+        return final_img.is_file() and _npy_rows(final_img) == n_done
+    return (final_img.is_file() and final_img.stat().st_size == _HEADER_LEN + _jpeg_bytes(recs)
+            and offsets.is_file() and _npy_rows(offsets) == n_done + 1)
+
+
+def _open_sink(split, scan, part_img, rec_paths, recs, chunk_size, progress):
+    """(sink for the chunks after the committed `recs`, or None when every
+    chunk is committed and the partial file is already final-sized; the
+    records kept). A missing or damaged partial file starts the split over
+    (records deleted); raw: preallocated (sparse) for every file."""
+    items, size, jpeg = scan.files[split], scan.size, scan.storage != "raw"
+    n_total, rowbytes = len(items), size * size * 3
+    n_done = sum(int(r["n_ok"]) for r in recs)
+    have = part_img.stat().st_size if part_img.is_file() else -1
+    if jpeg:  # a torn append after the last committed chunk is cut off by the sink
+        need = _HEADER_LEN + _jpeg_bytes(recs)
+        complete, intact = have == need, have >= need
+    else:
+        complete, intact = have == _HEADER_LEN + n_done * rowbytes, have == _HEADER_LEN + n_total * rowbytes
+    if len(recs) == len(rec_paths) and complete and not jpeg:
+        return None, recs  # already truncated: only the rename was left
+    if not intact:
         if recs:
             progress.log(f"prepare: the partial {split} image file is missing or damaged; "
                          f"redoing {split}/")
@@ -481,23 +580,39 @@ def _decode_rest(split, scan, part_img, rec_paths, recs, chunk_size, pool, progr
             rp.unlink(missing_ok=True)
         recs, n_done = [], 0
         with open(part_img, "wb") as f:
-            f.write(_npy_header((n_total, size, size, 3)))
-            f.truncate(_HEADER_LEN + n_total * rowbytes)  # sparse
-    mm = np.memmap(part_img, np.uint8, "r+", offset=_HEADER_LEN, shape=(n_total, size, size, 3))
+            f.write(_npy_header((0,) if jpeg else (n_total, size, size, 3)))
+            if not jpeg:
+                f.truncate(_HEADER_LEN + n_total * rowbytes)  # sparse
+    if jpeg:
+        return _JpegSink(part_img, size, _jpeg_bytes(recs)), recs
+    return _RawSink(part_img, n_total, size, n_done), recs
 
-    def start(k):  # with a pool, chunk k+1 decodes while chunk k is written and flushed
-        return _submit(items[k * chunk_size:(k + 1) * chunk_size], scan.path, size, pool) \
-            if pool is not None and k < nchunks else None
-    ahead = start(len(recs))
-    for k in range(len(recs), nchunks):
+
+def _decode_rest(split, scan, part_img, rec_paths, recs, chunk_size, pool, progress):
+    """Decode the chunks after the committed ones into the partial image file
+    (made anew when missing or damaged); returns (records, images)."""
+    items, size, nchunks = scan.files[split], scan.size, len(rec_paths)
+    quality = parse_tag(scan.storage)[1]
+    sink, recs = _open_sink(split, scan, part_img, rec_paths, recs, chunk_size, progress)
+    n_done = sum(int(r["n_ok"]) for r in recs)
+    if sink is None:
+        return recs, n_done
+
+    def start(k):  # chunk k's decoding: with a pool, chunk k+1 decodes while chunk k is written
         chunk = items[k * chunk_size:(k + 1) * chunk_size]
-        results, ahead = ahead, start(k + 1)
-        rec = _process_chunk(split, k, chunk, scan.path, size, mm, n_done, pool, rec_paths[k],
-                             results=results)
-        progress.chunk(split, k, chunk_size, n_total, rec, len(chunk))
-        recs.append(rec)
-        n_done += int(rec["n_ok"])
-    del mm
+        return _submit(chunk, scan.path, size, pool, quality) if k < nchunks else None
+    try:
+        ahead = start(len(recs))
+        for k in range(len(recs), nchunks):
+            chunk = items[k * chunk_size:(k + 1) * chunk_size]
+            # without a pool the decoding is lazy: it happens as chunk k is written
+            results, ahead = ahead, start(k + 1)
+            rec = _process_chunk(split, k, chunk, sink, rec_paths[k], results)
+            progress.chunk(split, k, chunk_size, len(items), rec, len(chunk))
+            recs.append(rec)
+            n_done += int(rec["n_ok"])
+    finally:
+        sink.close()
     return recs, n_done
 
 
@@ -510,6 +625,20 @@ def _finalize_image(part_img: Path, final_img: Path, n_rows: int, size: int):
         f.flush()
         os.fsync(f.fileno())
     os.replace(part_img, final_img)
+
+
+def _finalize_jpeg(part: Path, final: Path, offsets: Path, recs):
+    """Header for the streams' bytes, the offsets, rename into place (each
+    step can be repeated if interrupted)."""
+    sizes = np.concatenate([r["sizes"] for r in recs]).astype(np.int64)
+    total = int(sizes.sum())
+    with open(part, "r+b") as f:
+        f.write(_npy_header((total,)))
+        f.truncate(_HEADER_LEN + total)
+        f.flush()
+        os.fsync(f.fileno())
+    atomic_save_npy(offsets, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+    os.replace(part, final)
 
 
 def _pca(pix_sum, pix_outer, n_pix):
@@ -554,14 +683,19 @@ def _write_meta(dst: Path, scan, records, eigvals, log) -> dict:
         for c, n in zip(classes, per_class[s]):
             if n == 0:
                 log(f"prepare: warning: class {c} has no readable images in {s}/")
-    files = {s: [f"{s}_images.npy", f"{s}_labels.npy"] for s in splits}
+    storage, quality = parse_tag(scan.storage)
+    files = {s: [f"{s}_{k}.npy" for k in (("images",) if storage == "raw" else ("jpeg", "offsets"))]
+             + [f"{s}_labels.npy"] for s in splits}
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "complete": True, "size": scan.size,
             "splits": list(splits), "classes": classes, "num_classes": len(classes),
             "counts": counts, "class_counts": per_class,
             "skipped_count": sum(len(v) for v in skipped.values()), "skipped": skipped,
             "source": str(scan.path), "fingerprint": {s: scan.fingerprint[s] for s in splits},
             "source_files": SOURCE_FILES, "files": files, "layout": scan.layout,
-            "class_names": list(scan.class_names or classes), "conversions": _conversions(records)}
+            "class_names": list(scan.class_names or classes), "conversions": _conversions(records),
+            "storage": storage}
+    if quality is not None:
+        meta["jpeg_quality"] = quality
     if scan.class_words is not None:
         meta["class_words"] = list(scan.class_words)
     if eigvals is not None:
@@ -604,6 +738,8 @@ class PreparedDataset:
     """One split of a prepared folder.
 
     images  uint8 memmap (N, S, S, 3)     labels  int64 (N,)
+            (jpeg storage: a JpegImages, indexed the same way, decoding on access)
+    storage "raw" or "jpeg-q<quality>"
     classes list[str] (sorted folder names, or WordNet ids); size S; num_classes
     class_names list[str] parallel to classes: the human-readable names
             ("tench") where the source had them (ImageNet), else the classes
@@ -633,7 +769,12 @@ class PreparedDataset:
         self.class_names = class_names_of(meta)
         self.num_classes = len(self.classes)
         self.size = int(meta["size"])
-        self.images = np.load(self.path / f"{split}_images.npy", mmap_mode="r")
+        self.storage = meta_storage(meta)
+        if self.storage == "raw":
+            self.images = np.load(self.path / f"{split}_images.npy", mmap_mode="r")
+        else:
+            self.images = JpegImages(self.path / f"{split}_jpeg.npy", self.path / f"{split}_offsets.npy",
+                                     self.size)
         self.labels = np.asarray(np.load(self.path / f"{split}_labels.npy"), np.int64)
         self.mean = self.eigvals = self.eigvecs = None
         if "train" in have:
@@ -665,12 +806,13 @@ def prepared_cache_dir(cache_root=None) -> Path:
     return root / "prepared"
 
 
-def cache_entry(src, size: int = 256, splits=SPLITS, cache_root=None) -> Path:
+def cache_entry(src, size: int = 256, splits=SPLITS, cache_root=None, storage: str = "raw") -> Path:
     """The cache folder of the raw folder `src` at `size`:
-    <name>-s<size>-<key>, with the suffix -val for a val-only preparation."""
+    <name>-s<size>-<key>, with the suffix -val for a val-only preparation and
+    -<storage> (-jpeg-q90) for one not stored raw."""
     src = Path(src).expanduser().resolve()
     key = hashlib.sha256(f"{src}\0{int(size)}".encode()).hexdigest()[:12]
-    tail = "" if check_splits(splits) == SPLITS else "-val"
+    tail = ("" if check_splits(splits) == SPLITS else "-val") + ("" if storage == "raw" else f"-{storage}")
     return prepared_cache_dir(cache_root) / f"{src.name}-s{int(size)}-{key}{tail}"
 
 
@@ -708,7 +850,7 @@ def _reuse_cached(dst: Path, scan, log) -> bool:
 
 
 def ensure_prepared(data, cache_root=None, *, size: int = 256, log=print, workers=None,
-                    splits=SPLITS) -> Path:
+                    splits=SPLITS, storage: str = "raw", jpeg_quality: int | None = None) -> Path:
     """A prepared folder holding `splits` for `data`.
 
     `data` itself if it is a prepared folder; otherwise the raw image folder
@@ -718,7 +860,8 @@ def ensure_prepared(data, cache_root=None, *, size: int = 256, log=print, worker
     (one log line saying why) when files were added, removed or changed.
     splits=("val",): only val/ is needed and prepared (no mean image: take the
     checkpoint's); a full cache entry of the same source in the same state
-    serves too.
+    serves too. `storage`, `jpeg_quality`: see prepare_dataset (one cache
+    entry per storage).
     """
     log = log or _nolog
     splits = check_splits(splits)
@@ -726,14 +869,14 @@ def ensure_prepared(data, cache_root=None, *, size: int = 256, log=print, worker
     meta = read_meta(data)
     if meta is not None:
         return _use_prepared(data, meta, size, splits, log)
-    scan = scan_input(data, splits, int(size))
+    scan = _scan(data, splits, int(size), storage, jpeg_quality)
     if splits != SPLITS:
-        full = cache_entry(scan.path, size, SPLITS, cache_root)
+        full = cache_entry(scan.path, size, SPLITS, cache_root, scan.storage)
         meta = read_meta(full)
         if meta is not None and _mismatch(meta, full, scan) is None and is_prepared(full, splits):
             log(f"prepare: {full} is already prepared ({_counts_text(meta)}); reusing it")
             return full
-    dst = cache_entry(scan.path, size, splits, cache_root)
+    dst = cache_entry(scan.path, size, splits, cache_root, scan.storage)
     if _reuse_cached(dst, scan, log):
         return dst
     return _prepare(scan, dst, log=log, workers=workers, chunk_size=None)

@@ -12,6 +12,11 @@ per image file, in the order prepare_dataset reads them:
     # alexnet-cuda-prepared 2 size=256 split=val
     val/<class>/<name>\\t<bytes>\\t<mtime in ns>
 
+A preparation stored as JPEG (prepare --storage jpeg) says so in the header,
+"# alexnet-cuda-prepared 2 size=256 storage=jpeg-q90 split=val" (set_storage),
+so raw and jpeg preparations of one source never pass for each other; raw
+storage keeps the header above.
+
 It costs one stat per file (os.scandir), nothing is decoded or hashed but
 that text; a file rewritten within the same mtime tick at the same size goes
 unnoticed. The text itself is kept, gzipped, in the prepared folder
@@ -48,6 +53,7 @@ class Source:
     layout: str = "folder"          # "folder", "imagenet-archives" or "imagenet-kaggle"
     class_names: list = None        # human-readable name per class (None: the class ids)
     class_words: list = None        # the full synonym text per class, where known
+    storage: str = "raw"            # jpegstore.storage_tag: "raw" or "jpeg-q<quality>"
 
 
 class LazyFiles(dict):
@@ -123,8 +129,20 @@ def _image_stats(folder: Path) -> list:
     return out
 
 
-def header(split: str, size: int) -> str:
-    return f"# {FORMAT} {FORMAT_VERSION} size={int(size)} split={split}\n"
+def header(split: str, size: int, storage: str = "raw") -> str:
+    tag = "" if storage == "raw" else f"storage={storage} "
+    return f"# {FORMAT} {FORMAT_VERSION} size={int(size)} {tag}split={split}\n"
+
+
+def set_storage(scan: Source, storage: str):
+    """Record the storage tag in `scan` and in its splits' header lines and fingerprints."""
+    scan.storage = storage
+    for split, text in scan.text.items():
+        first, sep, rest = text.partition(b"\n")
+        if not first.startswith(f"# {FORMAT} ".encode()):
+            raise ValueError(f"the canonical text of {split} has no header line")
+        scan.text[split] = header(split, scan.size, storage).encode() + rest
+        scan.fingerprint[split] = hashlib.sha256(scan.text[split]).hexdigest()
 
 
 def set_text(scan: Source, split: str, lines: list):
