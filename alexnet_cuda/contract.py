@@ -1,10 +1,14 @@
 """The op contract every backend offers (docs/design.md, "Three backends, one contract").
 
 `Backend` holds what all three share: `name`, `xp` (the array module: numpy or cupy),
-`asarray`, `to_numpy`, `zeros`, `synchronize`. `OPS` lists the ops each backend
+`asarray`, `to_numpy`, `zeros`, `synchronize`, and the device helpers (`device_count`,
+`current_device`, `device_of`, `use_device`: one device, 0, on numpy; the kernel backends'
+own are in alexnet_cuda.kernel_ops). `OPS` lists the ops each backend
 implements with the reference's signatures (the kernel backends add ``version=``).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -42,6 +46,21 @@ class Backend:
 
     def synchronize(self):
         pass
+
+    def device_count(self):
+        return 1
+
+    def current_device(self):
+        return 0
+
+    def device_of(self, a):
+        return None
+
+    @contextlib.contextmanager
+    def use_device(self, d):
+        if d != 0:
+            raise ValueError(f"the {self.name} backend has one device (0), not device {d}")
+        yield
 
     def __repr__(self):
         return f"<alexnet_cuda backend {self.name!r}>"

@@ -6,12 +6,21 @@ shape, contiguity, device) before anything is launched, and runs the kernels on 
 caller's stream (cupy's current stream on cuda). `version=0` lets the dispatcher pick
 a kernel; tests and benchmarks pass each numbered version in turn.
 
+Devices: on cuda an array lives where cupy put it; on emu `_empty` allocates through the
+emulator's runtime, so every array an op returns is memory of the current virtual device
+(ALEXNET_EMU_DEVICES=N, csrc/emu/README.md), and `asarray`/`zeros` place data there too. A plain
+numpy array is host memory that every emu device may read. `use_device(d)` makes d current for a
+block (cupy.cuda.Device on cuda); `device_of(a)` says where an array lives. The extension checks
+that each argument lives on the current device and raises ValueError naming it and both devices.
+
 The ops are grouped in mixins by kernel family:
     ElementwiseOps      relu, reduce_sum                     (this file)
     LayerOps            lrn, maxpool, dropout, softmax, sgd  (kernel_ops_layers.py)
     ConvOps             conv2d, linear                        (kernel_ops_conv.py)
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -36,7 +45,57 @@ class KernelOpsBase(Backend):
         return 0
 
     def _empty(self, shape, dtype=np.float32):
-        return self.xp.empty(tuple(int(s) for s in shape), dtype=dtype)
+        shape = tuple(int(s) for s in shape)
+        if self.name == "emu":
+            return self._mod.empty(shape, np.dtype(dtype))
+        return self.xp.empty(shape, dtype=dtype)
+
+    def asarray(self, a, dtype=None):
+        """As Backend.asarray; on emu the result is memory of the current virtual device (a copy
+        unless `a` already is such an array of the right dtype)."""
+        if self.name != "emu":
+            return super().asarray(a, dtype)
+        h = super().asarray(a, dtype)
+        if self._mod.pointer_device(h) == self._mod.get_device():
+            return h
+        out = self._empty(h.shape, h.dtype)
+        out[...] = h
+        return out
+
+    def zeros(self, shape, dtype=np.float32):
+        if self.name != "emu":
+            return super().zeros(shape, dtype)
+        out = self._empty(shape if isinstance(shape, tuple) else (shape,), dtype)
+        out[...] = 0
+        return out
+
+    # ---- devices ------------------------------------------------------------------------
+    def device_count(self):
+        n, why = self._mod.device_count()
+        return n
+
+    def current_device(self):
+        return self._mod.get_device()
+
+    def device_of(self, a):
+        """The device whose memory holds `a` (None: host memory, which emu devices all read)."""
+        if self.name == "cuda":
+            return int(a.device.id) if isinstance(a, self.xp.ndarray) else None
+        return self._mod.pointer_device(a) if isinstance(a, np.ndarray) else None
+
+    @contextlib.contextmanager
+    def use_device(self, d):
+        """Make device `d` current for the block (and its null stream the stream of the ops)."""
+        if self.name == "cuda":
+            with self.xp.cuda.Device(int(d)):
+                yield
+            return
+        old = self._mod.get_device()
+        self._mod.set_device(int(d))
+        try:
+            yield
+        finally:
+            self._mod.set_device(old)
 
     def _empty_like(self, x, dtype=np.float32):
         """An output shaped like x; a non-array x gets a dummy and the binding rejects x."""

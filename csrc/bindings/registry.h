@@ -3,6 +3,7 @@
 #pragma once
 #define ALEXNET_BINDING_FAMILIES(X) \
   X(core)                           \
+  X(devices)                        \
   X(conv)                           \
   X(elementwise)                    \
   X(layers)                         \
