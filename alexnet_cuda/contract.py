@@ -19,6 +19,7 @@ OPS = (
     "relu_forward", "relu_backward", "lrn_forward", "lrn_backward",
     "maxpool_forward", "maxpool_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "sgd_update", "sgd_update_multi", "topk_correct",
+    "transfer_forward", "transfer_backward",
 )
 
 

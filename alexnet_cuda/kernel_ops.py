@@ -15,6 +15,7 @@ that each argument lives on the current device and raises ValueError naming it a
 
 The ops are grouped in mixins by kernel family:
     ElementwiseOps      relu, reduce_sum                     (this file)
+    TransferOps         transfer_forward/backward            (this file; where towers meet)
     LayerOps            lrn, maxpool, dropout, softmax, sgd  (kernel_ops_layers.py)
     ConvOps             conv2d, linear                        (kernel_ops_conv.py)
 """
@@ -24,6 +25,7 @@ import contextlib
 
 import numpy as np
 
+from . import checks
 from .contract import Backend
 from .kernel_ops_conv import ConvOps
 from .kernel_ops_layers import LayerOps
@@ -129,6 +131,33 @@ class ElementwiseOps:
         return out.reshape(())
 
 
-class KernelOps(ElementwiseOps, LayerOps, ConvOps, KernelOpsBase):
+class TransferOps:
+    """The transfer kernels (csrc/kernels/transfer.cu): the array on the other tower's side may live
+    on a peer device; the kernel reads it there (the caller enables peer access, alexnet_cuda.towers)."""
+
+    def _device_arg(self, a):
+        d = self.device_of(a)
+        return -1 if d is None else d
+
+    def transfer_forward(self, src, dst, *, offset, version=0):
+        """dst[:, offset:offset + src.shape[1]] = src, in place; returns dst."""
+        offset = checks.integer("transfer_forward", "offset", offset, minimum=0)
+        self._mod.transfer_forward(src, dst, offset=offset, src_device=self._device_arg(src), version=version,
+                                   stream=self._stream())
+        return dst
+
+    def transfer_backward(self, grad, *, offset, channels, local=None, version=0):
+        """grad[:, offset:offset + channels] (+ local[...]), local on the current device."""
+        fn = "transfer_backward"
+        offset = checks.integer(fn, "offset", offset, minimum=0)
+        channels = checks.integer(fn, "channels", channels, minimum=0)
+        shape = getattr(grad, "shape", (0, 0))
+        out = self._empty(shape[:1] + (channels,) + tuple(shape[2:]))
+        self._mod.transfer_backward(grad, local, out, offset=offset, peer_device=self._device_arg(grad),
+                                    version=version, stream=self._stream())
+        return out
+
+
+class KernelOps(ElementwiseOps, TransferOps, LayerOps, ConvOps, KernelOpsBase):
     """Every op of the contract that our kernels implement."""
 

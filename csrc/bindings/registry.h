@@ -7,4 +7,5 @@
   X(conv)                           \
   X(elementwise)                    \
   X(layers)                         \
+  X(transfer)                       \
   X(selftest)
