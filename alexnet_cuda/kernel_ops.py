@@ -85,6 +85,33 @@ class KernelOpsBase(Backend):
             return int(a.device.id) if isinstance(a, self.xp.ndarray) else None
         return self._mod.pointer_device(a) if isinstance(a, np.ndarray) else None
 
+    def empty(self, shape, dtype=np.float32):
+        return self._empty(shape, dtype)
+
+    def can_access_peer(self, device, peer):
+        return self._mod.can_access_peer(int(device), int(peer))
+
+    def enable_peer_access(self, peer):
+        """Peer access from the current device to `peer`; done already is fine."""
+        try:
+            self._mod.enable_peer_access(int(peer))
+        except RuntimeError as e:
+            if "cudaErrorPeerAccessAlreadyEnabled" not in str(e):
+                raise
+
+    def memcpy_peer(self, dst, dst_device, src, src_device):
+        """cudaMemcpyPeerAsync on the current device's stream (no peer access needed)."""
+        self._mod.memcpy_peer(dst, int(dst_device), src, int(src_device), stream=self._stream())
+
+    def record_event(self):
+        e = self._mod.Event()
+        e.record(self._stream())
+        return e
+
+    def wait_event(self, event):
+        if event is not None:
+            event.wait(self._stream())
+
     @contextlib.contextmanager
     def use_device(self, d):
         """Make device `d` current for the block (and its null stream the stream of the ops)."""
@@ -139,11 +166,14 @@ class TransferOps:
         d = self.device_of(a)
         return -1 if d is None else d
 
-    def transfer_forward(self, src, dst, *, offset, version=0):
-        """dst[:, offset:offset + src.shape[1]] = src, in place; returns dst."""
-        offset = checks.integer("transfer_forward", "offset", offset, minimum=0)
-        self._mod.transfer_forward(src, dst, offset=offset, src_device=self._device_arg(src), version=version,
-                                   stream=self._stream())
+    def transfer_forward(self, src, dst, *, offset, src_offset=0, channels=None, version=0):
+        """dst[:, offset:offset + channels] = src[:, src_offset:src_offset + channels], in place; returns dst."""
+        fn = "transfer_forward"
+        offset = checks.integer(fn, "offset", offset, minimum=0)
+        src_offset = checks.integer(fn, "src_offset", src_offset, minimum=0)
+        channels = -1 if channels is None else checks.integer(fn, "channels", channels, minimum=0)
+        self._mod.transfer_forward(src, dst, offset=offset, src_offset=src_offset, channels=channels,
+                                   src_device=self._device_arg(src), version=version, stream=self._stream())
         return dst
 
     def transfer_backward(self, grad, *, offset, channels, local=None, version=0):

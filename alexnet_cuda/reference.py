@@ -654,14 +654,21 @@ def _tower_slice(fn, name, a, cat_name, cat, offset):
     return offset
 
 
-def transfer_forward(src, dst, *, offset):
-    """dst[:, offset:offset + src.shape[1]] = src, in place; returns dst. On the kernel backends src may
-    live on a peer device (read over peer access)."""
+def transfer_forward(src, dst, *, offset, src_offset=0, channels=None):
+    """dst[:, offset:offset + channels] = src[:, src_offset:src_offset + channels] (channels None: the rest
+    of src), in place; returns dst. On the kernel backends src may live on a peer device (read over peer
+    access)."""
     fn = "transfer_forward"
     _array(fn, "src", src)
     _array(fn, "dst", dst, like=("src", src))
-    offset = _tower_slice(fn, "src", src, "dst", dst, offset)
-    dst[:, offset:offset + src.shape[1]] = src
+    src_offset = _int(fn, "src_offset", src_offset, minimum=0)
+    channels = src.shape[1] - src_offset if channels is None else _int(fn, "channels", channels, minimum=0)
+    if src.ndim not in (2, 4) or src_offset + channels > src.shape[1]:
+        raise ValueError(f"{fn}: src_offset {src_offset} + {channels} channels exceeds the channels of src "
+                         f"{src.shape}")
+    piece = src[:, src_offset:src_offset + channels]
+    offset = _tower_slice(fn, "src", piece, "dst", dst, offset)
+    dst[:, offset:offset + channels] = piece
     return dst
 
 

@@ -57,6 +57,30 @@ def test_transfer_forward_matches_numpy(kb, emu_order, rng, shape, cat, off):
         np.testing.assert_array_equal(kb.to_numpy(dst), want, err_msg=f"version {v}")
 
 
+# (src shape, src_offset, channels, dst channels, offset): a channel range of src, as a tower's LRN
+# takes its neighbour's boundary channels
+RANGES = [((3, 5, 5, 5), 3, 2, 7, 0),
+          ((3, 5, 5, 5), 0, 2, 7, 5),
+          ((2, 8, 2, 2), 4, 4, 6, 2),   # aligned: version 2 runs
+          ((4, 9), 7, 2, 3, 1)]
+
+
+@pytest.mark.parametrize("shape,src_off,ch,cat,off", RANGES)
+def test_transfer_forward_of_a_channel_range(kb, emu_order, rng, shape, src_off, ch, cat, off):
+    src = rng.standard_normal(shape).astype(np.float32)
+    base = rng.standard_normal(cat_shape(shape, cat)).astype(np.float32)
+    want = base.copy()
+    want[:, off:off + ch] = src[:, src_off:src_off + ch]
+    np.testing.assert_array_equal(ref.transfer_forward(src, base.copy(), offset=off, src_offset=src_off, channels=ch),
+                                  want)
+    per = int(np.prod(shape[2:])) if len(shape) == 4 else 1
+    can2 = all(v * per % 4 == 0 for v in (ch, cat, off, shape[1], src_off))
+    for v in [0, 1] + ([2] if can2 else []):
+        dst = kb.asarray(base)
+        kb.transfer_forward(kb.asarray(src), dst, offset=off, src_offset=src_off, channels=ch, version=v)
+        np.testing.assert_array_equal(kb.to_numpy(dst), want, err_msg=f"version {v}")
+
+
 @pytest.mark.parametrize("shape,cat,off", CASES)
 @pytest.mark.parametrize("with_local", [True, False])
 def test_transfer_backward_matches_numpy(kb, emu_order, rng, shape, cat, off, with_local):
@@ -90,6 +114,8 @@ def test_bad_slices_are_value_errors(be_name):
         be.transfer_backward(dst, offset=4, channels=2)
     with pytest.raises(TypeError, match="transfer_forward: offset must be an integer"):
         be.transfer_forward(src, dst, offset=1.0)
+    with pytest.raises(ValueError, match="transfer_forward: src_offset 2 \\+ 2 channels exceeds the"):
+        be.transfer_forward(src, dst, offset=0, src_offset=2, channels=2)
 
 
 # ---- two virtual devices -----------------------------------------------------------------

@@ -33,18 +33,28 @@ void bind_transfer(py::module_& m) {
 
   m.def(
       "transfer_forward",
-      [](py::handle src, py::handle dst, int64_t offset, int src_device, int version, uintptr_t stream) {
+      [](py::handle src, py::handle dst, int64_t offset, int64_t src_offset, int64_t channels, int src_device,
+         int version, uintptr_t stream) {
         const char* op = "transfer_forward";
         Array S = input(src, op, "src", {DType::F32}, -1, src_device);
         Array D = output(dst, op, "dst", {DType::F32});
-        const int64_t hw = check_slice(S, D, offset);
+        if (S.ndim() != 2 && S.ndim() != 4) value_error(op, "src must be (N, C, H, W) or (N, F), got shape " + S.shape_str());
+        if (channels < 0) channels = S.dim(1) - src_offset;
+        if (src_offset < 0 || channels < 0 || src_offset + channels > S.dim(1))
+          value_error(op, "src_offset " + std::to_string(src_offset) + " + " + std::to_string(channels) +
+                              " channels exceeds the " + std::to_string(S.dim(1)) + " channels of src");
+        Array piece = S;  // the shape of the channels copied, for the checks against dst
+        piece.shape[1] = channels;
+        const int64_t hw = check_slice(piece, D, offset);
         expect_no_overlap(D, S);
         py::gil_scoped_release nogil;
-        kernels::transfer_forward(S.f32(), D.f32(), S.dim(0), S.numel() / (S.dim(0) ? S.dim(0) : 1), D.dim(1) * hw,
-                                  offset * hw, version, as_stream(stream));
+        kernels::transfer_forward(S.f32(), D.f32(), S.dim(0), channels * hw, S.dim(1) * hw, src_offset * hw,
+                                  D.dim(1) * hw, offset * hw, version, as_stream(stream));
       },
-      "src"_a, "dst"_a, py::kw_only(), "offset"_a, "src_device"_a = kCurrentDevice, "version"_a = 0, "stream"_a = 0,
-      "dst[:, offset:offset + src.shape[1]] = src, in place; src may live on src_device (a peer).");
+      "src"_a, "dst"_a, py::kw_only(), "offset"_a, "src_offset"_a = 0, "channels"_a = -1,
+      "src_device"_a = kCurrentDevice, "version"_a = 0, "stream"_a = 0,
+      "dst[:, offset:offset + channels] = src[:, src_offset:src_offset + channels] in place (channels -1: the rest "
+      "of src); src may live on src_device (a peer).");
 
   m.def(
       "transfer_backward",
