@@ -422,6 +422,11 @@ class AlexNet:
                                  f"({be.current_device()}), not device {self.devices[0]}; pick the card with "
                                  "CUDA_VISIBLE_DEVICES")
             return
+        if len(self.devices) != 2:
+            raise ValueError(f"AlexNet: the towers run on one or two devices, got devices={self.devices}")
+        if self.devices[0] != be.current_device():
+            raise ValueError(f"AlexNet: devices[0] must be the current device ({be.current_device()}): the logits "
+                             f"and the loss live there; got devices={self.devices}")
         if self.config["towers"] != len(self.devices) or self.num_classes < len(self.devices):
             raise ValueError(f"AlexNet: devices={self.devices} needs towers={len(self.devices)} (got "
                              f"{self.config['towers']}) and at least {len(self.devices)} classes (got "

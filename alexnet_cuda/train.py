@@ -43,7 +43,7 @@ from .visualize import write_curves
 __all__ = ["default_config", "default_workers", "train", "train_one_epoch", "RESUME_OVERRIDES"]
 
 # Config keys that `resume` may change; everything else comes from the checkpoint.
-RESUME_OVERRIDES = ("epochs", "workers", "backend")
+RESUME_OVERRIDES = ("epochs", "workers", "backend", "devices")
 
 
 # ---------------------------------------------------------------------------
@@ -71,6 +71,7 @@ def default_config(**kw):
         "out": "runs/alexnet",
         "preset": preset,
         "backend": "numpy",
+        "devices": None,         # None: one device; [0, 1]: tower t on device t (alexnet_cuda.towers)
         "epochs": p["epochs"],
         "batch_size": p["batch_size"],
         "lr": p["lr"],
@@ -193,7 +194,7 @@ def _load_data(cfg, log, resumed):
 def _build_run(cfg, out, log, resumed):
     train_ds, val_ds = _load_data(cfg, log, resumed)
     be = resolve_backend(cfg["backend"])
-    model = AlexNet(backend=be, **_model_kwargs(cfg, train_ds.num_classes))
+    model = AlexNet(backend=be, devices=cfg.get("devices"), **_model_kwargs(cfg, train_ds.num_classes))
     cfg["model"], cfg["num_parameters"] = dict(model.config), model.num_parameters()
     loader = TrainLoader(train_ds, batch_size=cfg["batch_size"], crop=cfg["input_size"], seed=cfg["seed"],
                          workers=cfg["workers"], flip=cfg["flip"], pca_std=cfg["pca_std"], scale=cfg["input_scale"])
