@@ -70,6 +70,7 @@ step bench_conv 90 "$PY" benchmarks/bench_conv.py
 step bench_linear 40 "$PY" benchmarks/bench_linear.py
 step bench_layers 50 "$PY" benchmarks/bench_layers.py
 step bench_train 60 "$PY" benchmarks/bench_train.py
+step bench_transfer 60 "$PY" benchmarks/bench_transfer.py
 mkdir -p "$OUT/results" && cp -r benchmarks/results/. "$OUT/results/" 2>/dev/null
 }
 
