@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import alexnet_cuda
+from alexnet_cuda import evaluate
 from alexnet_cuda import runfolder as rf
 from alexnet_cuda import train as T
 from alexnet_cuda.health import Health
@@ -212,6 +213,11 @@ def test_train_on_two_devices_matches_one_and_resumes_on_one(emu2, tiny_data, tm
     wb, _ = rf.load_checkpoint(b / "checkpoint.safetensors")
     assert_close({k: v for k, v in wa.items() if k.split(".")[0] not in ("health", "data")},
                  {k: v for k, v in wb.items() if k.split(".")[0] not in ("health", "data")}, "checkpoint")
+    # a checkpoint of a run on one device evaluates on two (alexnet-cuda eval --devices 0,1)
+    ck = str(b / "checkpoint.safetensors")
+    one = evaluate.evaluate(ck, backend="emu", log=quiet)
+    two = evaluate.evaluate(ck, backend="emu", devices=[0, 1], log=quiet)
+    assert one == two and one["images"] == 12
 
 
 def test_cli_devices_option(emu2):
