@@ -67,7 +67,7 @@ class KernelOpsBase(Backend):
     def zeros(self, shape, dtype=np.float32):
         if self.name != "emu":
             return super().zeros(shape, dtype)
-        out = self._empty(shape if isinstance(shape, tuple) else (shape,), dtype)
+        out = self._empty(tuple(shape) if np.iterable(shape) else (shape,), dtype)
         out[...] = 0
         return out
 

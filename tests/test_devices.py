@@ -66,6 +66,9 @@ def test_arrays_know_their_device(emu2):
     assert be.device_of(c) == 0 and c is not a
     np.testing.assert_array_equal(c, a)
     assert be.device_of(be.relu_forward(c)) == 0          # op outputs on the current device
+    for shape in ([2, 3], 5, ()):
+        z = be.zeros(shape, dtype=np.int32)
+        assert z.shape == np.zeros(shape).shape and z.dtype == np.int32 and not z.any() and be.device_of(z) == 0
 
 
 def test_op_given_array_of_another_device_names_it_and_both_devices(emu2):
