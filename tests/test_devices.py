@@ -146,3 +146,5 @@ def test_memcpy_peer_needs_no_peer_access_but_checks_devices(emu2):
         m.memcpy_peer(dst, 0, src, 0)
     with pytest.raises(ValueError, match="memcpy_peer: dst holds 16 bytes, src 24"):
         m.memcpy_peer(be.zeros((4,)), 0, src, 1)
+    with pytest.raises(RuntimeError, match="cudaErrorInvalidValue"):   # host memory is no device's memory
+        m.memcpy_peer(np.zeros(6, np.float32), 0, src, 1)
