@@ -232,8 +232,11 @@ class HaloLRN:
     tower 1 [h of tower 0 | its C1] (h = size // 2), and keeps its own channels. Backward needs the
     neighbour's dy, y and scale on the halo, read from the neighbour."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, rows):
         self.name, self.hp, self.h = layer.name, dict(layer.hp), layer.hp["size"] // 2
+        if min(hi - lo for lo, hi in rows) < self.h:
+            raise ValueError(f"{layer.name}: a tower has {min(hi - lo for lo, hi in rows)} channels, fewer than "
+                             f"the LRN's half window {self.h}; use one device or a wider model")
 
     def _layout(self, widths):
         """Per tower: (where its own channels start in its extended tensor, where the halo starts,
@@ -255,9 +258,6 @@ class HaloLRN:
     def forward(self, net, xs, train, ctx):
         be, dev = net.be, net.devices
         widths = [x.shape[1] for x in xs]
-        if min(widths) < self.h:
-            raise ValueError(f"{self.name}: a tower has {min(widths)} channels, fewer than the LRN's half window "
-                             f"{self.h}; use fewer devices or a wider model")
         net.exchange.order(dev, range(2), range(2))
         out, cache = [], []
         for t in range(2):
@@ -324,7 +324,7 @@ def build_stages(layers, towers):
     for l in layers:
         rule = l.tower_rule
         if rule == "window" and split:
-            stages.append(HaloLRN(l))
+            stages.append(HaloLRN(l, rows))
             continue
         if rule in ("gather_in", "full") and split:
             stages.append(Concat())

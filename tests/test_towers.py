@@ -118,6 +118,15 @@ def test_both_towers_on_one_device(backend):
     assert_close(one.state_dict(), two.state_dict(), "weights")
 
 
+def test_without_dropout_and_lrn(emu2):
+    """The small preset's shape: no dropout (ReLU'd features cross, no whole-vector layer), no LRN."""
+    kw = {**KW, "dropout": 0.0, "lrn": False}
+    one, two = AlexNet(backend="emu", **kw), AlexNet(backend="emu", devices=(0, 1), **kw)
+    losses = train_pair(one, two, batches(2, seed=4))
+    np.testing.assert_allclose(losses[:, 1], losses[:, 0], rtol=TOL)
+    assert_close(one.state_dict(), two.state_dict(), "weights")
+
+
 def test_checkpoint_moves_between_device_counts(emu2):
     data = batches(4, seed=2)
     ref = AlexNet(backend="emu", **KW)
@@ -181,6 +190,7 @@ def test_health_on_two_devices_matches_one(emu2):
     ((1,), {}, "a one-device model runs on the current device"),
     ((1, 0), {}, "devices\\[0\\] must be the current device"),
     ((0, 1, 0), {}, "one or two devices"),
+    ((0, 1), {"width": 1 / 48}, "lrn1: a tower has 1 channels, fewer than the LRN's half window 2"),
     ("0;1", {}, "device numbers separated by commas"),
 ])
 def test_bad_devices_are_clear_errors(emu2, devices, kw, msg):
