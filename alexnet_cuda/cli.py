@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__, data, distributed, evaluate, gradcheck, timing, train, visualize
 from .backends import cuda_unusable_reason, default_backend_name
-from .cliargs import add_backend_argument, non_negative_int, positive_float, positive_int
+from .cliargs import add_backend_argument, add_devices_argument, non_negative_int, positive_float, positive_int
 from .errors import (EXIT_INTERRUPTED, EXIT_USAGE, AlexNetError, BackendError, DivergedError, TrainError,
                      TrainingInterrupted)
 from .model import INITS, PRESETS
@@ -55,6 +55,7 @@ def _train_arguments(t):
                         "(default: full on cuda, small otherwise)")
     t.add_argument("--init", choices=INITS, help="weight init (default: the preset's; 'paper' is the paper's)")
     add_backend_argument(t)
+    add_devices_argument(t)
     t.add_argument("--seed", type=int, help="seed of the init, the batches and dropout (default 0)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--workers", type=non_negative_int,
@@ -115,7 +116,8 @@ def _cmd_train(args):
             if getattr(args, name) is not None:
                 _log(f"note: --{name.replace('_', '-')} is ignored with --resume (the checkpoint's is used)")
         return train.train(resume=True, out=_find_run_folder(args), log=_log,
-                       overrides={"epochs": args.epochs, "workers": args.workers, "backend": args.backend})
+                       overrides={"epochs": args.epochs, "workers": args.workers, "backend": args.backend,
+                                  "devices": args.devices})
     backend, preset, note = _choose_backend(args)
     if note:
         _log(note)
@@ -127,7 +129,7 @@ def _cmd_train(args):
     cfg = train.default_config(preset=preset, backend=backend, data=str(src), out=args.out or f"runs/alexnet-{preset}",
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            seed=args.seed, workers=args.workers, patience=args.patience, schedule=args.schedule,
-                           init=args.init)
+                           init=args.init, devices=args.devices)
     return train.train(cfg, log=_log)
 
 
@@ -195,6 +197,7 @@ def _eval_arguments(e):
     e.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's ten patches")
     e.add_argument("--batch-size", type=positive_int, help="images per batch (default 256, ten-crop 32)")
     add_backend_argument(e)
+    add_devices_argument(e)
 
 
 def _cmd_eval(args):
@@ -204,7 +207,7 @@ def _cmd_eval(args):
     on first use; train/ is not needed) or of a prepared folder, with the centre crop or the paper's
     ten patches."""
     evaluate.evaluate(args.checkpoint, args.data, ten_crop=args.ten_crop, batch_size=args.batch_size, backend=args.backend,
-             log=_log)
+             log=_log, devices=args.devices)
     return 0
 
 

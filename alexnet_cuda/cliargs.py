@@ -5,7 +5,7 @@ import argparse
 
 from .backends import BACKENDS
 
-__all__ = ["positive_int", "non_negative_int", "positive_float", "add_backend_argument"]
+__all__ = ["positive_int", "non_negative_int", "positive_float", "add_backend_argument", "add_devices_argument"]
 
 
 def _number(kind, text, ok, what):
@@ -31,6 +31,21 @@ def non_negative_int(text):
 def positive_float(text):
     """argparse type: a finite number > 0."""
     return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def device_list(text):
+    """argparse type: device numbers separated by commas ('0,1'), as a list."""
+    parts = [s.strip() for s in text.split(",")]
+    if not all(s.isdigit() for s in parts) or len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected one or two device numbers separated by a comma (0,1), got {text!r}")
+    return [int(s) for s in parts]
+
+
+def add_devices_argument(p):
+    p.add_argument("--devices", type=device_list,
+                   help="'0,1': the paper's two towers on two devices, tower t on device t (model parallel); "
+                        "'0,0': both towers on one device through the same exchange code; default: one device, "
+                        "the towers computed together. On emu, ALEXNET_EMU_DEVICES=2 presents two devices")
 
 
 def add_backend_argument(p):

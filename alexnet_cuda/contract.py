@@ -1,10 +1,15 @@
 """The op contract every backend offers (docs/design.md, "Three backends, one contract").
 
 `Backend` holds what all three share: `name`, `xp` (the array module: numpy or cupy),
-`asarray`, `to_numpy`, `zeros`, `synchronize`. `OPS` lists the ops each backend
+`asarray`, `to_numpy`, `zeros`, `empty`, `synchronize`, and the device helpers (`device_count`,
+`current_device`, `device_of`, `use_device`, `can_access_peer`, `enable_peer_access`, `memcpy_peer`,
+`record_event`, `wait_event`: one device, 0, on numpy; the kernel backends' own are in
+alexnet_cuda.kernel_ops). `OPS` lists the ops each backend
 implements with the reference's signatures (the kernel backends add ``version=``).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -15,6 +20,7 @@ OPS = (
     "relu_forward", "relu_backward", "lrn_forward", "lrn_backward",
     "maxpool_forward", "maxpool_backward", "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "sgd_update", "sgd_update_multi", "topk_correct",
+    "transfer_forward", "transfer_backward",
 )
 
 
@@ -40,8 +46,42 @@ class Backend:
     def zeros(self, shape, dtype=np.float32):
         return self.xp.zeros(shape, dtype=dtype)
 
+    def empty(self, shape, dtype=np.float32):
+        return self.xp.empty(shape, dtype=dtype)
+
     def synchronize(self):
         pass
+
+    def device_count(self):
+        return 1
+
+    def current_device(self):
+        return 0
+
+    def device_of(self, a):
+        return None
+
+    @contextlib.contextmanager
+    def use_device(self, d):
+        if d != 0:
+            raise ValueError(f"the {self.name} backend has one device (0), not device {d}")
+        yield
+
+    def can_access_peer(self, device, peer):
+        return False
+
+    def enable_peer_access(self, peer):
+        raise ValueError(f"the {self.name} backend has one device: no peer to access")
+
+    def memcpy_peer(self, dst, dst_device, src, src_device):
+        dst[...] = src
+
+    def record_event(self):
+        """An event recorded on the current device's stream (None where everything is synchronous)."""
+        return None
+
+    def wait_event(self, event):
+        """Make the current device's stream wait for `event` (any device's)."""
 
     def __repr__(self):
         return f"<alexnet_cuda backend {self.name!r}>"

@@ -59,10 +59,11 @@ def evaluate_model(model, loader, *, stop=None, world=None):
     return (n - c1) / n, (n - c5) / n, n
 
 
-def evaluate(checkpoint, data=None, *, ten_crop=False, batch_size=None, backend=None, log=print):
-    """Top-1/top-5 error of `checkpoint` on `data`'s val split; returns a dict and logs one line."""
+def evaluate(checkpoint, data=None, *, ten_crop=False, batch_size=None, backend=None, log=print, devices=None):
+    """Top-1/top-5 error of `checkpoint` on `data`'s val split (the model on `devices`, AlexNet's
+    argument); returns a dict and logs one line."""
     be = resolve_backend(backend)
-    model, info = model_from_checkpoint(checkpoint, backend=be)
+    model, info = model_from_checkpoint(checkpoint, backend=be, devices=devices)
     cfg = info["config"]
     data = trained_data(cfg, data)
     check_classes(cfg, list_classes(data, "val"), data, model.num_classes)  # before preparing anything

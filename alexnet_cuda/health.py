@@ -77,7 +77,7 @@ class Health:
     def _norms(self, arrays):
         """The Euclidean norms of `arrays` as one float64 backend vector (a dot product each)."""
         xp = self.xp
-        sq = xp.stack([xp.vdot(a.ravel(), a.ravel()) for a in arrays]).astype(xp.float64)
+        sq = xp.stack([self.model.squared_norm(a) for a in arrays])
         return xp.sqrt(sq)
 
     def after_step(self):
@@ -159,13 +159,13 @@ class Health:
         self._grad_sum, self._ratio_sum, self._ratio_max = (sums["grad_norm_sum"], sums["update_ratio_sum"],
                                                            sums["update_ratio_max"])
         self.count = int(np.asarray(state[P + "steps"]))
-        names = {l.name: l for l in self.relus}
+        names = {l.name for l in self.relus}
         for key, a in state.items():
             if key.startswith(P + "active."):
                 name = key[len(P + "active."):]
                 if name not in names:
                     raise ValueError(f"Health.load_state: {key} names no ReLU layer of this model")
-                names[name].active = be.asarray(np.array(a, np.bool_, copy=True), dtype=np.bool_)
+                self.model.set_activity(name, a)
 
 
 def _sci(v):

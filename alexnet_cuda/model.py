@@ -28,7 +28,9 @@ The towers are an explicit unit (`TowerLayout`, `AlexNet.tower_layout`,
 channels (and weight rows) each tower owns, and the two points where towers
 exchange activations (conv3 and fc6; in the paper a cross-GPU copy). On one
 device the towers are computed together with grouped convolutions, which is the
-same arithmetic.
+same arithmetic. With ``devices=(0, 1)`` tower t runs on device t (the paper's two
+GPUs; ``(0, 0)`` runs the same path on one device): alexnet_cuda.towers, where each
+layer's ``tower_rule`` says how it splits.
 
 Initializations:
 
@@ -58,6 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import get_backend
+from .towers import TowerNet, parse_devices, sharded_sq_norm
 
 __all__ = ["AlexNet", "PRESETS", "TowerLayout", "INITS", "scaled_channels", "feature_sizes",
            "min_input_size", "MOMENTUM", "WEIGHT_DECAY"]
@@ -180,6 +183,10 @@ class Layer:
 class Conv2d(Layer):
     params = ("weight", "bias")
 
+    @property
+    def tower_rule(self):
+        return "grouped" if self.groups > 1 else "gather_in"
+
     def __init__(self, name, in_ch, out_ch, kernel, *, stride=1, padding=0, groups=1):
         self.name, self.stride, self.padding, self.groups = name, stride, padding, groups
         self.shapes = {"weight": (out_ch, in_ch // groups, kernel, kernel), "bias": (out_ch,)}
@@ -200,6 +207,7 @@ class Conv2d(Layer):
 
 class Linear(Layer):
     params = ("weight", "bias")
+    tower_rule = "gather_in"
 
     def __init__(self, name, in_f, out_f):
         self.name = name
@@ -227,6 +235,7 @@ class ReLU(Layer):
 
     track = False
     active = None
+    tower_rule = "any"
 
     def __init__(self, name):
         self.name = name
@@ -255,6 +264,8 @@ class ReLU(Layer):
 class LRN(Layer):
     """Cross-channel LRN with the paper's constants (alpha not divided by size)."""
 
+    tower_rule = "window"
+
     def __init__(self, name, size=5, alpha=1e-4, beta=0.75, k=2.0):
         self.name = name
         self.hp = dict(size=size, alpha=alpha, beta=beta, k=k)
@@ -271,6 +282,8 @@ class LRN(Layer):
 
 
 class MaxPool(Layer):
+    tower_rule = "any"
+
     def __init__(self, name, size=3, stride=2):
         self.name, self.size, self.stride = name, size, stride
 
@@ -286,6 +299,8 @@ class MaxPool(Layer):
 
 
 class Flatten(Layer):
+    tower_rule = "any"
+
     def __init__(self, name):
         self.name = name
 
@@ -300,6 +315,10 @@ class Flatten(Layer):
 class Dropout(Layer):
     """Inverted dropout; the mask is keyed by (model seed, step * 2 + index) and the element's index in
     the whole batch (a data-parallel rank holding rows r0.. of it passes ctx["row0"] = r0)."""
+
+    @property
+    def tower_rule(self):
+        return "full" if self.p > 0 else "any"
 
     def __init__(self, name, p, index):
         self.name, self.p, self.index = name, p, index
@@ -329,13 +348,18 @@ class AlexNet:
 
     Attributes: `backend`, `config` (the constructor arguments), `step` (training
     steps taken; keys the dropout masks), `tower_layout`, `layers` (the
-    sequence), `momentum` (name -> velocity array, the paper's v).
+    sequence), `momentum` (name -> velocity array, the paper's v), `devices`.
+
+    ``devices``: None or one device (the backend's current one): the towers are computed
+    together on it. Two devices (towers=2): tower t on devices[t] (alexnet_cuda.towers); then
+    parameters, gradients and velocities are `Sharded` (each tower's rows on its device),
+    `state_dict` and the checkpoint hold the same full arrays as with one device.
     """
 
     DROPOUT_LAYERS = 2
 
     def __init__(self, num_classes=1000, input_size=227, width=1.0, towers=2, dropout=0.5, lrn=True,
-                 backend=None, seed=0, init="paper", dtype=np.float32):
+                 backend=None, seed=0, init="paper", dtype=np.float32, devices=None):
         if int(num_classes) < 1:
             raise ValueError(f"AlexNet: num_classes must be >= 1, got {num_classes}")
         if int(towers) < 1:
@@ -385,26 +409,58 @@ class AlexNet:
               Linear("fc8", ch["fc7"], self.num_classes)]
         self.layers = L
         self._param_layers = [l for l in L if l.params]
+        self._place(devices)
         self._init(init)
-        be = self.backend
-        self.momentum = {n: be.zeros(a.shape, dtype=self.dtype) for n, a in self.named_parameters()}
+        self.load_momentum_state_dict({n: np.zeros(s, self.dtype) for n, s in self.parameter_shapes().items()})
+
+    def _place(self, devices):
+        """Sets `devices` and, for two, the TowerNet that runs the towers on them."""
+        be, devices = self.backend, parse_devices(devices)
+        self._split = None
+        self.devices = devices or (be.current_device(),)
+        if len(self.devices) == 1:
+            if self.devices[0] != be.current_device():
+                raise ValueError(f"AlexNet: a one-device model runs on the current device "
+                                 f"({be.current_device()}), not device {self.devices[0]}; pick the card with "
+                                 "CUDA_VISIBLE_DEVICES")
+            return
+        if len(self.devices) != 2:
+            raise ValueError(f"AlexNet: the towers run on one or two devices, got devices={self.devices}")
+        if self.devices[0] != be.current_device():
+            raise ValueError(f"AlexNet: devices[0] must be the current device ({be.current_device()}): the logits "
+                             f"and the loss live there; got devices={self.devices}")
+        if self.config["towers"] != len(self.devices) or self.num_classes < len(self.devices):
+            raise ValueError(f"AlexNet: devices={self.devices} needs towers={len(self.devices)} (got "
+                             f"{self.config['towers']}) and at least {len(self.devices)} classes (got "
+                             f"{self.num_classes}): tower t's half of every layer runs on devices[t]")
+        self._split = TowerNet(be, self.devices, self.layers, self.dtype)
 
     # -- parameters ---------------------------------------------------------
 
     def _init(self, init):
         rng = np.random.default_rng(self.seed)
         positive = {"paper": 1.0, "paper-bias0.1": 0.1}.get(init, 0.0)
-        be = self.backend
+        state = {}
         for l in self._param_layers:
             ws = l.shapes["weight"]
             std = math.sqrt(2.0 / l.fan_in) if init == "he" else 0.01
-            w = rng.standard_normal(ws, dtype=np.float64) * std
-            b = np.full(l.shapes["bias"], positive if l.name in POSITIVE_BIAS_LAYERS else 0.0)
-            l.weight = be.asarray(w, dtype=self.dtype)
-            l.bias = be.asarray(b, dtype=self.dtype)
+            state[f"{l.name}.weight"] = rng.standard_normal(ws, dtype=np.float64) * std
+            state[f"{l.name}.bias"] = np.full(l.shapes["bias"], positive if l.name in POSITIVE_BIAS_LAYERS else 0.0)
+        self._set_params({n: np.array(a, dtype=self.dtype) for n, a in state.items()})
+
+    def _set_params(self, state):
+        """Take name -> numpy array (private copies of the model's dtype) as the parameters."""
+        if self._split is not None:
+            self._split.load(state)
+            return
+        for l in self._param_layers:
+            for p in l.params:
+                setattr(l, p, self.backend.asarray(state[f"{l.name}.{p}"], dtype=self.dtype))
 
     def named_parameters(self):
         """[(name, backend array), ...] in layer order: conv1.weight, conv1.bias, ..."""
+        if self._split is not None:
+            return self._split.named_parameters(self.parameter_shapes())
         return [(f"{l.name}.{p}", getattr(l, p)) for l in self._param_layers for p in l.params]
 
     def parameter_shapes(self):
@@ -438,27 +494,32 @@ class AlexNet:
 
     def state_dict(self):
         """name -> numpy array (a copy), names and shapes as PyTorch holds them."""
+        if self._split is not None:
+            return self._split.state()
         be = self.backend
         return {n: np.array(be.to_numpy(a), copy=True) for n, a in self.named_parameters()}
 
     def load_state_dict(self, state):
         """Load weights from name -> array (numpy or anything array-like). Names and shapes must match."""
         self._check_state(state, "load_state_dict")
-        be = self.backend
-        for l in self._param_layers:
-            for p in l.params:
-                # copied: the model updates its arrays in place and must not alias the caller's
-                setattr(l, p, be.asarray(np.array(state[f"{l.name}.{p}"], dtype=self.dtype, copy=True),
-                                         dtype=self.dtype))
+        # copied: the model updates its arrays in place and must not alias the caller's
+        self._set_params({n: np.array(state[n], dtype=self.dtype, copy=True) for n in self.parameter_shapes()})
 
     def momentum_state_dict(self):
         """name -> numpy copy of the momentum buffer (the paper's v) of each parameter."""
+        if self._split is not None:
+            return self._split.state(momentum=True)
         be = self.backend
         return {n: np.array(be.to_numpy(a), copy=True) for n, a in self.momentum.items()}
 
     def load_momentum_state_dict(self, state):
         self._check_state(state, "load_momentum_state_dict")
         be = self.backend
+        if self._split is not None:
+            self._split.load({n: np.array(state[n], dtype=self.dtype, copy=True) for n in self.parameter_shapes()},
+                             momentum=True)
+            self.momentum = self._split.sharded_momentum(self.parameter_shapes())
+            return
         self.momentum = {n: be.asarray(np.array(state[n], dtype=self.dtype, copy=True), dtype=self.dtype)
                          for n in self.parameter_shapes()}
 
@@ -466,13 +527,17 @@ class AlexNet:
 
     def track_activity(self, on=True):
         """Switch the ReLU layers' activity tracking on or off (off by default); resets what they hold."""
-        for l in self.layers:
-            if isinstance(l, ReLU):
-                l.track, l.active = bool(on), None
+        relus = [l for l in self.layers if isinstance(l, ReLU)]
+        if self._split is not None:
+            relus = [p for parts in self._split.relus().values() for p in parts]
+        for l in relus:
+            l.track, l.active = bool(on), None
 
     def take_activity(self, reset=True):
         """{relu name: bool backend array (y.shape[1:]) of the units that were > 0 for some example of
         the train-mode forwards since the last reset, or None when none ran}; resets unless reset=False."""
+        if self._split is not None:
+            return {name: self._split.take_activity(name, reset) for name in self._split.relus()}
         out = {}
         for l in self.layers:
             if isinstance(l, ReLU):
@@ -480,6 +545,21 @@ class AlexNet:
                 if reset:
                     l.active = None
         return out
+
+    def set_activity(self, name, mask):
+        """Set ReLU `name`'s activity (a mask as take_activity returns; a resumed epoch's)."""
+        if self._split is not None:
+            self._split.set_activity(name, mask)
+            return
+        next(l for l in self.layers if l.name == name).active = self.backend.asarray(
+            np.array(self.backend.to_numpy(mask), np.bool_, copy=True), dtype=np.bool_)
+
+    def squared_norm(self, a):
+        """|a|^2 as a 0-d float64 backend array, for a parameter, gradient or velocity of this model."""
+        if self._split is not None:
+            return sharded_sq_norm(self.backend, a)
+        flat = a.ravel()
+        return self.backend.xp.vdot(flat, flat).astype(self.backend.xp.float64)
 
     def tower_state_dict(self, t):
         """The parameters tower `t` owns: its rows of conv1..conv5 (weights and biases), numpy copies.
@@ -499,7 +579,10 @@ class AlexNet:
 
     def _input(self, x):
         be = self.backend
-        x = be.asarray(x, dtype=self.dtype)
+        if self._split is not None:  # on the host; TowerNet puts it on every tower's device
+            x = np.asarray(be.to_numpy(x), dtype=self.dtype)
+        else:
+            x = be.asarray(x, dtype=self.dtype)
         s = self.input_size
         if x.ndim != 4 or x.shape[1:] != (3, s, s):
             raise ValueError(f"AlexNet: x has shape {tuple(x.shape)}, expected (N, 3, {s}, {s})")
@@ -508,6 +591,8 @@ class AlexNet:
     def _run(self, x, train, row0=0):
         be = self.backend
         ctx = {"seed": self.seed, "step": self.step, "row0": row0}
+        if self._split is not None:
+            return self._split.run(x, train, ctx)
         for l in self.layers:
             x = l.forward(be, x, train, ctx)
         return x
@@ -519,6 +604,8 @@ class AlexNet:
         if not train:
             for l in self.layers:
                 l.clear()
+            if self._split is not None:
+                self._split.clear()
         return logits
 
     __call__ = forward
@@ -533,6 +620,10 @@ class AlexNet:
         x = self._input(x)
         be = self.backend
         ctx = {"seed": self.seed, "step": self.step}
+        if self._split is not None:
+            out = self._split.run(x, False, ctx, stop)
+            self._split.clear()
+            return out
         for l in self.layers:
             x = l.forward(be, x, False, ctx)
             if l.name == stop:
@@ -547,11 +638,18 @@ class AlexNet:
         batch (keys the dropout masks; 0 for a single process)."""
         be = self.backend
         x = self._input(x)
-        labels = be.asarray(labels, dtype=np.int64)
-        if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
-            raise ValueError(f"AlexNet: labels has shape {tuple(labels.shape)}, expected ({x.shape[0]},)")
-        logits = self._run(x, True, row0)
-        loss, d = be.softmax_cross_entropy(logits, labels)
+        with be.use_device(self.devices[0]):  # where the logits are
+            labels = be.asarray(labels, dtype=np.int64)
+            if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
+                raise ValueError(f"AlexNet: labels has shape {tuple(labels.shape)}, expected ({x.shape[0]},)")
+            logits = self._run(x, True, row0)
+            loss, d = be.softmax_cross_entropy(logits, labels)
+        if self._split is not None:
+            if on_grads is not None:
+                raise ValueError("AlexNet: averaging gradients over data-parallel ranks is not supported with the "
+                                 "towers on two devices")
+            self._split.backward(d)
+            return loss
         for i in range(len(self.layers) - 1, -1, -1):
             l = self.layers[i]
             if i == 0:
@@ -565,15 +663,20 @@ class AlexNet:
 
     def gradients(self):
         """[(name, gradient backend array), ...] from the last backward pass."""
+        if self._split is not None:
+            return self._split.gradients(self.parameter_shapes())
         return [(f"{l.name}.{p}", getattr(l, "grad_" + p)) for l in self._param_layers for p in l.params]
 
     def apply_update(self, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY):
         """The SGD phase (separate from backward; where a multi-device run would reduce gradients):
         v = momentum*v - wd*lr*w - lr*dw; w += v, with wd = 0 for biases."""
+        wds = self.weight_decays(weight_decay)
+        if self._split is not None:
+            self._split.apply_update(float(lr), float(momentum), wds)
+            return
         names = [n for n, _ in self.named_parameters()]
         params = [a for _, a in self.named_parameters()]
         grads = [g for _, g in self.gradients()]
-        wds = self.weight_decays(weight_decay)
         self.backend.sgd_update_multi(params, grads, [self.momentum[n] for n in names], lr=float(lr),
                                       momentum=float(momentum), weight_decays=[wds[n] for n in names])
 
@@ -601,7 +704,9 @@ class AlexNet:
         c = self.config
         return (f"AlexNet(num_classes={c['num_classes']}, input_size={c['input_size']}, width={c['width']}, "
                 f"towers={c['towers']}, dropout={c['dropout']}, lrn={c['lrn']}, init={c['init']!r}, "
-                f"backend={self.backend.name!r}, params={self.num_parameters():,})")
+                f"backend={self.backend.name!r}, "
+                + (f"devices={self.devices}, " if self._split is not None else "")
+                + f"params={self.num_parameters():,})")
 
 
 def from_preset(preset, num_classes, *, backend=None, seed=0, **overrides):

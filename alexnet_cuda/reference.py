@@ -49,6 +49,8 @@ __all__ = [
     "softmax_cross_entropy",
     "sgd_update",
     "topk_correct",
+    "transfer_forward",
+    "transfer_backward",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -639,3 +641,55 @@ def topk_correct(logits, labels, k):
     label_logit = logits[np.arange(logits.shape[0]), labels]
     ahead = (logits > label_logit[:, None]).sum(axis=1)
     return np.asarray((ahead < k).sum(), dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------
+# Where towers meet (the transfer kernels of csrc/kernels/transfer.cu)
+# ---------------------------------------------------------------------------
+
+def _tower_slice(fn, name, a, cat_name, cat, offset):
+    """Require a (one tower's maps or features) to fit at channel `offset` of cat (the concatenation)."""
+    offset = _int(fn, "offset", offset, minimum=0)
+    if a.ndim not in (2, 4):
+        raise ValueError(f"{fn}: {name} must be (N, C, H, W) or (N, F), got shape {a.shape}")
+    if cat.ndim != a.ndim or cat.shape[:1] + cat.shape[2:] != a.shape[:1] + a.shape[2:]:
+        raise ValueError(f"{fn}: {cat_name} has shape {cat.shape} but {name} {a.shape}: they may differ only in "
+                         "dimension 1")
+    if offset + a.shape[1] > cat.shape[1]:
+        raise ValueError(f"{fn}: offset {offset} + {a.shape[1]} channels of {name} exceeds the {cat.shape[1]} "
+                         f"channels of {cat_name}")
+    return offset
+
+
+def transfer_forward(src, dst, *, offset, src_offset=0, channels=None):
+    """dst[:, offset:offset + channels] = src[:, src_offset:src_offset + channels] (channels None: the rest
+    of src), in place; returns dst. On the kernel backends src may live on a peer device (read over peer
+    access)."""
+    fn = "transfer_forward"
+    _array(fn, "src", src)
+    _array(fn, "dst", dst, like=("src", src))
+    src_offset = _int(fn, "src_offset", src_offset, minimum=0)
+    channels = src.shape[1] - src_offset if channels is None else _int(fn, "channels", channels, minimum=0)
+    if src.ndim not in (2, 4) or src_offset + channels > src.shape[1]:
+        raise ValueError(f"{fn}: src_offset {src_offset} + {channels} channels exceeds the channels of src "
+                         f"{src.shape}")
+    piece = src[:, src_offset:src_offset + channels]
+    offset = _tower_slice(fn, "src", piece, "dst", dst, offset)
+    dst[:, offset:offset + channels] = piece
+    return dst
+
+
+def transfer_backward(grad, *, offset, channels, local=None):
+    """grad[:, offset:offset + channels] (+ local[:, offset:offset + channels]): a tower's share of the
+    gradient of a concatenated input, summed over the devices that read it."""
+    fn = "transfer_backward"
+    _array(fn, "grad", grad)
+    channels = _int(fn, "channels", channels, minimum=0)
+    shape = grad.shape[:1] + (channels,) + grad.shape[2:]
+    offset = _tower_slice(fn, "out", np.empty(shape, grad.dtype), "grad", grad, offset)
+    out = np.array(grad[:, offset:offset + channels], copy=True)
+    if local is not None:
+        _array(fn, "local", local, like=("grad", grad))
+        _shape(fn, "local", local, grad.shape, "the shape of grad")
+        out += local[:, offset:offset + channels]
+    return out

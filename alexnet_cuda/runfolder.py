@@ -144,11 +144,12 @@ def split_tensors(tensors):
     return weights, momentum, tensors.get("data.mean")
 
 
-def model_from_checkpoint(path, backend=None):
+def model_from_checkpoint(path, backend=None, devices=None):
     """(model with the checkpoint's weights, info) for eval, predict and the pictures; info["mean"]
-    is the training mean image (None in a checkpoint without one)."""
+    is the training mean image (None in a checkpoint without one). `devices`: AlexNet's (any count:
+    the checkpoint holds the full arrays)."""
     tensors, info = load_checkpoint(path)
-    model = AlexNet(backend=backend, **info["model"])
+    model = AlexNet(backend=backend, devices=devices, **info["model"])
     weights, _, info["mean"] = split_tensors(tensors)
     try:
         model.load_state_dict(weights)

@@ -48,7 +48,7 @@ from .visualize import write_curves
 __all__ = ["default_config", "default_workers", "train", "train_one_epoch", "RESUME_OVERRIDES"]
 
 # Config keys that `resume` may change; everything else comes from the checkpoint.
-RESUME_OVERRIDES = ("epochs", "workers", "backend")
+RESUME_OVERRIDES = ("epochs", "workers", "backend", "devices")
 # Config keys that describe where a run ran, not what it computes: ranks may differ in them, and a
 # resumed run takes this run's.
 PLACE_KEYS = ("ranks", "workers")
@@ -79,6 +79,7 @@ def default_config(**kw):
         "out": "runs/alexnet",
         "preset": preset,
         "backend": "numpy",
+        "devices": None,         # None: one device; [0, 1]: tower t on device t (alexnet_cuda.towers)
         "epochs": p["epochs"],
         "batch_size": p["batch_size"],
         "lr": p["lr"],
@@ -121,6 +122,9 @@ def _check_numbers(cfg, world):
         if int(cfg[k]) < 1:
             raise TrainError(f"{k} must be >= 1, got {cfg[k]}")
     cfg["ranks"] = world.size
+    if world.size > 1 and cfg.get("devices") and len(cfg["devices"]) > 1:
+        raise TrainError("data parallelism (several ranks) and the towers on two devices (--devices) do not work "
+                         "together yet; use one of them")
     if cfg["batch_size"] % world.size:
         raise TrainError(f"the batch size {cfg['batch_size']} (global, over all ranks) must divide by the number of "
                          f"ranks, {world.size}; choose --batch-size as a multiple of {world.size}")
@@ -215,7 +219,7 @@ def _build_run(cfg, out, log, resumed, world):
     elif cfg["backend"] == "emu":
         world.share_cores()
     be = resolve_backend(cfg["backend"])
-    model = AlexNet(backend=be, **_model_kwargs(cfg, train_ds.num_classes))
+    model = AlexNet(backend=be, devices=cfg.get("devices"), **_model_kwargs(cfg, train_ds.num_classes))
     cfg["model"], cfg["num_parameters"] = dict(model.config), model.num_parameters()
     shard = (world.rank, world.size)
     loader = TrainLoader(train_ds, batch_size=cfg["batch_size"], crop=cfg["input_size"], seed=cfg["seed"],

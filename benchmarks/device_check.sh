@@ -74,6 +74,7 @@ step bench_layers 50 "$PY" benchmarks/bench_layers.py
 step bench_train 60 "$PY" benchmarks/bench_train.py
 step bench_dataparallel 40 "$PY" benchmarks/bench_dataparallel.py
 step feed_check 40 "$PY" benchmarks/feed_check.py
+step bench_transfer 60 "$PY" benchmarks/bench_transfer.py
 mkdir -p "$OUT/results" && cp -r benchmarks/results/. "$OUT/results/" 2>/dev/null
 }
 

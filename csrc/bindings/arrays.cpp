@@ -20,6 +20,16 @@ const char* dtype_name(DType d) {
   return "?";
 }
 
+int64_t itemsize(DType d) {
+  switch (d) {
+    case DType::F64: case DType::I64: return 8;
+    case DType::F32: case DType::I32: return 4;
+    case DType::F16: case DType::BF16: case DType::U16: return 2;
+    case DType::U8: return 1;
+  }
+  return 1;
+}
+
 namespace {
 
 [[noreturn]] void type_error(const std::string& msg) { throw py::type_error(msg); }
@@ -46,16 +56,6 @@ bool parse_typestr(const std::string& ts, DType& d) {
   return true;
 }
 
-int64_t itemsize(DType d) {
-  switch (d) {
-    case DType::F64: case DType::I64: return 8;
-    case DType::F32: case DType::I32: return 4;
-    case DType::F16: case DType::BF16: case DType::U16: return 2;
-    case DType::U8: return 1;
-  }
-  return 1;
-}
-
 void check_c_contiguous(const Array& a, const std::vector<int64_t>& strides) {
   int64_t expect = itemsize(a.dtype);
   for (int i = a.ndim() - 1; i >= 0; --i) {
@@ -63,6 +63,20 @@ void check_c_contiguous(const Array& a, const std::vector<int64_t>& strides) {
       value_error(a.op, a.name + " must be C-contiguous (got strides that are not; use ascontiguousarray)");
     expect *= a.shape[size_t(i)];
   }
+}
+
+// ValueError unless an array found on device `on` is where it should be: on `device`, or on the
+// current device when `device` is kCurrentDevice. Names the argument and both devices.
+void check_device(const char* op, const char* name, int on, int device) {
+  int cur = 0;
+  CUDA_CHECK(cudaGetDevice(&cur));
+  const int want = device == kCurrentDevice ? cur : device;
+  if (on == want) return;
+  if (device == kCurrentDevice)
+    value_error(op, std::string(name) + " is on device " + std::to_string(on) + " but the current device is " +
+                        std::to_string(cur));
+  value_error(op, std::string(name) + " is on device " + std::to_string(on) + ", expected device " +
+                      std::to_string(want) + " (the current device is " + std::to_string(cur) + ")");
 }
 
 std::map<std::string, std::vector<int>>& versions_map() {
@@ -89,7 +103,7 @@ std::string Array::shape_str() const {
   return s.str();
 }
 
-Array get_array(py::handle obj, const char* op, const char* name) {
+Array get_array(py::handle obj, const char* op, const char* name, int device) {
   Array a;
   a.op = op;
   a.name = name;
@@ -107,6 +121,8 @@ Array get_array(py::handle obj, const char* op, const char* name) {
   }
   a.ptr = const_cast<void*>(arr.data());
   a.readonly = !arr.writeable();
+  const int on = a.ptr ? emu::pointer_device(a.ptr) : -1;
+  if (on >= 0) check_device(op, name, on, device);
 #else
   if (!py::hasattr(obj, "__cuda_array_interface__"))
     type_error(std::string(op) + ": " + name +
@@ -130,11 +146,7 @@ Array get_array(py::handle obj, const char* op, const char* name) {
     }
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
       value_error(op, std::string(name) + " is not in device memory");
-    int cur = 0;
-    CUDA_CHECK(cudaGetDevice(&cur));
-    if (attr.device != cur)
-      value_error(op, std::string(name) + " is on device " + std::to_string(attr.device) + " but the current device is " +
-                          std::to_string(cur));
+    check_device(op, name, attr.device, device);
   }
 #endif
   if (!parse_typestr(typestr, a.dtype))
@@ -159,14 +171,16 @@ static void check_kind(const Array& a, std::initializer_list<DType> dtypes, int 
                           " (shape " + a.shape_str() + ")");
 }
 
-Array input(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim) {
-  Array a = get_array(obj, op, name);
+Array input(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim,
+            int device) {
+  Array a = get_array(obj, op, name, device);
   check_kind(a, dtypes, ndim);
   return a;
 }
 
-Array output(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim) {
-  Array a = input(obj, op, name, dtypes, ndim);
+Array output(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim,
+             int device) {
+  Array a = input(obj, op, name, dtypes, ndim, device);
   if (a.readonly) value_error(op, std::string(name) + " is read-only");
   return a;
 }

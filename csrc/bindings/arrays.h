@@ -26,6 +26,7 @@ namespace py = pybind11;
 enum class DType { F32, F64, I32, I64, U8, U16, F16, BF16 };
 
 const char* dtype_name(DType d);
+int64_t itemsize(DType d);  // bytes per element
 
 struct Array {
   void* ptr = nullptr;
@@ -41,14 +42,23 @@ struct Array {
   template <class T>
   T* as() const { return static_cast<T*>(ptr); }
   float* f32() const { return as<float>(); }
+  size_t nbytes() const { return size_t(numel() * itemsize(dtype)); }
 };
 
-// Reads `obj` as an array of this build's kind; checks C-contiguity and (cuda) the device.
-Array get_array(py::handle obj, const char* op, const char* name);
+// `device` argument of the readers: the array must live on the current device (the default), or
+// on the device numbered.
+inline constexpr int kCurrentDevice = -1;
+
+// Reads `obj` as an array of this build's kind; checks C-contiguity and the device: on cuda every
+// array, on emu the arrays the runtime allocated (a plain numpy array is host memory that every
+// virtual device may read; emu/README.md).
+Array get_array(py::handle obj, const char* op, const char* name, int device = kCurrentDevice);
 
 // get_array plus the checks most ops need.
-Array input(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim = -1);
-Array output(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim = -1);
+Array input(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim = -1,
+            int device = kCurrentDevice);
+Array output(py::handle obj, const char* op, const char* name, std::initializer_list<DType> dtypes, int ndim = -1,
+             int device = kCurrentDevice);
 
 // ValueError unless a and b have the same shape.
 void expect_same_shape(const Array& a, const Array& b);

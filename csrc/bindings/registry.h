@@ -3,7 +3,9 @@
 #pragma once
 #define ALEXNET_BINDING_FAMILIES(X) \
   X(core)                           \
+  X(devices)                        \
   X(conv)                           \
   X(elementwise)                    \
   X(layers)                         \
+  X(transfer)                       \
   X(selftest)

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace alexnet {
@@ -41,14 +42,29 @@ inline bool sync_launches() {
   return on;
 }
 
+#if defined(ALEXNET_EMU)
+// The kernel's pointer arguments, for emu::check_launch (which devices' memory a launch reads).
+template <class P, class A>
+inline void collect_pointer(const void** out, int& n, A& a) {
+  if constexpr (std::is_pointer_v<P>) out[n++] = static_cast<const void*>(static_cast<P>(a));
+}
+#endif
+
 template <typename... P, typename... A>
 inline void launch_at(const char* file, int line, const char* name, void (*kernel)(P...), dim3 grid, dim3 block,
                       size_t smem, cudaStream_t stream, A&&... args) {
 #if defined(ALEXNET_EMU)
-  (void)stream;
   auto body = [&]() { kernel(static_cast<P>(args)...); };
   try {
+    const void* ptrs[sizeof...(P) + 1];
+    int n = 0;
+    (collect_pointer<P>(ptrs, n, args), ...);
+    emu::check_launch(name, stream, ptrs, n);
     emu::launch_kernel(reinterpret_cast<const void*>(kernel), name, grid, block, smem, emu::Thunk::of(body));
+  } catch (const emu::StreamError& e) {
+    throw_cuda_error("cudaErrorInvalidResourceHandle", e.what(), file, line);
+  } catch (const emu::AccessError& e) {
+    throw_cuda_error("cudaErrorIllegalAddress", e.what(), file, line);
   } catch (const emu::ConfigError& e) {
     throw_cuda_error("cudaErrorInvalidConfiguration", e.what(), file, line);
   } catch (const emu::Error& e) {

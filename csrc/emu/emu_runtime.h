@@ -38,6 +38,26 @@ struct ConfigError : Error {
   explicit ConfigError(const std::string& m) : Error(m) {}
 };
 
+// A launch into a stream of another device (cudaErrorInvalidResourceHandle).
+struct StreamError : Error {
+  explicit StreamError(const std::string& m) : Error(m) {}
+};
+// A kernel given memory of a device it may not access (cudaErrorIllegalAddress).
+struct AccessError : Error {
+  explicit AccessError(const std::string& m) : Error(m) {}
+};
+
+// Virtual devices (ALEXNET_EMU_DEVICES, runtime.cpp): the device whose cudaMalloc holds p, or -1
+// for memory the runtime did not allocate (plain host memory, which every device may read).
+int pointer_device(const void* p);
+// The calling host thread's current device (cudaSetDevice).
+int current_device();
+// Before a launch: the stream must belong to the current device (else StreamError), and every
+// pointer argument that points into a cudaMalloc'd allocation must be memory of the current
+// device or of a device it has enabled peer access to (else AccessError, naming the argument and
+// both devices). Pointers stored inside memory or structs are not seen.
+void check_launch(const char* name, cudaStream_t stream, const void* const* ptrs, int n);
+
 // A type-erased call of the kernel body with its arguments bound.
 struct Thunk {
   void (*call)(const void* self);
