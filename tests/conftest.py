@@ -50,6 +50,16 @@ def raw_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A prepared set of 3 classes (48 train, 12 val images) at 72 px: training runs of a few steps."""
+    from alexnet_cuda.data import make_synthetic_dataset, prepare_dataset
+    root = tmp_path_factory.mktemp("data")
+    raw = make_synthetic_dataset(root, num_classes=3, train_per_class=16, val_per_class=4, image_size=24,
+                                 log=None, workers=1)
+    return str(prepare_dataset(raw, root / "prepared", size=72, log=lambda *a, **k: None, workers=1))
+
+
+@pytest.fixture(scope="session")
 def trained(raw_data, tmp_path_factory):
     """One CLI training run (raw folder prepared into the cache automatically): (run folder, cache)."""
     from alexnet_cuda import cli

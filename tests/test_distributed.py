@@ -26,15 +26,6 @@ MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 # In one process
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from alexnet_cuda.data import make_synthetic_dataset, prepare_dataset
-    root = tmp_path_factory.mktemp("data")
-    raw = make_synthetic_dataset(root, num_classes=3, train_per_class=16, val_per_class=5, image_size=24,
-                                 log=None, workers=1)
-    return str(prepare_dataset(raw, root / "prepared", size=72, log=lambda *a, **k: None, workers=1))
-
-
 def test_shards_of_a_batch_are_its_rows(tiny_data):
     """Rank r of N gets rows [r*B/N, (r+1)*B/N) of every batch: the same images, crops, flips and lighting."""
     ds = PreparedDataset(tiny_data, "train")
@@ -201,8 +192,8 @@ def test_resume_from_two_ranks_on_one(runs):
     print("max |difference| after 12 steps:", _assert_close(wa, wb))
     ra = [json.loads(l) for l in (runs["one"] / rf.METRICS).read_text().splitlines()]
     rb = [json.loads(l) for l in (runs["two"] / rf.METRICS).read_text().splitlines()]
-    for a, b in zip(ra, rb):  # the same validation counts (50/3 images can differ only on a near-tie)
-        assert abs(a["val_top1_err"] - b["val_top1_err"]) <= 1 / 15 and a["train_loss"] == pytest.approx(
+    for a, b in zip(ra, rb):  # the same validation counts (one of the 12 images can differ on a near-tie)
+        assert abs(a["val_top1_err"] - b["val_top1_err"]) <= 1 / 12 and a["train_loss"] == pytest.approx(
             b["train_loss"], abs=1e-5)
 
 

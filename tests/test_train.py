@@ -152,15 +152,6 @@ def test_step_schedule():
 # The loop
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from alexnet_cuda.data import make_synthetic_dataset, prepare_dataset
-    root = tmp_path_factory.mktemp("data")
-    raw = make_synthetic_dataset(root, num_classes=3, train_per_class=16, val_per_class=4, image_size=24,
-                                 log=None, workers=1)
-    return str(prepare_dataset(raw, root / "prepared", size=72, log=lambda *a, **k: None, workers=1))
-
-
 def tiny_cfg(data, out, **kw):
     base = dict(data=data, out=str(out), preset="small", backend="numpy", epochs=2, batch_size=8,
                 width=1 / 16, data_size=72, eval_batch_size=16, dropout=0.5)  # dropout on: resume must replay masks
