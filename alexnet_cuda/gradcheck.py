@@ -149,6 +149,12 @@ def _cases(rng, be):
     dx = _on(be, "relu_backward", g, _on(be, "relu_forward", x))
     yield "relu", dx, numeric_grad(lambda: np.sum(ref.relu_forward(x) * g), x)
 
+    # tanh, inputs across the curve: near 0, in the bend and out in the flat tails
+    x = 1.5 * rng.standard_normal((2, 3, 4, 5))
+    g = rng.standard_normal(x.shape)
+    dx = _on(be, "tanh_backward", g, _on(be, "tanh_forward", x))
+    yield "tanh", dx, numeric_grad(lambda: np.sum(ref.tanh_forward(x) * g), x)
+
     # lrn, both conventions, C=7 so that windows are clipped at both ends
     for name, kw in (("lrn (paper alpha, size 5)", dict(size=5, alpha=0.1, beta=0.75, k=2.0)),
                      ("lrn (alpha/size, size 3)", dict(size=3, alpha=0.3, beta=0.75, k=1.0,

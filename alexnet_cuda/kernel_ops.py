@@ -7,7 +7,7 @@ caller's stream (cupy's current stream on cuda). `version=0` lets the dispatcher
 a kernel; tests and benchmarks pass each numbered version in turn.
 
 The ops are grouped in mixins by kernel family:
-    ElementwiseOps      relu, reduce_sum                     (this file)
+    ElementwiseOps      relu, tanh, reduce_sum               (this file)
     LayerOps            lrn, maxpool, dropout, softmax, sgd  (kernel_ops_layers.py)
     ConvOps             conv2d, linear                        (kernel_ops_conv.py)
 """
@@ -60,6 +60,16 @@ class ElementwiseOps:
     def relu_backward(self, dy, y, *, version=0):
         dx = self._empty_like(dy)
         self._mod.relu_backward(dy, y, dx, version=version, stream=self._stream())
+        return dx
+
+    def tanh_forward(self, x, *, version=0):
+        y = self._empty_like(x)
+        self._mod.tanh_forward(x, y, version=version, stream=self._stream())
+        return y
+
+    def tanh_backward(self, dy, y, *, version=0):
+        dx = self._empty_like(dy)
+        self._mod.tanh_backward(dy, y, dx, version=version, stream=self._stream())
         return dx
 
     def reduce_sum(self, x, *, version=0):

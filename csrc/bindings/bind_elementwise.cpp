@@ -1,13 +1,15 @@
-// ReLU and the sum reduction.
+// ReLU, tanh and the sum reduction.
 #include "bindings/arrays.h"
 #include "kernels/reduce.cuh"
 #include "kernels/relu.cuh"
+#include "kernels/tanh.cuh"
 
 namespace alexnet {
 using namespace pybind11::literals;
 
 void bind_elementwise(py::module_& m) {
   register_versions({"relu_forward", "relu_backward"}, kernels::kReluVersions);
+  register_versions({"tanh_forward", "tanh_backward"}, kernels::kTanhVersions);
   register_versions({"reduce_sum"}, kernels::kReduceVersions);
 
   m.def(
@@ -35,6 +37,33 @@ void bind_elementwise(py::module_& m) {
         kernels::relu_backward(DY.f32(), Y.f32(), DX.f32(), DY.numel(), version, as_stream(stream));
       },
       "dy"_a, "y"_a, "dx"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "dx = dy where y > 0, else 0.");
+
+  m.def(
+      "tanh_forward",
+      [](py::handle x, py::handle y, int version, uintptr_t stream) {
+        const char* op = "tanh_forward";
+        Array X = input(x, op, "x", {DType::F32});
+        Array Y = output(y, op, "y", {DType::F32});
+        expect_same_shape(X, Y);
+        py::gil_scoped_release nogil;
+        kernels::tanh_forward(X.f32(), Y.f32(), X.numel(), version, as_stream(stream));
+      },
+      "x"_a, "y"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "y = tanh(x). y is written in place.");
+
+  m.def(
+      "tanh_backward",
+      [](py::handle dy, py::handle y, py::handle dx, int version, uintptr_t stream) {
+        const char* op = "tanh_backward";
+        Array DY = input(dy, op, "dy", {DType::F32});
+        Array Y = input(y, op, "y", {DType::F32});
+        Array DX = output(dx, op, "dx", {DType::F32});
+        expect_same_shape(DY, Y);
+        expect_same_shape(DY, DX);
+        py::gil_scoped_release nogil;
+        kernels::tanh_backward(DY.f32(), Y.f32(), DX.f32(), DY.numel(), version, as_stream(stream));
+      },
+      "dy"_a, "y"_a, "dx"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0,
+      "dx = dy * (1 - y^2), y the forward's output.");
 
   m.attr("REDUCE_WORKSPACE") = kernels::kReduceMaxBlocks;
   m.def(
