@@ -5,7 +5,7 @@ import argparse
 
 from .backends import BACKENDS
 
-__all__ = ["positive_int", "non_negative_int", "positive_float", "add_backend_argument"]
+__all__ = ["positive_int", "non_negative_int", "positive_float", "dropout_probability", "add_backend_argument"]
 
 
 def _number(kind, text, ok, what):
@@ -31,6 +31,11 @@ def non_negative_int(text):
 def positive_float(text):
     """argparse type: a finite number > 0."""
     return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def dropout_probability(text):
+    """argparse type: a number in [0, 1)."""
+    return _number(float, text, lambda v: 0 <= v < 1, "a probability in [0, 1)")
 
 
 def add_backend_argument(p):
