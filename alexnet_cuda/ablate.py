@@ -123,8 +123,9 @@ def _check_same(cfg, folder):
     have.setdefault("pool", "overlapping")
     diff = [k for k in _SAME if have.get(k) != cfg.get(k)]
     if diff:
-        raise TrainError(f"{folder} holds a run with other settings ({', '.join(f'{k} {have.get(k)!r}, here {cfg.get(k)!r}' for k in diff)}); "
-                         f"choose another --out or remove that folder")
+        said = ", ".join(f"{k} {have.get(k)!r}, here {cfg.get(k)!r}" for k in diff)
+        raise TrainError(f"{folder} holds a run with other settings ({said}); choose another --out or remove "
+                         f"that folder")
     return int(meta.get("epoch", 0))
 
 

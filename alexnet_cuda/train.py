@@ -31,7 +31,8 @@ import numpy as np
 
 from . import runfolder as rf
 from .backends import resolve_backend
-from .data import EvalLoader, PreparedDataset, TrainLoader, ensure_prepared, is_prepared, make_synthetic_dataset
+from . import data
+from .data import EvalLoader, PreparedDataset, TrainLoader, ensure_prepared, is_prepared
 from .errors import EXIT_OK, DivergedError, TrainError, TrainingInterrupted
 from .evaluate import evaluate_model
 from .health import Health
@@ -111,7 +112,7 @@ def default_config(**kw):
 def builtin_data(preset, log=print):
     """The built-in synthetic 10-class set (generated once, cached) that `train` and `ablate` use without
     --data: rendered at 96 px for the small preset (prepared at 76), at 256 for the full one."""
-    return make_synthetic_dataset(image_size=max(96, PRESETS[preset]["data_size"]), seed=0, log=log)
+    return data.make_synthetic_dataset(image_size=max(96, PRESETS[preset]["data_size"]), seed=0, log=log)
 
 
 def _model_kwargs(cfg, num_classes):
