@@ -52,25 +52,27 @@ class KernelOpsBase(Backend):
 
 
 class ElementwiseOps:
-    def relu_forward(self, x, *, version=0):
+    def _activation(self, name, x, version):
         y = self._empty_like(x)
-        self._mod.relu_forward(x, y, version=version, stream=self._stream())
+        getattr(self._mod, f"{name}_forward")(x, y, version=version, stream=self._stream())
         return y
+
+    def _activation_grad(self, name, dy, y, version):
+        dx = self._empty_like(dy)
+        getattr(self._mod, f"{name}_backward")(dy, y, dx, version=version, stream=self._stream())
+        return dx
+
+    def relu_forward(self, x, *, version=0):
+        return self._activation("relu", x, version)
 
     def relu_backward(self, dy, y, *, version=0):
-        dx = self._empty_like(dy)
-        self._mod.relu_backward(dy, y, dx, version=version, stream=self._stream())
-        return dx
+        return self._activation_grad("relu", dy, y, version)
 
     def tanh_forward(self, x, *, version=0):
-        y = self._empty_like(x)
-        self._mod.tanh_forward(x, y, version=version, stream=self._stream())
-        return y
+        return self._activation("tanh", x, version)
 
     def tanh_backward(self, dy, y, *, version=0):
-        dx = self._empty_like(dy)
-        self._mod.tanh_backward(dy, y, dx, version=version, stream=self._stream())
-        return dx
+        return self._activation_grad("tanh", dy, y, version)
 
     def reduce_sum(self, x, *, version=0):
         """Sum of a float32 array as a 0-d array of the backend (deterministic order)."""
