@@ -6,7 +6,7 @@
 A study trains every chosen variant (VARIANTS: the baseline with one of the paper's choices undone)
 once per seed, each run in its own run folder OUT/<variant>/seed<k> (an ordinary `alexnet-cuda train`
 run folder: config.json, metrics.jsonl, checkpoint, curves.png), on the built-in synthetic set unless
---data is given, and writes (atomically, after every run, so a partial study is readable):
+--data is given, and writes (atomically, after every variant, so a partial study is readable):
 
 * ablation.json  the study's settings and per variant: the final validation top-1 and top-5 error
                  as mean and sample standard deviation over the seeds, the difference to the
