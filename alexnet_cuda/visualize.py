@@ -55,7 +55,7 @@ from .runfolder import CURVES, METRICS, check_classes, model_from_checkpoint, re
 
 __all__ = ["add_arguments", "run", "visualize", "nearest_neighbours", "write_curves", "lr_drops",
            "conv1_filters_image", "predictions_image", "neighbours_image", "curves_image", "health_image",
-           "health_layout", "HEALTH_CELL", "HEALTH_COLS", "comparison_image", "COMPARISON_COLORS",
+           "health_layout", "HEALTH_CELL", "HEALTH_COLS", "comparison_image", "COMPARISON_COLORS", "COMPARISON_SIZE",
            "FILTER_SCALE", "FILTER_GAP", "FILTER_MAX_COLS", "CURVES_SIZE"]
 
 # conv1_filters.png: tile = kernel side * FILTER_SCALE, FILTER_GAP pixels between tiles

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from alexnet_cuda import ablate, available_backends, cli, reference
+from alexnet_cuda import visualize as V
 from alexnet_cuda import runfolder as rf
 from alexnet_cuda import train as T
 from alexnet_cuda.data import PreparedDataset, TrainLoader, make_synthetic_dataset, prepare_dataset
 from alexnet_cuda.model import AlexNet, MaxPool, ReLU, Tanh, feature_sizes, min_input_size
-from alexnet_cuda.visualize import COMPARISON_SIZE
 
 CPU_BACKENDS = [b for b in available_backends() if b in ("numpy", "emu")]
 TIMING = ("images_per_sec", "seconds")
@@ -112,6 +112,8 @@ def test_each_variant_trains_and_resumes_exactly(two_class_data, tmp_path, backe
         dead = r["health"]["dead"]
         assert set(dead) == (set() if variant == "tanh" else {f"relu{i}" for i in range(1, 8)})
     assert not any("dead" in l for l in logs if l.startswith("warning"))
+    if variant == "tanh":   # health.png draws the layers' update ratios and no dead-unit charts
+        assert V.health_image(ra).size == V.health_layout(8, 0)
 
 
 def test_train_top1_err_is_the_error_on_the_training_batches(two_class_data, tmp_path):
@@ -207,7 +209,7 @@ def test_ablate_study_writes_its_files_and_resumes(raw_data, tmp_path, monkeypat
     md = (out / ablate.ABLATION_MD).read_text()
     assert "| baseline | none |" in md and "| one-tower | towers 1 |" in md and "epochs to 50%" in md
     from PIL import Image
-    assert Image.open(out / ablate.ABLATION_PNG).size == COMPARISON_SIZE
+    assert Image.open(out / ablate.ABLATION_PNG).size == V.COMPARISON_SIZE
     before = (out / ablate.ABLATION_JSON).read_text()
     assert cli.main(args + ["--epochs", "2"]) == 0                # a finished study is kept as it is
     assert capsys.readouterr().out.count(": kept (") == 4
