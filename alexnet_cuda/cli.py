@@ -1,4 +1,4 @@
-"""The `alexnet-cuda` command line: train, eval, predict, prepare, visualize, gradcheck.
+"""The `alexnet-cuda` command line: train, eval, predict, prepare, visualize, gradcheck, ablate.
 
 Every command runs through one wrapper (`_run`): a user error (alexnet_cuda.errors) prints one
 `error:` line on stderr and exits with its class's status (2 for usage and data problems, 1 when
