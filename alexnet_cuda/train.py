@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import data
 from . import runfolder as rf
 from .backends import resolve_backend
-from . import data
 from .data import EvalLoader, PreparedDataset, TrainLoader, ensure_prepared, is_prepared
 from .errors import EXIT_OK, DivergedError, TrainError, TrainingInterrupted
 from .evaluate import evaluate_model
@@ -333,8 +333,8 @@ def _end_epoch(run, epoch, top1, top5, seconds):
     cfg, p = run.cfg, run.partial
     lr = run.schedule.lr_for_epoch(epoch)
     rec = {"epoch": epoch + 1, "step": run.model.step, "lr": lr, "train_loss": p.mean_loss(),
-           "train_top1_err": p.train_top1_err(), "val_top1_err": top1, "val_top5_err": top5, "images_per_sec": p.images_per_sec(cfg["batch_size"]),
-           "seconds": seconds, "health": run.health.record()}
+           "train_top1_err": p.train_top1_err(), "val_top1_err": top1, "val_top5_err": top5,
+           "images_per_sec": p.images_per_sec(cfg["batch_size"]), "seconds": seconds, "health": run.health.record()}
     run.schedule.end_epoch(epoch, top1)
     rf.append_metrics(run.out, rec)
     run.partial = rf.EpochTotals()
