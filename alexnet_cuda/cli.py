@@ -1,4 +1,4 @@
-"""The `alexnet-cuda` command line: train, eval, predict, prepare, visualize, gradcheck.
+"""The `alexnet-cuda` command line: train, eval, predict, prepare, visualize, gradcheck, ablate.
 
 Every command runs through one wrapper (`_run`): a user error (alexnet_cuda.errors) prints one
 `error:` line on stderr and exits with its class's status (2 for usage and data problems, 1 when
@@ -12,12 +12,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, data, distributed, evaluate, gradcheck, timing, train, visualize
+from . import __version__, ablate, data, distributed, evaluate, gradcheck, timing, train, visualize
 from .backends import cuda_unusable_reason, default_backend_name
-from .cliargs import add_backend_argument, add_devices_argument, non_negative_int, positive_float, positive_int
+from .cliargs import (add_backend_argument, add_devices_argument, dropout_probability, non_negative_int,
+                      positive_float, positive_int)
 from .errors import (EXIT_INTERRUPTED, EXIT_USAGE, AlexNetError, BackendError, DivergedError, TrainError,
                      TrainingInterrupted)
-from .model import INITS, PRESETS
+from .model import ACTIVATIONS, INITS, POOLS, PRESETS
 from .runfolder import CHECKPOINT
 
 __all__ = ["main", "build_parser"]
@@ -70,6 +71,33 @@ def _train_arguments(t):
                         "`pip install .[mpi]`); --batch-size stays the global batch. On several machines, start "
                         "`mpirun`/`srun ... alexnet-cuda train` yourself (README). On the CPU backends N processes "
                         "share the cores")
+    _variant_arguments(t)
+
+
+# The model variant options: train's option names -> its config keys (`alexnet-cuda ablate` compares them)
+VARIANT_OPTIONS = ("activation", "lrn", "pool", "towers", "dropout", "lighting", "flip")
+
+
+def _variant_arguments(t):
+    """The model variants, each defaulting to the paper's choice (recorded in config.json and the checkpoint)."""
+    on_off = argparse.BooleanOptionalAction
+    t.add_argument("--activation", choices=ACTIVATIONS, help="the hidden units: relu (default, the paper's) or tanh "
+                                                              "(the saturating unit of its Figure 1)")
+    t.add_argument("--lrn", action=on_off, help="local response normalization after conv1 and conv2 (default on)")
+    t.add_argument("--pool", choices=tuple(POOLS), help="max-pooling: overlapping 3x3 at stride 2 (default, the "
+                                                        "paper's) or non-overlapping 2x2 at stride 2")
+    t.add_argument("--towers", type=int, choices=(1, 2), help="towers (the paper's two GPUs; default 2)")
+    t.add_argument("--dropout", type=dropout_probability,
+                   help="dropout probability after fc6 and fc7 (default: the preset's, full 0.5, small 0)")
+    t.add_argument("--lighting", action=on_off, help="the PCA lighting augmentation (default on)")
+    t.add_argument("--flip", action=on_off, help="random horizontal flips (default on)")
+
+
+def variant_config(args):
+    """The config keys of the variant options given in `args` (None for those not given)."""
+    light = getattr(args, "lighting", None)
+    return dict(activation=args.activation, lrn=args.lrn, pool=args.pool, towers=args.towers, dropout=args.dropout,
+                pca_std=None if light is None else (train.PCA_STD if light else 0.0), flip=args.flip)
 
 
 def _choose_backend(args):
@@ -112,7 +140,8 @@ def _cmd_train(args):
         raise TrainError(f"--gpus {args.gpus}, but this process is one of {ranks} ranks started by MPI; drop --gpus "
                          f"when starting the ranks yourself")
     if args.resume:
-        for name in ("data", "batch_size", "lr", "warmup", "preset", "seed", "patience", "schedule", "init"):
+        for name in ("data", "batch_size", "lr", "warmup", "preset", "seed", "patience", "schedule", "init",
+                     *VARIANT_OPTIONS):
             if getattr(args, name) is not None:
                 _log(f"note: --{name.replace('_', '-')} is ignored with --resume (the checkpoint's is used)")
         return train.train(resume=True, out=_find_run_folder(args), log=_log,
@@ -122,14 +151,13 @@ def _cmd_train(args):
     if note:
         _log(note)
     src = args.data
-    if src is None:  # rendered at 96 px for the small preset (prepared at 76), at 256 for the full one
+    if src is None:  # the built-in set; rank 0 of a data-parallel job renders it first
         world = distributed.world()
-        src = world.rank0_first(lambda: data.make_synthetic_dataset(
-            image_size=max(96, PRESETS[preset]["data_size"]), seed=0, log=_log if world.writer else _quiet))
+        src = world.rank0_first(lambda: train.builtin_data(preset, log=_log if world.writer else _quiet))
     cfg = train.default_config(preset=preset, backend=backend, data=str(src), out=args.out or f"runs/alexnet-{preset}",
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            seed=args.seed, workers=args.workers, patience=args.patience, schedule=args.schedule,
-                           init=args.init, devices=args.devices)
+                           init=args.init, devices=args.devices, **variant_config(args))
     return train.train(cfg, log=_log)
 
 
@@ -256,6 +284,22 @@ def _time(args):
     return timing.run(args, log=_log)
 
 
+def _ablate(args):
+    """train variants over seeds and compare them (the paper's ablations, Figure 1)
+
+    Train each chosen model variant (the paper's choices, one undone at a time) once per seed on the
+    built-in synthetic set (or --data), each run in its own folder under --out, and write ablation.md,
+    ablation.json and ablation.png: final validation errors as mean and spread over the seeds, epochs to
+    the target error, wall time, validation curves. --figure1 instead trains ReLU and tanh from the same
+    initial weights and draws their training error (figure1.png). Running it again resumes the study."""
+    backend, preset, note = _choose_backend(args)
+    if note:
+        _log(note)
+    src = args.data if args.data is not None else train.builtin_data(preset, log=_log)
+    run = ablate.run_figure1 if args.figure1 else ablate.run_study
+    return run(args, backend, preset, src, log=_log)
+
+
 def _gradcheck(args):
     return gradcheck.run(args, log=_log)
 
@@ -273,6 +317,7 @@ _COMMANDS = {
     "visualize": (visualize.add_arguments, _visualize),
     "gradcheck": (gradcheck.add_arguments, _gradcheck),
     "time": (timing.add_arguments, _time),
+    "ablate": (ablate.add_arguments, _ablate),
 }
 
 

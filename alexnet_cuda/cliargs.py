@@ -5,7 +5,8 @@ import argparse
 
 from .backends import BACKENDS
 
-__all__ = ["positive_int", "non_negative_int", "positive_float", "add_backend_argument", "add_devices_argument"]
+__all__ = ["positive_int", "non_negative_int", "positive_float", "dropout_probability", "add_backend_argument",
+           "add_devices_argument"]
 
 
 def _number(kind, text, ok, what):
@@ -46,6 +47,11 @@ def add_devices_argument(p):
                    help="'0,1': the paper's two towers on two devices, tower t on device t (model parallel); "
                         "'0,0': both towers on one device through the same exchange code; default: one device, "
                         "the towers computed together. On emu, ALEXNET_EMU_DEVICES=2 presents two devices")
+
+
+def dropout_probability(text):
+    """argparse type: a number in [0, 1)."""
+    return _number(float, text, lambda v: 0 <= v < 1, "a probability in [0, 1)")
 
 
 def add_backend_argument(p):

@@ -257,9 +257,12 @@ class GradientAverager:
     def finish(self):
         self._impl.finish()
 
-    def mean_loss(self, loss):
-        """The mean over the ranks of each rank's loss (a backend scalar) as a float; NaN if any is."""
-        return float(self.world.sum_values([float(self.backend.to_numpy(loss))])[0]) / self.world.size
+    def step_totals(self, loss, correct):
+        """(the mean over the ranks of each rank's loss, as a float, NaN if any is; the sum of their top-1
+        hits, an int) from this rank's backend scalars."""
+        to = self.backend.to_numpy
+        sums = self.world.sum_values([float(to(loss)), float(to(correct))])
+        return float(sums[0]) / self.world.size, int(sums[1])
 
 
 class _HostImpl:

@@ -107,6 +107,15 @@ def _on(be, op, *args, **kw):
     return tuple(back(o) for o in out) if isinstance(out, tuple) else back(out)
 
 
+def _activation_cases(rng, be):
+    """relu (inputs away from the kink at 0) and tanh (inputs near 0, in the bend and in the flat tails)."""
+    for name, x in (("relu", _away_from_zero(rng, (2, 3, 4, 5))), ("tanh", 1.5 * rng.standard_normal((2, 3, 4, 5)))):
+        forward = getattr(ref, f"{name}_forward")
+        g = rng.standard_normal(x.shape)
+        dx = _on(be, f"{name}_backward", g, _on(be, f"{name}_forward", x))
+        yield name, dx, numeric_grad(lambda: np.sum(forward(x) * g), x)
+
+
 def _cases(rng, be):
     """Yield (op name, analytic gradient from backend `be`, numeric gradient of the float64 reference
     forward) for every check."""
@@ -143,11 +152,7 @@ def _cases(rng, be):
     yield "linear dw", dw, numeric_grad(loss, w)
     yield "linear db", db, numeric_grad(loss, b)
 
-    # relu, inputs away from the kink at 0
-    x = _away_from_zero(rng, (2, 3, 4, 5))
-    g = rng.standard_normal(x.shape)
-    dx = _on(be, "relu_backward", g, _on(be, "relu_forward", x))
-    yield "relu", dx, numeric_grad(lambda: np.sum(ref.relu_forward(x) * g), x)
+    yield from _activation_cases(rng, be)
 
     # lrn, both conventions, C=7 so that windows are clipped at both ends
     for name, kw in (("lrn (paper alpha, size 5)", dict(size=5, alpha=0.1, beta=0.75, k=2.0)),

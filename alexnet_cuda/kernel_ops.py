@@ -14,7 +14,7 @@ block (cupy.cuda.Device on cuda); `device_of(a)` says where an array lives. The 
 that each argument lives on the current device and raises ValueError naming it and both devices.
 
 The ops are grouped in mixins by kernel family:
-    ElementwiseOps      relu, reduce_sum                     (this file)
+    ElementwiseOps      relu, tanh, reduce_sum               (this file)
     TransferOps         transfer_forward/backward            (this file; where towers meet)
     LayerOps            lrn, maxpool, dropout, softmax, sgd  (kernel_ops_layers.py)
     ConvOps             conv2d, linear                        (kernel_ops_conv.py)
@@ -140,15 +140,27 @@ class KernelOpsBase(Backend):
 
 
 class ElementwiseOps:
-    def relu_forward(self, x, *, version=0):
+    def _activation(self, name, x, version):
         y = self._empty_like(x)
-        self._mod.relu_forward(x, y, version=version, stream=self._stream())
+        getattr(self._mod, f"{name}_forward")(x, y, version=version, stream=self._stream())
         return y
 
-    def relu_backward(self, dy, y, *, version=0):
+    def _activation_grad(self, name, dy, y, version):
         dx = self._empty_like(dy)
-        self._mod.relu_backward(dy, y, dx, version=version, stream=self._stream())
+        getattr(self._mod, f"{name}_backward")(dy, y, dx, version=version, stream=self._stream())
         return dx
+
+    def relu_forward(self, x, *, version=0):
+        return self._activation("relu", x, version)
+
+    def relu_backward(self, dy, y, *, version=0):
+        return self._activation_grad("relu", dy, y, version)
+
+    def tanh_forward(self, x, *, version=0):
+        return self._activation("tanh", x, version)
+
+    def tanh_backward(self, dy, y, *, version=0):
+        return self._activation_grad("tanh", dy, y, version)
 
     def reduce_sum(self, x, *, version=0):
         """Sum of a float32 array as a 0-d array of the backend (deterministic order)."""

@@ -23,6 +23,13 @@ Topology (the paper's Figure 2), with ``c(n) = round(n * width)`` channels:
     fc7    c(4096)  ReLU, dropout
     fc8    num_classes
 
+Variants (constructor arguments; the defaults are the paper's; `alexnet-cuda ablate` compares them):
+``activation`` "relu" (the paper's) or "tanh" (the saturating unit of its Figure 1; the layers are
+then named tanh1..tanh7 instead of relu1..relu7), ``lrn`` on/off, ``pool`` "overlapping" (3x3
+windows at stride 2, the paper's) or "non-overlapping" (2x2 at stride 2, the traditional pooling it
+compares with; `feature_sizes` and `min_input_size` follow the choice), ``towers`` 2 (the paper's)
+or 1, ``dropout`` p (0.5 in the paper). The pooling choice applies to pool1, pool2 and pool5.
+
 The towers are an explicit unit (`TowerLayout`, `AlexNet.tower_layout`,
 `AlexNet.tower_state_dict`): which layers belong to a tower, which output
 channels (and weight rows) each tower owns, and the two points where towers
@@ -62,12 +69,15 @@ import numpy as np
 from .backends import get_backend
 from .towers import TowerNet, parse_devices, sharded_sq_norm
 
-__all__ = ["AlexNet", "PRESETS", "TowerLayout", "INITS", "scaled_channels", "feature_sizes",
-           "min_input_size", "MOMENTUM", "WEIGHT_DECAY"]
+__all__ = ["AlexNet", "PRESETS", "TowerLayout", "INITS", "ACTIVATIONS", "POOLS", "scaled_channels",
+           "feature_sizes", "min_input_size", "MOMENTUM", "WEIGHT_DECAY"]
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 INITS = ("paper", "paper-bias0.1", "he")
+ACTIVATIONS = ("relu", "tanh")
+# pool choice -> (window, stride) of pool1, pool2 and pool5; the first is the paper's (section 3.4)
+POOLS = {"overlapping": (3, 2), "non-overlapping": (2, 2)}
 # The layers whose biases the paper sets to 1 (0 elsewhere); "paper-bias0.1" sets them to 0.1.
 POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
@@ -103,19 +113,28 @@ def _conv_out(h, k, stride, pad):
     return (h + 2 * pad - k) // stride + 1
 
 
-def feature_sizes(input_size):
-    """Spatial sizes after conv1, pool1, pool2 and pool5 (conv2..conv5 keep the size)."""
+def _pool_window(pool):
+    if pool not in POOLS:
+        raise ValueError(f"AlexNet: pool must be one of {tuple(POOLS)}, got {pool!r}")
+    return POOLS[pool]
+
+
+def feature_sizes(input_size, pool="overlapping"):
+    """Spatial sizes after conv1, pool1, pool2 and pool5 (conv2..conv5 keep the size) with the
+    pooling `pool` (a key of POOLS): (55, 27, 13, 6) at 227 with either."""
+    k, st = _pool_window(pool)
     s1 = _conv_out(input_size, 11, 4, 0)
-    p1 = _conv_out(s1, 3, 2, 0) if s1 >= 3 else 0
-    p2 = _conv_out(p1, 3, 2, 0) if p1 >= 3 else 0
-    p5 = _conv_out(p2, 3, 2, 0) if p2 >= 3 else 0
+    p1 = _conv_out(s1, k, st, 0) if s1 >= k else 0
+    p2 = _conv_out(p1, k, st, 0) if p1 >= k else 0
+    p5 = _conv_out(p2, k, st, 0) if p2 >= k else 0
     return s1, p1, p2, p5
 
 
-def min_input_size():
-    """The smallest input side that leaves a positive size after the last pool (67)."""
+def min_input_size(pool="overlapping"):
+    """The smallest input side that leaves a positive size after the last pool (67 overlapping,
+    39 non-overlapping)."""
     s = 11
-    while feature_sizes(s)[3] < 1:
+    while feature_sizes(s, pool)[3] < 1:
         s += 1
     return s
 
@@ -261,6 +280,26 @@ class ReLU(Layer):
         return be.relu_backward(dy, self._cache)
 
 
+class Tanh(Layer):
+    """tanh, the saturating unit of the paper's Figure 1 (`activation="tanh"`). Its units never stop
+    passing gradient for good, so there is no activity tracking: alexnet_cuda.health's dead-unit
+    fraction is a ReLU measure."""
+
+    tower_rule = "any"
+
+    def __init__(self, name):
+        self.name = name
+
+    def forward(self, be, x, train, ctx):
+        y = be.tanh_forward(x)
+        if train:
+            self._cache = y
+        return y
+
+    def backward(self, be, dy):
+        return be.tanh_backward(dy, self._cache)
+
+
 class LRN(Layer):
     """Cross-channel LRN with the paper's constants (alpha not divided by size)."""
 
@@ -359,7 +398,8 @@ class AlexNet:
     DROPOUT_LAYERS = 2
 
     def __init__(self, num_classes=1000, input_size=227, width=1.0, towers=2, dropout=0.5, lrn=True,
-                 backend=None, seed=0, init="paper", dtype=np.float32, devices=None):
+                 backend=None, seed=0, init="paper", dtype=np.float32, devices=None, activation="relu",
+                 pool="overlapping"):
         if int(num_classes) < 1:
             raise ValueError(f"AlexNet: num_classes must be >= 1, got {num_classes}")
         if int(towers) < 1:
@@ -370,45 +410,26 @@ class AlexNet:
             raise ValueError(f"AlexNet: dropout must be in [0, 1), got {dropout}")
         if init not in INITS:
             raise ValueError(f"AlexNet: init must be one of {INITS}, got {init!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"AlexNet: activation must be one of {ACTIVATIONS}, got {activation!r}")
         input_size = int(input_size)
-        s1, p1, p2, p5 = feature_sizes(input_size)
+        s1, p1, p2, p5 = feature_sizes(input_size, pool)
         if p5 < 1:
             raise ValueError(f"AlexNet: input_size {input_size} is too small: the last max-pool would have no "
-                             f"output; the smallest input is {min_input_size()}")
+                             f"output; the smallest input is {min_input_size(pool)} with {pool} pooling")
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
         self.config = dict(num_classes=int(num_classes), input_size=input_size, width=float(width),
-                           towers=int(towers), dropout=float(dropout), lrn=bool(lrn), seed=int(seed), init=init)
+                           towers=int(towers), dropout=float(dropout), lrn=bool(lrn), seed=int(seed), init=init,
+                           activation=activation, pool=pool)
         self.num_classes, self.input_size, self.seed = int(num_classes), input_size, int(seed)
         self.step = 0
         T = int(towers)
         ch = {n: scaled_channels(c, width, T) for n, c in BASE_CHANNELS.items()}
         self.channels = ch
         self.tower_layout = TowerLayout(T, tuple((n, ch[n]) for n in TowerLayout.tower_layers))
-        g = self.tower_layout.groups
-        L = []
-        # --- the towers ---------------------------------------------------
-        L += [Conv2d("conv1", 3, ch["conv1"], 11, stride=4, groups=g("conv1")), ReLU("relu1")]
-        if lrn:
-            L.append(LRN("lrn1"))
-        L += [MaxPool("pool1"),
-              Conv2d("conv2", ch["conv1"], ch["conv2"], 5, padding=2, groups=g("conv2")), ReLU("relu2")]
-        if lrn:
-            L.append(LRN("lrn2"))
-        L += [MaxPool("pool2"),
-              # towers meet: conv3 reads all maps of both towers
-              Conv2d("conv3", ch["conv2"], ch["conv3"], 3, padding=1, groups=g("conv3")),
-              ReLU("relu3"),
-              Conv2d("conv4", ch["conv3"], ch["conv4"], 3, padding=1, groups=g("conv4")), ReLU("relu4"),
-              Conv2d("conv5", ch["conv4"], ch["conv5"], 3, padding=1, groups=g("conv5")), ReLU("relu5"),
-              MaxPool("pool5"), Flatten("flatten")]
-        # --- the head: towers meet at fc6 ----------------------------------
-        L += [Linear("fc6", ch["conv5"] * p5 * p5, ch["fc6"]), ReLU("relu6"),
-              Dropout("drop6", dropout, 0),
-              Linear("fc7", ch["fc6"], ch["fc7"]), ReLU("relu7"), Dropout("drop7", dropout, 1),
-              Linear("fc8", ch["fc7"], self.num_classes)]
-        self.layers = L
-        self._param_layers = [l for l in L if l.params]
+        self.layers = self._build_layers(ch, p5, pool, activation, lrn, dropout)
+        self._param_layers = [l for l in self.layers if l.params]
         self._place(devices)
         self._init(init)
         self.load_momentum_state_dict({n: np.zeros(s, self.dtype) for n, s in self.parameter_shapes().items()})
@@ -434,6 +455,31 @@ class AlexNet:
                              f"{self.config['towers']}) and at least {len(self.devices)} classes (got "
                              f"{self.num_classes}): tower t's half of every layer runs on devices[t]")
         self._split = TowerNet(be, self.devices, self.layers, self.dtype)
+
+    def _build_layers(self, ch, p5, pool, activation, lrn, dropout):
+        g = self.tower_layout.groups
+        k, st = _pool_window(pool)
+        act = lambda i: (ReLU if activation == "relu" else Tanh)(f"{activation}{i}")  # noqa: E731
+        L = []
+        # --- the towers ---------------------------------------------------
+        L += [Conv2d("conv1", 3, ch["conv1"], 11, stride=4, groups=g("conv1")), act(1)]
+        if lrn:
+            L.append(LRN("lrn1"))
+        L += [MaxPool("pool1", k, st),
+              Conv2d("conv2", ch["conv1"], ch["conv2"], 5, padding=2, groups=g("conv2")), act(2)]
+        if lrn:
+            L.append(LRN("lrn2"))
+        L += [MaxPool("pool2", k, st),
+              # towers meet: conv3 reads all maps of both towers
+              Conv2d("conv3", ch["conv2"], ch["conv3"], 3, padding=1, groups=g("conv3")), act(3),
+              Conv2d("conv4", ch["conv3"], ch["conv4"], 3, padding=1, groups=g("conv4")), act(4),
+              Conv2d("conv5", ch["conv4"], ch["conv5"], 3, padding=1, groups=g("conv5")), act(5),
+              MaxPool("pool5", k, st), Flatten("flatten")]
+        # --- the head: towers meet at fc6 ----------------------------------
+        L += [Linear("fc6", ch["conv5"] * p5 * p5, ch["fc6"]), act(6), Dropout("drop6", dropout, 0),
+              Linear("fc7", ch["fc6"], ch["fc7"]), act(7), Dropout("drop7", dropout, 1),
+              Linear("fc8", ch["fc7"], self.num_classes)]
+        return L
 
     # -- parameters ---------------------------------------------------------
 
@@ -611,12 +657,12 @@ class AlexNet:
     __call__ = forward
 
     def features(self, x, layer="fc7"):
-        """Eval-mode activations after `layer` and its ReLU (conv1..fc7; fc8 gives the logits),
+        """Eval-mode activations after `layer` and its ReLU or tanh (conv1..fc7; fc8 gives the logits),
         e.g. fc7 for the paper's Figure 4 nearest neighbours."""
         names = [l.name for l in self._param_layers]
         if layer not in names:
             raise ValueError(f"features: unknown layer {layer!r}; expected one of {names}")
-        stop = layer if layer == "fc8" else "relu" + layer[-1]
+        stop = layer if layer == "fc8" else self.config["activation"] + layer[-1]
         x = self._input(x)
         be = self.backend
         ctx = {"seed": self.seed, "step": self.step}
@@ -631,7 +677,8 @@ class AlexNet:
         return x
 
     def loss_and_grads(self, x, labels, *, on_grads=None, row0=0):
-        """Forward (train mode) and backward; fills each parameter's gradient. Returns the loss (0-d array).
+        """Forward (train mode) and backward; fills each parameter's gradient and `last_correct` (the batch's
+        examples whose label had the largest logit, a 0-d backend array). Returns the loss (0-d array).
 
         on_grads(layer), if given, is called as soon as each parameter layer's gradients are complete
         (data parallelism starts averaging them there). row0: the index of x's first row in the global
@@ -643,6 +690,8 @@ class AlexNet:
             if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
                 raise ValueError(f"AlexNet: labels has shape {tuple(labels.shape)}, expected ({x.shape[0]},)")
             logits = self._run(x, True, row0)
+            # the batch's top-1 hits (a 0-d backend array): the training error `train` records per epoch
+            self.last_correct = be.topk_correct(logits, labels, 1)
             loss, d = be.softmax_cross_entropy(logits, labels)
         if self._split is not None:
             if on_grads is not None:
@@ -694,7 +743,7 @@ class AlexNet:
         else:
             loss = self.loss_and_grads(x, labels, on_grads=average.layer_done, row0=row0)
             average.finish()
-            loss = average.mean_loss(loss)
+            loss, self.last_correct = average.step_totals(loss, self.last_correct)
         if math.isfinite(loss):
             self.apply_update(lr, momentum, weight_decay)
         self.step += 1
@@ -703,8 +752,8 @@ class AlexNet:
     def __repr__(self):
         c = self.config
         return (f"AlexNet(num_classes={c['num_classes']}, input_size={c['input_size']}, width={c['width']}, "
-                f"towers={c['towers']}, dropout={c['dropout']}, lrn={c['lrn']}, init={c['init']!r}, "
-                f"backend={self.backend.name!r}, "
+                f"towers={c['towers']}, dropout={c['dropout']}, lrn={c['lrn']}, activation={c['activation']!r}, "
+                f"pool={c['pool']!r}, init={c['init']!r}, backend={self.backend.name!r}, "
                 + (f"devices={self.devices}, " if self._split is not None else "")
                 + f"params={self.num_parameters():,})")
 

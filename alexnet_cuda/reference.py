@@ -37,6 +37,8 @@ __all__ = [
     "linear_backward",
     "relu_forward",
     "relu_backward",
+    "tanh_forward",
+    "tanh_backward",
     "lrn_forward",
     "lrn_backward",
     "maxpool_forward",
@@ -287,6 +289,27 @@ def relu_backward(dy, y):
     _array(fn, "dy", dy, like=("y", y))
     _shape(fn, "dy", dy, y.shape, "the shape of y")
     return np.where(y > 0, dy, dy.dtype.type(0))
+
+
+# ---------------------------------------------------------------------------
+# tanh (the saturating unit the paper's Figure 1 compares ReLU with)
+# ---------------------------------------------------------------------------
+
+def tanh_forward(x):
+    """y = tanh(x), elementwise, any shape."""
+    _array("tanh_forward", "x", x)
+    return np.tanh(x)
+
+
+def tanh_backward(dy, y):
+    """dx = dy * (1 - y^2), y the forward output; computed as dy * ((1 - y) * (1 + y)), the kernels'
+    order (1 - y is exact where y nears +-1)."""
+    fn = "tanh_backward"
+    _array(fn, "y", y)
+    _array(fn, "dy", dy, like=("y", y))
+    _shape(fn, "dy", dy, y.shape, "the shape of y")
+    one = y.dtype.type(1)
+    return dy * ((one - y) * (one + y))
 
 
 # ---------------------------------------------------------------------------

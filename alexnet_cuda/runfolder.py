@@ -37,8 +37,8 @@ FORMAT = "alexnet-cuda-checkpoint"
 FORMAT_VERSION = "1"
 # loader_images_per_sec: what the loader's workers built per second while building (its capacity);
 # data_wait_seconds: how long the training steps waited for their next batch in the epoch
-EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "val_top1_err", "val_top5_err", "images_per_sec", "seconds",
-                "loader_images_per_sec", "data_wait_seconds", "health")
+EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err",
+                "images_per_sec", "seconds", "loader_images_per_sec", "data_wait_seconds", "health")
 
 
 @dataclass
@@ -49,9 +49,17 @@ class EpochTotals:
     loss_count: int = 0
     train_seconds: float = 0.0   # in training steps
     seconds: float = 0.0         # in all, validation included
+    train_correct: int = 0       # top-1 hits on the training batches, as they were trained on
+    train_seen: int = 0          # the examples counted in train_correct
 
     def mean_loss(self):
         return self.loss_sum / self.loss_count if self.loss_count else float("nan")
+
+    def train_top1_err(self):
+        """The epoch's training error: the fraction of its training examples whose label did not get the
+        largest logit in the train-mode forward of their step (dropout on, the weights of that step),
+        the measure the paper's Figure 1 plots; None before any step."""
+        return 1.0 - self.train_correct / self.train_seen if self.train_seen else None
 
     def images_per_sec(self, batch_size):
         return self.loss_count * batch_size / self.train_seconds if self.train_seconds > 0 else 0.0

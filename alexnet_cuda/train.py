@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import distributed
+from . import data, distributed
 from . import runfolder as rf
 from .backends import resolve_backend
 from .data import EvalLoader, PreparedDataset, TrainLoader, ensure_prepared, is_prepared
@@ -45,13 +45,16 @@ from .progress import Progress
 from .schedule import LRSchedule
 from .visualize import write_curves
 
-__all__ = ["default_config", "default_workers", "train", "train_one_epoch", "RESUME_OVERRIDES"]
+__all__ = ["default_config", "default_workers", "train", "train_one_epoch", "builtin_data", "RESUME_OVERRIDES",
+           "PCA_STD"]
 
 # Config keys that `resume` may change; everything else comes from the checkpoint.
 RESUME_OVERRIDES = ("epochs", "workers", "backend", "devices")
 # Config keys that describe where a run ran, not what it computes: ranks may differ in them, and a
 # resumed run takes this run's.
 PLACE_KEYS = ("ranks", "workers")
+# The paper's PCA lighting: each image gets its RGB principal components times N(0, 0.1) draws.
+PCA_STD = 0.1
 
 
 # ---------------------------------------------------------------------------
@@ -97,10 +100,13 @@ def default_config(**kw):
         "input_scale": p["input_scale"],
         "width": p["width"],
         "init": p["init"],
+        # the model variants (alexnet_cuda.model; `alexnet-cuda ablate` compares them); the paper's by default
+        "activation": "relu",
+        "pool": "overlapping",
         "towers": 2,
         "dropout": p["dropout"],
         "lrn": True,
-        "pca_std": 0.1,
+        "pca_std": PCA_STD,      # the PCA lighting's standard deviation; 0 switches it off (--no-lighting)
         "flip": True,
         "eval_batch_size": 256,
         "ranks": 1,              # data-parallel processes (set from the MPI launch, not an option)
@@ -112,9 +118,16 @@ def default_config(**kw):
     return cfg
 
 
+def builtin_data(preset, log=print):
+    """The built-in synthetic 10-class set (generated once, cached) that `train` and `ablate` use without
+    --data: rendered at 96 px for the small preset (prepared at 76), at 256 for the full one."""
+    return data.make_synthetic_dataset(image_size=max(96, PRESETS[preset]["data_size"]), seed=0, log=log)
+
+
 def _model_kwargs(cfg, num_classes):
     return dict(num_classes=num_classes, input_size=cfg["input_size"], width=cfg["width"], towers=cfg["towers"],
-                dropout=cfg["dropout"], lrn=cfg["lrn"], seed=cfg["seed"], init=cfg["init"])
+                dropout=cfg["dropout"], lrn=cfg["lrn"], seed=cfg["seed"], init=cfg["init"],
+                activation=cfg.get("activation", "relu"), pool=cfg.get("pool", "overlapping"))
 
 
 def _check_numbers(cfg, world):
@@ -219,7 +232,10 @@ def _build_run(cfg, out, log, resumed, world):
     elif cfg["backend"] == "emu":
         world.share_cores()
     be = resolve_backend(cfg["backend"])
-    model = AlexNet(backend=be, devices=cfg.get("devices"), **_model_kwargs(cfg, train_ds.num_classes))
+    try:
+        model = AlexNet(backend=be, devices=cfg.get("devices"), **_model_kwargs(cfg, train_ds.num_classes))
+    except ValueError as e:  # a variant that does not fit the input (non-overlapping pools need less)
+        raise TrainError(str(e)) from None
     cfg["model"], cfg["num_parameters"] = dict(model.config), model.num_parameters()
     shard = (world.rank, world.size)
     loader = TrainLoader(train_ds, batch_size=cfg["batch_size"], crop=cfg["input_size"], seed=cfg["seed"],
@@ -338,6 +354,8 @@ def train_one_epoch(run, epoch, intr, watch, bar):
             b += 1
             run.partial.loss_sum += loss
             run.partial.loss_count += 1
+            run.partial.train_correct += int(model.backend.to_numpy(model.last_correct))
+            run.partial.train_seen += len(y) * run.world.size  # last_correct is summed over the ranks
             run.partial.train_seconds = s0 + time.perf_counter() - t0
             bar.update(b, loss, lr, (b - b0) * cfg["batch_size"] / max(time.perf_counter() - t0, 1e-9))
             warning = watch.update(loss)
@@ -357,8 +375,9 @@ def _end_epoch(run, epoch, top1, top5, seconds):
     cfg, p = run.cfg, run.partial
     lr = run.schedule.lr_for_epoch(epoch)
     rec = {"epoch": epoch + 1, "step": run.model.step, "lr": lr, "train_loss": p.mean_loss(),
-           "val_top1_err": top1, "val_top5_err": top5, "images_per_sec": p.images_per_sec(cfg["batch_size"]),
-           "seconds": seconds, "loader_images_per_sec": run.loader.stats.images_per_sec(),
+           "train_top1_err": p.train_top1_err(), "val_top1_err": top1, "val_top5_err": top5,
+           "images_per_sec": p.images_per_sec(cfg["batch_size"]), "seconds": seconds,
+           "loader_images_per_sec": run.loader.stats.images_per_sec(),
            "data_wait_seconds": run.loader.stats.wait_seconds, "health": run.health.record()}
     run.schedule.end_epoch(epoch, top1)
     if run.world.writer:

@@ -55,7 +55,7 @@ from .runfolder import CURVES, METRICS, check_classes, model_from_checkpoint, re
 
 __all__ = ["add_arguments", "run", "visualize", "nearest_neighbours", "write_curves", "lr_drops",
            "conv1_filters_image", "predictions_image", "neighbours_image", "curves_image", "health_image",
-           "health_layout", "HEALTH_CELL", "HEALTH_COLS",
+           "health_layout", "HEALTH_CELL", "HEALTH_COLS", "comparison_image", "COMPARISON_COLORS", "COMPARISON_SIZE",
            "FILTER_SCALE", "FILTER_GAP", "FILTER_MAX_COLS", "CURVES_SIZE"]
 
 # conv1_filters.png: tile = kernel side * FILTER_SCALE, FILTER_GAP pixels between tiles
@@ -646,13 +646,16 @@ _C_WARN = (214, 39, 40)
 
 
 def _health_names(records, section, default):
-    """The layer names of `section` ("layers" or "dead") in the records' order, else `default`."""
-    names = []
+    """The layer names of `section` ("layers" or "dead") in the records' order; `default` when no record
+    has the section (a tanh network's records have an empty "dead": no ReLU, no charts)."""
+    names, seen = [], False
     for r in records:
-        for n in ((r.get("health") or {}).get(section) or {}):
+        part = (r.get("health") or {}).get(section)
+        seen = seen or isinstance(part, dict)
+        for n in (part or {}):
             if n not in names:
                 names.append(n)
-    return names or list(default)
+    return names if seen else list(default)
 
 
 def _health_value(r, section, name, key=None):
@@ -665,7 +668,8 @@ def _health_value(r, section, name, key=None):
 def health_layout(num_layers=len(_HEALTH_LAYERS), num_relus=len(_HEALTH_RELUS)):
     """(width, height) of health.png: a titled section of charts for the parameter layers, one for the ReLUs."""
     rows = -(-num_layers // HEALTH_COLS) + -(-num_relus // HEALTH_COLS)
-    return HEALTH_COLS * HEALTH_CELL[0], 2 * _HEALTH_HEAD + rows * HEALTH_CELL[1]
+    heads = (num_layers > 0) + (num_relus > 0)
+    return HEALTH_COLS * HEALTH_CELL[0], heads * _HEALTH_HEAD + rows * HEALTH_CELL[1]
 
 
 def _few_ticks(xmax, n=4):
@@ -787,6 +791,8 @@ def health_image(records):
                 ("dead units: zero for every training image of the epoch", relus,
                  lambda box, n: _dead_chart(cv, records, box, n, DEAD_MAX))]
     for title, names, draw in sections:
+        if not names:
+            continue
         cv.text(8, y + _HEALTH_HEAD / 2 + 2, title, 13, _INK, valign="middle")
         y += _HEALTH_HEAD
         for i, n in enumerate(names):
@@ -794,6 +800,61 @@ def health_image(records):
             draw((col * cw, y + r * ch, cw, ch), n)
         y += -(-len(names) // HEALTH_COLS) * ch
     return cv.result(size)
+
+
+# ---------------------------------------------------------------------------
+# Several runs on one chart (alexnet-cuda ablate: the variants, Figure 1)
+# ---------------------------------------------------------------------------
+
+COMPARISON_COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
+                     (140, 86, 75), (227, 119, 194), (23, 190, 207), (127, 127, 127))
+COMPARISON_SIZE = (800, 520)
+
+
+def _wrapped_legend(c, y, items):
+    """The legend of comparison_image in as many rows as it needs; returns the y below it."""
+    cv, x = c.cv, c.x0
+    for name, color in items:
+        w = 22 + cv.text_w(name, c.FS) + 22
+        if x > c.x0 and x + w > c.x1:
+            x, y = c.x0, y + c.LEGEND_H
+        ym = y + c.LEGEND_H / 2
+        cv.line([(x, ym), (x + 16, ym)], color, 2.5)
+        cv.text(x + 22, ym, name, c.FS, _INK, valign="middle")
+        x += w
+    return y + c.LEGEND_H
+
+
+def comparison_image(curves, *, ylabel, target=None, note=None, bands=None, size=COMPARISON_SIZE):
+    """One panel of error curves against epochs, one line per run: `curves` is [(name, [(epoch, value or
+    None), ...]), ...] with values in 0..1 (drawn as %), coloured by COMPARISON_COLORS in order.
+    `bands` (optional, by name): [(epoch, lo, hi), ...] drawn as thin vertical bars (the seeds' range).
+    `target` draws a dashed horizontal line at that error, `note` a line of text above the panel."""
+    records = [{"epoch": e} for _, pts in curves for e, _ in pts]
+    c = _Curves(records, size)
+    y = c.TOP
+    if note:
+        c.cv.text(c.x0, y + 9, note, 13, _INK, valign="middle")
+        y += c.LEGEND_H
+    colors = [COMPARISON_COLORS[i % len(COMPARISON_COLORS)] for i in range(len(curves))]
+    y = _wrapped_legend(c, y, [(n, col) for (n, _), col in zip(curves, colors)])
+    h = size[1] - y - c.BOTTOM
+    vals = [v for _, pts in curves for _, v in pts if v is not None]
+    top, ticks, dec = _linear_ticks(min(1.0, max(vals)) if vals and max(vals) > 0 else 1.0)
+    Y = lambda v: y + h - h * v / top  # noqa: E731
+    c.frame(y, h, [(v, f"{v * 100:.{max(0, dec - 2)}f}%") for v in ticks], ylabel, Y)
+    if target is not None and 0 <= target <= top:
+        x = c.x0
+        while x < c.x1:
+            c.cv.line([(x, Y(target)), (min(x + 6, c.x1), Y(target))], _MUTED, 1.5)
+            x += 10
+        c.cv.text(c.x1 - 4, Y(target) - 3, f"{target:.0%}", c.FS, _MUTED, align="right", valign="bottom")
+    for (name, pts), col in zip(curves, colors):
+        for e, lo, hi in (bands or {}).get(name, ()):
+            c.cv.line([(c.X(e), Y(min(lo, top))), (c.X(e), Y(min(hi, top)))], col, 1)
+        c.polyline(pts, Y, col, top)
+    c.epoch_axis(y + h)
+    return c.cv.result(size)
 
 
 def write_curves(out_dir, *, metrics=None, path=None, log=None):

@@ -10,11 +10,11 @@ speed relative to PyTorch (PyTorch ms / our ms: >= 1 means no slower). These ops
 memory-bound; the aim is >= 80% of the copy bandwidth and >= 1x PyTorch.
 
 Minimal bytes per element (float32 = 4, mask = 1):
-  relu fwd 8, bwd 12 | lrn fwd 12 (x; y, scale), bwd 20 (dy, x, y, scale; dx)
+  relu and tanh fwd 8, bwd 12 | lrn fwd 12 (x; y, scale), bwd 20 (dy, x, y, scale; dx)
   maxpool fwd 4*in + 4*out, bwd 8*in + 4*out (x, dx; dy) | dropout fwd 9 (x; y, mask), bwd 9
   softmax xent 8 per logit (logits; dlogits) | sgd 20 per parameter (w, dw, v; w, v)
   top-5 4 per logit.
-PyTorch equivalents: torch.relu / threshold_backward; F.local_response_norm with alpha*size
+PyTorch equivalents: torch.relu / threshold_backward; torch.tanh / tanh_backward; F.local_response_norm with alpha*size
 (PyTorch divides alpha by size; the paper does not); F.max_pool2d(3, 2) and its autograd
 backward; aten.native_dropout and native_dropout_backward; F.cross_entropy forward+backward;
 torch.optim.SGD(momentum=0.9, weight_decay=5e-4 on weights, foreach=True, and fused=True when
@@ -67,7 +67,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--only", default="", help="comma-separated op families (relu,lrn,maxpool,dropout,softmax,sgd,topk)")
+    ap.add_argument("--only", default="", help="comma-separated op families (relu,tanh,lrn,maxpool,dropout,softmax,sgd,topk)")
     args = ap.parse_args(argv)
     common.require_gpu("bench_layers.py")
 
@@ -122,18 +122,23 @@ def main(argv=None):
     def randn(shape, scale=1.0):
         return (rnd.standard_normal(shape, dtype=cupy.float32) * scale).astype(cupy.float32)
 
-    # ---- relu ---------------------------------------------------------------------------
-    if not only or "relu" in only:
+    # ---- relu, tanh ---------------------------------------------------------------------
+    activations = {"relu": (lambda t: torch.relu(t), lambda g, t: torch.ops.aten.threshold_backward(g, t, 0)),
+                   "tanh": (lambda t: torch.tanh(t), lambda g, t: torch.ops.aten.tanh_backward(g, t))}
+    for act, (t_fwd, t_bwd) in activations.items():
+        if only and act not in only:
+            continue
         s = (N, 96, 55, 55)
         x, dy = randn(s), randn(s)
-        y = be.relu_forward(x)
+        fwd, bwd = getattr(be, f"{act}_forward"), getattr(be, f"{act}_backward")
+        y = fwd(x)
         n = x.size
-        add("relu_forward", shp(s), 8 * n, {f"ours v{v}": (lambda v=v: be.relu_forward(x, version=v))
-                                             for v in versions("relu_forward")},
-            (lambda: torch.relu(tt(x))) if torch else None)
-        add("relu_backward", shp(s), 12 * n, {f"ours v{v}": (lambda v=v: be.relu_backward(dy, y, version=v))
-                                              for v in versions("relu_backward")},
-            (lambda: torch.ops.aten.threshold_backward(tt(dy), tt(y), 0)) if torch else None)
+        add(f"{act}_forward", shp(s), 8 * n, {f"ours v{v}": (lambda v=v: fwd(x, version=v))
+                                               for v in versions(f"{act}_forward")},
+            (lambda: t_fwd(tt(x))) if torch else None)
+        add(f"{act}_backward", shp(s), 12 * n, {f"ours v{v}": (lambda v=v: bwd(dy, y, version=v))
+                                                for v in versions(f"{act}_backward")},
+            (lambda: t_bwd(tt(dy), tt(y))) if torch else None)
 
     # ---- LRN ----------------------------------------------------------------------------
     if not only or "lrn" in only:

@@ -1,4 +1,4 @@
-"""ReLU and the sum reduction: the first kernels through the whole path (kernel ->
+"""ReLU, tanh and the sum reduction: the first kernels through the whole path (kernel ->
 binding -> backend), every version, on every kernel backend, in every emu fiber order,
 against the NumPy reference."""
 import numpy as np
@@ -24,6 +24,39 @@ def test_relu_forward_backward_all_versions(kernel_backend, emu_order, n, rng):
     for v in be.versions("relu_backward"):
         dx = be.to_numpy(be.relu_backward(be.asarray(dy), be.asarray(y_ref), version=v))
         np.testing.assert_array_equal(dx, dx_ref, err_msg=f"relu_backward v{v}")
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_tanh_forward_backward_all_versions(kernel_backend, emu_order, n, rng):
+    be = kernel_backend
+    x = (3.0 * rng.standard_normal(n)).astype(np.float32)  # near 0, in the bend and in the flat tails
+    x[::11] = 0.0
+    x[1::13] = 20.0   # tanh rounds to exactly 1 in float32: no gradient passes
+    dy = rng.standard_normal(n).astype(np.float32)
+    y_ref = reference.tanh_forward(x)
+    dx_ref = reference.tanh_backward(dy, y_ref)
+    for v in be.versions("tanh_forward"):
+        y = be.to_numpy(be.tanh_forward(be.asarray(x), version=v))
+        # tanhf (CUDA's, at most 2 ulp off; the emu's is the host libm's) against numpy's float32 tanh
+        # (also within a few ulp): 4 float32 ulp of |y| apart at most. Exact where tanh is exactly 0 or +-1.
+        np.testing.assert_allclose(y, y_ref, rtol=4 * np.finfo(np.float32).eps, atol=0,
+                                   err_msg=f"tanh_forward v{v}")
+        assert (y[x == 0] == 0).all() and (y[x == 20] == 1).all()
+    for v in be.versions("tanh_backward"):
+        dx = be.to_numpy(be.tanh_backward(be.asarray(dy), be.asarray(y_ref), version=v))
+        # exact: dy * ((1 - y) * (1 + y)) in float32 has one rounding per operation on both sides
+        np.testing.assert_array_equal(dx, dx_ref, err_msg=f"tanh_backward v{v}")
+        assert (dx[x == 20] == 0).all()
+
+
+def test_tanh_bad_arguments_name_the_argument(kernel_backend):
+    be = kernel_backend
+    with pytest.raises(TypeError, match="tanh_forward: x must be float32, got float64"):
+        be.tanh_forward(be.xp.ones(8, dtype=be.xp.float64))
+    with pytest.raises(ValueError, match=r"tanh_backward: y has shape \(8,\), expected \(7,\) \(the shape of dy\)"):
+        be.tanh_backward(be.xp.ones(7, dtype=be.xp.float32), be.xp.ones(8, dtype=be.xp.float32))
+    with pytest.raises(ValueError, match="no kernel version 3"):
+        be.tanh_forward(be.asarray(np.ones(4, np.float32)), version=3)
 
 
 def test_relu_4d_shape_kept(kernel_backend, rng):

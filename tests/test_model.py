@@ -275,9 +275,11 @@ PARITY_RTOL, PARITY_ATOL = 2e-4, 2e-5
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"] or
                          [pytest.param("emu", marks=pytest.mark.skip(reason="no emu/cuda backend built"))])
-def test_cross_backend_parity_10_steps(backend):
+@pytest.mark.parametrize("variant", [{}, dict(activation="tanh", pool="non-overlapping", lrn=False, towers=1)],
+                         ids=["paper", "tanh-nonoverlapping-nolrn-1tower"])
+def test_cross_backend_parity_10_steps(backend, variant):
     def run(name):
-        m = tiny(name, init="he", seed=5)
+        m = tiny(name, init="he", seed=5, **variant)
         rng = np.random.default_rng(11)
         out = []
         for _ in range(10):

@@ -143,7 +143,7 @@ def test_gradchecks_pass():
     results = gradcheck.run_gradchecks(seed=0)
     ops = " ".join(r["op"] for r in results)
     for name in ("conv2d dx", "conv2d dw", "conv2d db", "linear dx", "linear dw", "linear db",
-                 "relu", "lrn", "maxpool", "dropout", "softmax_cross_entropy"):
+                 "relu", "tanh", "lrn", "maxpool", "dropout", "softmax_cross_entropy"):
         assert name in ops
     bad = [r for r in results if not r["passed"]]
     assert not bad, bad
@@ -264,6 +264,23 @@ def test_relu(dtype):
     dx = ref.relu_backward(dy, y)
     assert dx.dtype == dtype
     np.testing.assert_array_equal(dx, [[0, 0, 0, 4, 5]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tanh(dtype):
+    x = np.array([[-30.0, -1.0, 0.0, 1e-30, 0.5, 30.0]], dtype=dtype)
+    y = ref.tanh_forward(x)
+    assert y.dtype == dtype
+    want = [math.tanh(float(v)) for v in x[0]]
+    np.testing.assert_allclose(y[0], want, **tol(dtype))
+    assert y[0, 0] == -1 and y[0, 5] == 1 and y[0, 2] == 0  # saturated and exact
+    dy = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]], dtype=dtype)
+    dx = ref.tanh_backward(dy, y)
+    assert dx.dtype == dtype
+    # 1 - tanh(x)^2 = 1 / cosh(x)^2
+    np.testing.assert_allclose(dx[0], [float(g) / math.cosh(float(v)) ** 2 for g, v in zip(dy[0], x[0])],
+                               **tol(dtype))
+    assert dx[0, 0] == 0 and dx[0, 5] == 0  # no gradient through a saturated unit
 
 
 # ---------------------------------------------------------------------------
@@ -614,6 +631,11 @@ BAD_ARGS = [
     (lambda: ref.relu_backward(np.zeros(3, f32), np.zeros(4, f32)), ValueError,
      r"relu_backward: dy has shape \(3,\), expected \(4,\)"),
     (lambda: ref.relu_backward(np.zeros(3), np.zeros(3, f32)), TypeError, r"relu_backward: dy has dtype"),
+    # tanh
+    (lambda: ref.tanh_forward(np.zeros(3, np.int64)), TypeError, r"tanh_forward: x has dtype int64"),
+    (lambda: ref.tanh_backward(np.zeros(3, f32), np.zeros(4, f32)), ValueError,
+     r"tanh_backward: dy has shape \(3,\), expected \(4,\)"),
+    (lambda: ref.tanh_backward(np.zeros(3), np.zeros(3, f32)), TypeError, r"tanh_backward: dy has dtype"),
     # lrn
     (lambda: ref.lrn_forward(X, size=4), ValueError, r"lrn_forward: size must be odd"),
     (lambda: ref.lrn_forward(X, size=0), ValueError, r"lrn_forward: size must be >= 1"),

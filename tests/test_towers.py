@@ -25,7 +25,7 @@ from alexnet_cuda.health import Health
 from alexnet_cuda.model import AlexNet
 from alexnet_cuda.towers import Exchange, Sharded, parse_devices, tower_rows
 
-from test_train import quiet, read_metrics, tiny_cfg, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from test_train import quiet, read_metrics, tiny_cfg
 
 TOL = 1e-5
 KW = dict(num_classes=5, input_size=67, width=1 / 8, dropout=0.5, init="he", seed=3)

@@ -268,7 +268,11 @@ def test_huge_lr_diverges_with_a_message(tiny_data, tmp_path):
 
 
 def test_warns_when_loss_sits_at_chance(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(AlexNet, "train_step", lambda self, x, y, lr, **kw: math.log(3))
+    def flat(self, x, y, lr, **kw):   # a step that learns nothing: chance loss, no hits
+        self.last_correct = np.array(0)
+        return math.log(3)
+
+    monkeypatch.setattr(AlexNet, "train_step", flat)
     monkeypatch.setattr(Health, "after_step", lambda self: None)      # the fake step makes no gradients
     logs = []
     assert T.train(tiny_cfg(tiny_data, tmp_path / "flat", epochs=2), log=logs.append, chance_warn_steps=5) == 0

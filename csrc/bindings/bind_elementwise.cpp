@@ -1,40 +1,59 @@
-// ReLU and the sum reduction.
+// ReLU, tanh and the sum reduction.
 #include "bindings/arrays.h"
 #include "kernels/reduce.cuh"
 #include "kernels/relu.cuh"
+#include "kernels/tanh.cuh"
 
 namespace alexnet {
 using namespace pybind11::literals;
 
-void bind_elementwise(py::module_& m) {
-  register_versions({"relu_forward", "relu_backward"}, kernels::kReluVersions);
-  register_versions({"reduce_sum"}, kernels::kReduceVersions);
+namespace {
 
+using Forward = void (*)(const float*, float*, int64_t, int, cudaStream_t);
+using Backward = void (*)(const float*, const float*, float*, int64_t, int, cudaStream_t);
+
+// <name>_forward(x, y) and <name>_backward(dy, y, dx) of an elementwise activation (relu, tanh):
+// float32 arrays of one shape, y and dx written in place.
+void bind_activation(py::module_& m, const std::string& name, Forward forward, Backward backward,
+                     const char* forward_doc, const char* backward_doc) {
+  const std::string fwd = name + "_forward", bwd = name + "_backward";
   m.def(
-      "relu_forward",
-      [](py::handle x, py::handle y, int version, uintptr_t stream) {
-        const char* op = "relu_forward";
+      fwd.c_str(),
+      [fwd, forward](py::handle x, py::handle y, int version, uintptr_t stream) {
+        const char* op = fwd.c_str();
         Array X = input(x, op, "x", {DType::F32});
         Array Y = output(y, op, "y", {DType::F32});
         expect_same_shape(X, Y);
         py::gil_scoped_release nogil;
-        kernels::relu_forward(X.f32(), Y.f32(), X.numel(), version, as_stream(stream));
+        forward(X.f32(), Y.f32(), X.numel(), version, as_stream(stream));
       },
-      "x"_a, "y"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "y = max(0, x). y is written in place.");
-
+      "x"_a, "y"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, forward_doc);
   m.def(
-      "relu_backward",
-      [](py::handle dy, py::handle y, py::handle dx, int version, uintptr_t stream) {
-        const char* op = "relu_backward";
+      bwd.c_str(),
+      [bwd, backward](py::handle dy, py::handle y, py::handle dx, int version, uintptr_t stream) {
+        const char* op = bwd.c_str();
         Array DY = input(dy, op, "dy", {DType::F32});
         Array Y = input(y, op, "y", {DType::F32});
         Array DX = output(dx, op, "dx", {DType::F32});
         expect_same_shape(DY, Y);
         expect_same_shape(DY, DX);
         py::gil_scoped_release nogil;
-        kernels::relu_backward(DY.f32(), Y.f32(), DX.f32(), DY.numel(), version, as_stream(stream));
+        backward(DY.f32(), Y.f32(), DX.f32(), DY.numel(), version, as_stream(stream));
       },
-      "dy"_a, "y"_a, "dx"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "dx = dy where y > 0, else 0.");
+      "dy"_a, "y"_a, "dx"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, backward_doc);
+}
+
+}  // namespace
+
+void bind_elementwise(py::module_& m) {
+  register_versions({"relu_forward", "relu_backward"}, kernels::kReluVersions);
+  register_versions({"tanh_forward", "tanh_backward"}, kernels::kTanhVersions);
+  register_versions({"reduce_sum"}, kernels::kReduceVersions);
+
+  bind_activation(m, "relu", kernels::relu_forward, kernels::relu_backward, "y = max(0, x). y is written in place.",
+                  "dx = dy where y > 0, else 0.");
+  bind_activation(m, "tanh", kernels::tanh_forward, kernels::tanh_backward, "y = tanh(x). y is written in place.",
+                  "dx = dy * (1 - y^2), y the forward's output.");
 
   m.attr("REDUCE_WORKSPACE") = kernels::kReduceMaxBlocks;
   m.def(

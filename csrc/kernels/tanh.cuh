@@ -1,0 +1,13 @@
+// Launchers of tanh.cu (host code; no CUDA syntax, so the bindings include it in both builds).
+#pragma once
+#include <cstdint>
+#include "common/cuda_common.h"
+
+namespace alexnet::kernels {
+// Numbered versions of tanh_forward and tanh_backward: 1..kTanhVersions (common/launch.h).
+inline constexpr int kTanhVersions = 2;
+// y = tanh(x) over n elements. version 0 = the dispatcher's choice.
+void tanh_forward(const float* x, float* y, int64_t n, int version, cudaStream_t stream);
+// dx = dy * (1 - y^2), y the forward's output.
+void tanh_backward(const float* dy, const float* y, float* dx, int64_t n, int version, cudaStream_t stream);
+}  // namespace alexnet::kernels
