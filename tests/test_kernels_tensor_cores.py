@@ -1,0 +1,142 @@
+"""Tensor-core linear layers (csrc/kernels/gemm_tc.cu) at TF32 and BF16 against the NumPy
+reference of the same precision (alexnet_cuda.reference with precision=, which rounds the
+operands as the kernels do: alexnet_cuda.precision).
+
+Tolerance. The reference rounds x, w, dy to TF32 or BF16 and multiplies in float64. The
+kernels multiply the same rounded values; a product of two TF32 (11-bit) or BF16 (8-bit)
+significands is exact in FP32 (24 bits), so the only error left is the FP32 summation,
+bounded exactly as for the FP32 kernels (test_kernels_conv's docstring: 2 gamma_(n+2)
+times the sum of |terms|, evaluated on the rounded operands). Each test also checks that
+the result is *not* within that bound of the unrounded FP32 product somewhere: the bound
+is tight enough to see the rounding, so the kernels cannot pass by computing in FP32.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from alexnet_cuda import reference as ref
+from alexnet_cuda.precision import bf16_bits, round_to
+
+from test_kernels_conv import absf, assert_close, bound, f64, on
+
+PRECISIONS = ("tf32", "bf16")
+CASES = {  # (N, I, O); block tile 64 x 64, k-tile 32
+    "tiny": (1, 1, 1),
+    "odd_small": (5, 7, 3),
+    "odd_k130": (33, 130, 67),
+    "m129_odd": (129, 37, 131),
+    "long_k": (3, 300, 129),
+    "fc_like": (128, 144, 96),
+}
+
+
+def data(seed, N, I, O):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) for s in ((N, I), (O, I), (O,), (N, O))]
+
+
+def operand(be, p, a):
+    """What a model passes: float32 at tf32, uint16 BF16 bits at bf16."""
+    return on(be, bf16_bits(a) if p == "bf16" else a)
+
+
+def check_linear(be, p, x, w, b, dy, version=0):
+    N, I = x.shape
+    O = w.shape[0]
+    X, Wt, DY = (operand(be, p, a) for a in (x, w, dy))
+    y = ref.linear_forward(f64(x), f64(w), f64(b), precision=p)
+    ya = ref.linear_forward(absf(round_to(p, x)), absf(round_to(p, w)), absf(b))
+    got_y = be.to_numpy(be.linear_forward(X, Wt, on(be, b), version=version, precision=p))
+    assert_close(f"{p} y", got_y, y, ya, I + 1)
+    dx, dw, db = ref.linear_backward(f64(dy), f64(x), f64(w), precision=p)
+    rdy = round_to(p, dy) if p == "bf16" else dy
+    adx, adw, adb = ref.linear_backward(absf(round_to(p, dy)), absf(round_to(p, x)), absf(round_to(p, w)))
+    adb = np.abs(f64(rdy)).sum(axis=0)
+    gdx, gdw, gdb = (be.to_numpy(a) for a in be.linear_backward(DY, X, Wt, version=version, precision=p))
+    assert_close(f"{p} dx", gdx, dx, adx, O)
+    assert_close(f"{p} dw", gdw, dw, adw, N)
+    assert_close(f"{p} db", gdb, db, adb, N)
+    return got_y, ya
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_linear_tensor_cores_match_reference_of_same_precision(kernel_backend, p, case):
+    be = kernel_backend
+    assert be.versions(f"linear_forward_{p}") == be.versions(f"linear_backward_{p}") == [1]
+    N, I, O = CASES[case]
+    x, w, b, dy = data(N * 1000 + I + O, N, I, O)
+    for v in (0, 1):
+        got_y, ya = check_linear(be, p, x, w, b, dy, version=v)
+    if I >= 32:  # long enough sums: the rounding is visible beyond the FP32 bound somewhere
+        y32 = ref.linear_forward(f64(x), f64(w), f64(b))
+        assert (np.abs(got_y - y32) > bound(I + 1, ya)).any()
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+def test_linear_tensor_cores_fiber_orders(kernel_backend, emu_order, p):
+    """Shared tiles and barriers in every fiber order (a missing barrier shows up in one)."""
+    x, w, b, dy = data(3, 70, 100, 90)
+    check_linear(kernel_backend, p, x, w, b, dy)
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("splits", [2, 5, 100])
+def test_linear_tensor_cores_forced_splits(kernel_backend, p, splits):
+    be, m = kernel_backend, kernel_backend._mod
+    N, I, O = 37, 515, 70
+    x, w, b, dy = data(splits, N, I, O)
+    X, Wt, DY = (operand(be, p, a) for a in (x, w, dy))
+    B = on(be, b)
+    fplan = m.linear_check(X, Wt, B, None, splits=splits, precision=p)["forward"]
+    bplan = m.linear_check(X, Wt, None, DY, splits=splits, precision=p)
+    assert fplan["splits"] == min(splits, -(-I // 32)) and bplan["data"]["splits"] == min(splits, -(-O // 32))
+    need = max(fplan["workspace"], bplan["data"]["workspace"], bplan["weight"]["workspace"])
+    work = be.xp.empty(need, dtype=np.float32)
+    y, dx, dw = (be.xp.empty(s, dtype=np.float32) for s in ((N, O), (N, I), (O, I)))
+    m.linear_forward(X, Wt, B, y, work, splits=splits, precision=p)
+    m.linear_backward_data(DY, X, Wt, dx, work, splits=splits, precision=p)
+    m.linear_backward_weight(DY, X, Wt, dw, work, splits=splits, precision=p)
+    rx, rw, _ = ref.linear_backward(f64(dy), f64(x), f64(w), precision=p)
+    rr = [round_to(p, a) for a in (dy, x, w)]
+    ax, aw = ref.linear_backward(*(absf(a) for a in rr))[:2]
+    assert_close("y", be.to_numpy(y), ref.linear_forward(f64(x), f64(w), f64(b), precision=p),
+                 ref.linear_forward(absf(rr[1]), absf(rr[2]), absf(b)), I + 1)
+    assert_close("dx", be.to_numpy(dx), rx, ax, O)
+    assert_close("dw", be.to_numpy(dw), rw, aw, N)
+
+
+def test_linear_tensor_cores_plan_splits_fc_shapes(kernel_backend):
+    be = kernel_backend
+    x = be.xp.zeros((128, 2048), dtype=np.uint16)
+    w = be.xp.zeros((256, 2048), dtype=np.uint16)
+    plan = be._mod.linear_check(x, w, None, None, precision="bf16")["forward"]
+    assert plan["splits"] > 1 and plan["workspace"] == plan["splits"] * 128 * 256
+
+
+def test_bf16_operands_in_every_form_give_the_same_result(kernel_backend):
+    be = kernel_backend
+    x, w, b, _ = data(9, 6, 40, 5)
+    forms = [bf16_bits(x), x]  # bits, and float32 rounded by the op
+    if be.name == "emu":
+        forms.append(x.astype(ml_dtypes.bfloat16))
+    ys = [be.to_numpy(be.linear_forward(on(be, f), on(be, bf16_bits(w)), on(be, b), precision="bf16")) for f in forms]
+    for y in ys[1:]:
+        np.testing.assert_array_equal(y, ys[0])
+
+
+def test_bad_precision_arguments(kernel_backend):
+    be, m = kernel_backend, kernel_backend._mod
+    x = be.xp.zeros((2, 3), dtype=np.float32)
+    w = be.xp.zeros((4, 3), dtype=np.float32)
+    y = be.xp.zeros((2, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"linear_forward: precision must be one of fp32, tf32, bf16, got 'fp16'"):
+        be.linear_forward(x, w, None, precision="fp16")
+    with pytest.raises(ValueError, match=r"linear_forward: precision must be fp32, tf32 or bf16, got 'fp8'"):
+        m.linear_forward(x, w, None, y, precision="fp8")
+    with pytest.raises(TypeError, match=r"linear_forward: x .*float32.*uint16|linear_forward: x"):
+        m.linear_forward(x, w, None, y, precision="bf16")  # bf16 operands are uint16 bit patterns
+    with pytest.raises(ValueError, match=r"no kernel version 2 \(have 1;"):
+        be.linear_forward(x, w, None, precision="tf32", version=2)
