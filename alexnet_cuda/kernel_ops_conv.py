@@ -27,15 +27,23 @@ class ConvOps:
     def _work(self, floats):
         return self._empty((int(floats),)) if floats > 0 else None
 
+    def _operands(self, fn, precision, *arrays):
+        """The GEMM operands at ``precision``: BF16 as uint16 bit patterns (an ml_dtypes
+        bfloat16 array is viewed, float data is rounded), else the arrays as they are."""
+        if check_precision(fn, precision) != "bf16":
+            return arrays
+        return tuple(self.xp.ascontiguousarray(as_bf16_bits(a)) for a in arrays)
+
     # ---- conv2d ---------------------------------------------------------------------------
-    def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0):
+    def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0, precision="fp32"):
+        """y (float32); precision tf32 or bf16 runs the tensor-core forward (x, w as in linear_forward)."""
         fn = "conv2d_forward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
-        shape = self._mod.conv2d_forward_check(x, w, b, stride=stride, padding=padding, groups=groups)
-        y = self._empty(shape)
-        self._mod.conv2d_forward(x, w, b, y, stride=stride, padding=padding, groups=groups, version=version,
-                                 stream=self._stream())
+        x, w = self._operands(fn, precision, x, w)
+        geo = dict(stride=stride, padding=padding, groups=groups, precision=precision)
+        y = self._empty(self._mod.conv2d_forward_check(x, w, b, **geo))
+        self._mod.conv2d_forward(x, w, b, y, version=version, stream=self._stream(), **geo)
         return y
 
     def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True):
@@ -56,19 +64,12 @@ class ConvOps:
         return dx, dw, db
 
     # ---- linear ---------------------------------------------------------------------------
-    def _linear_operands(self, fn, precision, *arrays):
-        """The GEMM operands at ``precision``: BF16 as uint16 bit patterns (an ml_dtypes
-        bfloat16 array is viewed, float data is rounded), else the arrays as they are."""
-        if check_precision(fn, precision) != "bf16":
-            return arrays
-        return tuple(self.xp.ascontiguousarray(as_bf16_bits(a)) for a in arrays)
-
     def linear_forward(self, x, w, b, *, version=0, precision="fp32"):
         """y = x w^T + b (float32). precision tf32: float32 x, w on tensor cores; bf16: x, w
         BF16 (uint16 bits, ml_dtypes bfloat16, or float32 rounded here)."""
         fn = "linear_forward"
         version = _version(fn, version)
-        x, w = self._linear_operands(fn, precision, x, w)
+        x, w = self._operands(fn, precision, x, w)
         plan = self._mod.linear_check(x, w, b, None, version=version, precision=precision)["forward"]
         y = self._empty((x.shape[0], w.shape[0]))
         self._mod.linear_forward(x, w, b, y, self._work(plan["workspace"]), version=version, precision=precision,
@@ -79,7 +80,7 @@ class ConvOps:
         """(dx, dw, db), float32; at bf16 dy, x, w are BF16 (as in linear_forward) and db sums dy's BF16 values."""
         fn = "linear_backward"
         version = _version(fn, version)
-        dy, x, w = self._linear_operands(fn, precision, dy, x, w)
+        dy, x, w = self._operands(fn, precision, dy, x, w)
         plans = self._mod.linear_check(x, w, None, dy, version=version, precision=precision)
         dx = self._empty(x.shape)
         dw = self._empty(w.shape)

@@ -109,6 +109,14 @@ def _bias(fn, b, k, like):
         raise ValueError(f"{fn}: b has length {b.shape[0]}, expected {k} (one per output channel)")
 
 
+def _rounded(fn, precision, *arrays):
+    """The operands of a product at ``precision`` (alexnet_cuda.precision): rounded to TF32 or
+    BF16 as the tensor-core kernels round them, in their own dtype; unchanged at fp32."""
+    if check_precision(fn, precision) == "fp32":
+        return arrays
+    return tuple(round_to(precision, a).astype(a.dtype) for a in arrays)
+
+
 def _conv_geometry(fn, x, w, stride, padding, groups):
     """Check a convolution's x, w and hyper-parameters; return
     (stride, padding, groups, P, Q)."""
@@ -164,7 +172,7 @@ def _pad_hw(x, padding):
     return np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
 
 
-def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1):
+def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32"):
     """Grouped 2-D cross-correlation (what deep learning calls convolution).
 
     With xp = x zero-padded by ``padding`` on each side of H and W,
@@ -174,12 +182,14 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1):
                      w[k,c,r,s] * xp[n, g*Cg + c, p*stride + r, q*stride + s]
 
     x (N,C,H,W), w (K,Cg,R,S), b (K,) or None -> y (N,K,P,Q) with
-    P = (H + 2*padding - R)//stride + 1 and Q likewise.
+    P = (H + 2*padding - R)//stride + 1 and Q likewise. At ``precision`` tf32 or
+    bf16, x and w are rounded first (alexnet_cuda.precision), as the tensor-core kernels do.
     """
     fn = "conv2d_forward"
     stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
     K, Cg, R, S = w.shape
     _bias(fn, b, K, ("x", x))
+    x, w = _rounded(fn, precision, x, w)
     N = x.shape[0]
     Kg = K // groups
     win = _windows(_pad_hw(x, padding), R, S, stride)          # (N,C,P,Q,R,S)
@@ -245,14 +255,6 @@ def _linear_args(fn, x, w):
     if w.shape[1] != x.shape[1]:
         raise ValueError(
             f"{fn}: w has {w.shape[1]} input features, expected {x.shape[1]} (x has shape {x.shape})")
-
-
-def _rounded(fn, precision, *arrays):
-    """The operands of a product at ``precision`` (alexnet_cuda.precision): rounded to TF32 or
-    BF16 as the tensor-core kernels round them, in their own dtype; unchanged at fp32."""
-    if check_precision(fn, precision) == "fp32":
-        return arrays
-    return tuple(round_to(precision, a).astype(a.dtype) for a in arrays)
 
 
 def linear_forward(x, w, b, *, precision="fp32"):

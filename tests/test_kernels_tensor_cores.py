@@ -1,5 +1,5 @@
-"""Tensor-core linear layers (csrc/kernels/gemm_tc.cu) at TF32 and BF16 against the NumPy
-reference of the same precision (alexnet_cuda.reference with precision=, which rounds the
+"""Tensor-core linear layers (csrc/kernels/gemm_tc.cu) and conv2d forward (conv.cu's
+conv_fwd_tc_v1) at TF32 and BF16 against the NumPy reference of the same precision (alexnet_cuda.reference with precision=, which rounds the
 operands as the kernels do: alexnet_cuda.precision).
 
 Tolerance. The reference rounds x, w, dy to TF32 or BF16 and multiplies in float64. The
@@ -12,6 +12,8 @@ is tight enough to see the rounding, so the kernels cannot pass by computing in 
 """
 from __future__ import annotations
 
+import zlib
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ import pytest
 from alexnet_cuda import reference as ref
 from alexnet_cuda.precision import bf16_bits, round_to
 
-from test_kernels_conv import absf, assert_close, bound, f64, on
+from test_kernels_conv import CONV_CASES, absf, assert_close, bound, conv_inputs, f64, on
 
 PRECISIONS = ("tf32", "bf16")
 CASES = {  # (N, I, O); block tile 64 x 64, k-tile 32
@@ -70,7 +72,7 @@ def test_linear_tensor_cores_match_reference_of_same_precision(kernel_backend, p
     x, w, b, dy = data(N * 1000 + I + O, N, I, O)
     for v in (0, 1):
         got_y, ya = check_linear(be, p, x, w, b, dy, version=v)
-    if I >= 32:  # long enough sums: the rounding is visible beyond the FP32 bound somewhere
+    if I >= 32:  # the rounding is visible beyond the FP32 bound somewhere (I <= 300 here)
         y32 = ref.linear_forward(f64(x), f64(w), f64(b))
         assert (np.abs(got_y - y32) > bound(I + 1, ya)).any()
 
@@ -140,3 +142,40 @@ def test_bad_precision_arguments(kernel_backend):
         m.linear_forward(x, w, None, y, precision="bf16")  # bf16 operands are uint16 bit patterns
     with pytest.raises(ValueError, match=r"no kernel version 2 \(have 1;"):
         be.linear_forward(x, w, None, precision="tf32", version=2)
+
+
+# ---- conv2d forward on tensor cores -------------------------------------------------------
+# Every conv case of test_kernels_conv (AlexNet's five layer configurations, odd tiles, gaps,
+# padding beyond the kernel, groups 1-4, depthwise); the fiber orders on three of them.
+CONV_TC_ORDER_CASES = ("conv2_5x5_p2_g2", "odd_k130", "s4_p1_k3")
+
+
+def check_conv_forward(be, p, case):
+    N, C, H, W, K, R, S, st, pad, g = CONV_CASES[case]
+    x, w, b = conv_inputs(np.random.default_rng(zlib.crc32(case.encode())), N, C, H, W, K, R, S, g)
+    geo = dict(stride=st, padding=pad, groups=g)
+    y = ref.conv2d_forward(f64(x), f64(w), f64(b), precision=p, **geo)
+    ya = ref.conv2d_forward(absf(round_to(p, x)), absf(round_to(p, w)), absf(b), **geo)
+    got = be.to_numpy(be.conv2d_forward(operand(be, p, x), operand(be, p, w), on(be, b), precision=p, **geo))
+    assert_close(f"{p} conv y", got, y, ya, C // g * R * S + 1)
+    return got, ya, x, w, b, geo
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
+def test_conv2d_forward_tensor_cores_match_reference_of_same_precision(kernel_backend, p, case):
+    be = kernel_backend
+    assert be.versions(f"conv2d_forward_{p}") == [1]
+    got, ya, x, w, b, geo = check_conv_forward(be, p, case)
+    N, C, H, W, K, R, S, st, pad, g = CONV_CASES[case]
+    # The rounding is visible beyond the FP32 bound somewhere when the sums are not too long
+    # (the bound grows as n, the rounding's effect on a sum of n random terms as sqrt(n)).
+    if 32 <= C // g * R * S <= 300:
+        y32 = ref.conv2d_forward(f64(x), f64(w), f64(b), **geo)
+        assert (np.abs(got - y32) > bound(C // g * R * S + 1, ya)).any()
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("case", CONV_TC_ORDER_CASES)
+def test_conv2d_forward_tensor_cores_fiber_orders(kernel_backend, emu_order, p, case):
+    check_conv_forward(kernel_backend, p, case)

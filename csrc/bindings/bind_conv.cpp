@@ -86,10 +86,21 @@ struct ConvIn {
   kernels::ConvShape s;
 };
 
+// The precision argument of conv2d_forward and the linear ops: "fp32", "tf32" or "bf16".
+kernels::Precision precision_arg(const char* op, const std::string& p) {
+  if (p == "fp32") return kernels::Precision::kFP32;
+  if (p == "tf32") return kernels::Precision::kTF32;
+  if (p == "bf16") return kernels::Precision::kBF16;
+  value_error(op, "precision must be fp32, tf32 or bf16, got '" + p + "'");
+}
+
+// The dtype of a GEMM operand at a precision: uint16 BF16 bit patterns for bf16, else float32.
+DType operand_dtype(kernels::Precision p) { return p == kernels::Precision::kBF16 ? DType::U16 : DType::F32; }
+
 // Checks of conv2d_forward's inputs (x, w, b, hyper-parameters).
 ConvIn forward_inputs(const char* op, py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding,
-                      int64_t groups, Array* Bout) {
-  ConvIn in{input(x, op, "x", {DType::F32}, 4), input(w, op, "w", {DType::F32}, 4), {}};
+                      int64_t groups, Array* Bout, kernels::Precision p = kernels::Precision::kFP32) {
+  ConvIn in{input(x, op, "x", {operand_dtype(p)}, 4), input(w, op, "w", {operand_dtype(p)}, 4), {}};
   in.s = conv_shape(op, in.X, in.Wt, stride, padding, groups);
   Array B = optional_bias(op, b, in.s.K, "one per output channel");
   if (Bout) *Bout = B;
@@ -111,17 +122,6 @@ struct LinIn {
   Array X, Wt;
   int N, I, O;
 };
-
-// The precision argument of the linear ops: "fp32", "tf32" or "bf16".
-kernels::Precision precision_arg(const char* op, const std::string& p) {
-  if (p == "fp32") return kernels::Precision::kFP32;
-  if (p == "tf32") return kernels::Precision::kTF32;
-  if (p == "bf16") return kernels::Precision::kBF16;
-  value_error(op, "precision must be fp32, tf32 or bf16, got '" + p + "'");
-}
-
-// The dtype of a GEMM operand at a precision: uint16 BF16 bit patterns for bf16, else float32.
-DType operand_dtype(kernels::Precision p) { return p == kernels::Precision::kBF16 ? DType::U16 : DType::F32; }
 
 // The versions a linear op takes at a precision: gemm's (fp32) or gemm_tc's.
 int linear_versions(kernels::Precision p) {
@@ -188,6 +188,7 @@ void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, 
 
 void bind_conv(py::module_& m) {
   register_versions({"conv2d_forward", "conv2d_backward"}, kernels::kConvVersions);
+  register_versions({"conv2d_forward_tf32", "conv2d_forward_bf16"}, kernels::kConvTcVersions);
   register_versions({"linear_forward", "linear_backward"}, kernels::kGemmVersions);
   register_versions({"linear_forward_tf32", "linear_backward_tf32", "linear_forward_bf16", "linear_backward_bf16"},
                     kernels::kGemmTcVersions);
@@ -203,30 +204,38 @@ void bind_conv(py::module_& m) {
   // ---- conv2d ------------------------------------------------------------------------------
   m.def(
       "conv2d_forward_check",
-      [](py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding, int64_t groups) {
-        ConvIn in = forward_inputs("conv2d_forward", x, w, b, stride, padding, groups, nullptr);
+      [](py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding, int64_t groups,
+         const std::string& precision) {
+        const char* op = "conv2d_forward";
+        ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, nullptr, precision_arg(op, precision));
         return py::make_tuple(in.s.N, in.s.K, in.s.P, in.s.Q);
       },
-      "x"_a, "w"_a, "b"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1,
+      "x"_a, "w"_a, "b"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "precision"_a = "fp32",
       "Checks conv2d_forward's arguments; returns the shape of y.");
 
   m.def(
       "conv2d_forward",
       [](py::handle x, py::handle w, py::handle b, py::handle y, int64_t stride, int64_t padding, int64_t groups,
-         int version, uintptr_t stream) {
+         int version, const std::string& precision, uintptr_t stream) {
         const char* op = "conv2d_forward";
+        const kernels::Precision p = precision_arg(op, precision);
         Array B;
-        ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B);
+        ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B, p);
         Array Y = output(y, op, "y", {DType::F32}, 4);
         expect_shape(Y, y_shape(in.s), "(N, K, P, Q)");
         expect_no_overlap({&Y}, {&in.X, &in.Wt, &B});
-        check_version(op, version, kernels::kConvVersions);
+        check_version(op, version, p == kernels::Precision::kFP32 ? kernels::kConvVersions : kernels::kConvTcVersions);
         py::gil_scoped_release nogil;
-        kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), B.ptr ? B.f32() : nullptr, Y.f32(), in.s, version,
-                                as_stream(stream));
+        const float* bp = B.ptr ? B.f32() : nullptr;
+        if (p == kernels::Precision::kFP32)
+          kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), bp, Y.f32(), in.s, version, as_stream(stream));
+        else
+          kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.f32(), in.s, version, as_stream(stream));
       },
       "x"_a, "w"_a, "b"_a, "y"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
-      "stream"_a = 0, "y = conv2d(x, w) + b (b may be None), written into y.");
+      "precision"_a = "fp32", "stream"_a = 0,
+      "y = conv2d(x, w) + b (b may be None), written into y (float32). precision: fp32, tf32 (float32 x, w on "
+      "tensor cores) or bf16 (uint16 BF16 x, w).");
 
   m.def(
       "conv2d_backward_check",
