@@ -58,6 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import get_backend
+from .precision import check_precision
 
 __all__ = ["AlexNet", "PRESETS", "TowerLayout", "INITS", "scaled_channels", "feature_sizes",
            "min_input_size", "MOMENTUM", "WEIGHT_DECAY"]
@@ -189,7 +190,7 @@ class Conv2d(Layer):
         if train:
             self._cache = x
         return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride,
-                                 padding=self.padding, groups=self.groups)
+                                 padding=self.padding, groups=self.groups, precision=ctx["precision"])
 
     def backward(self, be, dy, need_dx=True):
         dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
@@ -207,12 +208,14 @@ class Linear(Layer):
         self.fan_in = in_f
 
     def forward(self, be, x, train, ctx):
+        self._precision = ctx["precision"]
         if train:
             self._cache = x
-        return be.linear_forward(x, self.weight, self.bias)
+        return be.linear_forward(x, self.weight, self.bias, precision=self._precision)
 
     def backward(self, be, dy):
-        dx, self.grad_weight, self.grad_bias = be.linear_backward(dy, self._cache, self.weight)
+        dx, self.grad_weight, self.grad_bias = be.linear_backward(dy, self._cache, self.weight,
+                                                                  precision=self._precision)
         return dx
 
 
@@ -333,7 +336,7 @@ class AlexNet:
     DROPOUT_LAYERS = 2
 
     def __init__(self, num_classes=1000, input_size=227, width=1.0, towers=2, dropout=0.5, lrn=True,
-                 backend=None, seed=0, init="paper", dtype=np.float32):
+                 backend=None, seed=0, init="paper", dtype=np.float32, precision="fp32"):
         if int(num_classes) < 1:
             raise ValueError(f"AlexNet: num_classes must be >= 1, got {num_classes}")
         if int(towers) < 1:
@@ -351,6 +354,9 @@ class AlexNet:
                              f"output; the smallest input is {min_input_size()}")
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
+        # The products that have tensor-core kernels (conv forward, linear forward and backward)
+        # take TF32- or BF16-rounded operands (alexnet_cuda.precision); storage stays FP32.
+        self.precision = check_precision("AlexNet", precision)
         self.config = dict(num_classes=int(num_classes), input_size=input_size, width=float(width),
                            towers=int(towers), dropout=float(dropout), lrn=bool(lrn), seed=int(seed), init=init)
         self.num_classes, self.input_size, self.seed = int(num_classes), input_size, int(seed)
@@ -505,7 +511,7 @@ class AlexNet:
 
     def _run(self, x, train):
         be = self.backend
-        ctx = {"seed": self.seed, "step": self.step}
+        ctx = {"seed": self.seed, "step": self.step, "precision": self.precision}
         for l in self.layers:
             x = l.forward(be, x, train, ctx)
         return x
@@ -530,7 +536,7 @@ class AlexNet:
         stop = layer if layer == "fc8" else "relu" + layer[-1]
         x = self._input(x)
         be = self.backend
-        ctx = {"seed": self.seed, "step": self.step}
+        ctx = {"seed": self.seed, "step": self.step, "precision": self.precision}
         for l in self.layers:
             x = l.forward(be, x, False, ctx)
             if l.name == stop:
