@@ -16,6 +16,7 @@ from .backends import cuda_unusable_reason, default_backend_name
 from .cliargs import add_backend_argument, non_negative_int, positive_float, positive_int
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, AlexNetError, BackendError, TrainError
 from .model import INITS, PRESETS
+from .precision import PRECISIONS
 from .runfolder import CHECKPOINT
 
 __all__ = ["main", "build_parser"]
@@ -52,6 +53,9 @@ def _train_arguments(t):
                    help="full: the paper's network at 227x227; small: quarter width at 67x67 "
                         "(default: full on cuda, small otherwise)")
     t.add_argument("--init", choices=INITS, help="weight init (default: the preset's; 'paper' is the paper's)")
+    t.add_argument("--precision", choices=PRECISIONS,
+                   help="products of conv forward and the linear layers: fp32 (default), tf32 or bf16 (tensor "
+                        "cores on cuda, rounding on the CPU backends; storage stays fp32)")
     add_backend_argument(t)
     t.add_argument("--seed", type=int, help="seed of the init, the batches and dropout (default 0)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -96,7 +100,8 @@ def _cmd_train(args):
     Train AlexNet. Without --data, a synthetic 10-class set of rendered shapes and textures is generated
     once (cached) and used. Without a usable GPU the numpy backend and the small preset are chosen."""
     if args.resume:
-        for name in ("data", "batch_size", "lr", "warmup", "preset", "seed", "patience", "schedule", "init"):
+        for name in ("data", "batch_size", "lr", "warmup", "preset", "seed", "patience", "schedule", "init",
+                     "precision"):
             if getattr(args, name) is not None:
                 _log(f"note: --{name.replace('_', '-')} is ignored with --resume (the checkpoint's is used)")
         return train.train(resume=True, out=_find_run_folder(args), log=_log,
@@ -110,7 +115,7 @@ def _cmd_train(args):
     cfg = train.default_config(preset=preset, backend=backend, data=str(src), out=args.out or f"runs/alexnet-{preset}",
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            seed=args.seed, workers=args.workers, patience=args.patience, schedule=args.schedule,
-                           init=args.init)
+                           init=args.init, precision=args.precision)
     return train.train(cfg, log=_log)
 
 

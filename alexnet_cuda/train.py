@@ -94,6 +94,7 @@ def default_config(**kw):
         "pca_std": 0.1,
         "flip": True,
         "eval_batch_size": 256,
+        "precision": "fp32",     # fp32, tf32 or bf16 products where a tensor-core kernel exists (AlexNet)
     }
     unknown = set(kw) - set(cfg)
     if unknown:
@@ -104,7 +105,8 @@ def default_config(**kw):
 
 def _model_kwargs(cfg, num_classes):
     return dict(num_classes=num_classes, input_size=cfg["input_size"], width=cfg["width"], towers=cfg["towers"],
-                dropout=cfg["dropout"], lrn=cfg["lrn"], seed=cfg["seed"], init=cfg["init"])
+                dropout=cfg["dropout"], lrn=cfg["lrn"], seed=cfg["seed"], init=cfg["init"],
+                precision=cfg.get("precision", "fp32"))
 
 
 def _check_numbers(cfg):

@@ -59,3 +59,19 @@ def test_kernel_backends_match_numpy_at_each_precision(backend, p):
 def test_bad_precision():
     with pytest.raises(ValueError, match=r"AlexNet: precision must be one of fp32, tf32, bf16, got 'fp16'"):
         AlexNet(backend="numpy", precision="fp16", **TINY)
+
+
+def test_cli_trains_at_bf16_and_records_it(raw_data, tmp_path, monkeypatch):
+    import json
+
+    from alexnet_cuda import cli
+
+    monkeypatch.setenv("ALEXNET_CUDA_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--data", raw_data, "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                   "--backend", "numpy", "--preset", "small", "--seed", "1", "--precision", "bf16"])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["precision"] == "bf16"
+    rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(rec[-1]["train_loss"])
