@@ -20,17 +20,11 @@ import pytest
 from alexnet_cuda import reference as ref
 from alexnet_cuda.precision import bf16_bits, round_to
 
-from test_kernels_conv import CONV_CASES, absf, assert_close, bound, conv_inputs, f64, on
+from test_kernels_conv import (CONV_CASES, LINEAR_CASES, absf, assert_close, bound, check_linear_forced_splits,
+                               conv_inputs, f64, on)
 
 PRECISIONS = ("tf32", "bf16")
-CASES = {  # (N, I, O); block tile 64 x 64, k-tile 32
-    "tiny": (1, 1, 1),
-    "odd_small": (5, 7, 3),
-    "odd_k130": (33, 130, 67),
-    "m129_odd": (129, 37, 131),
-    "long_k": (3, 300, 129),
-    "fc_like": (128, 144, 96),
-}
+CASES = LINEAR_CASES  # (N, I, O); the tensor-core block tile is 64 x 64, the k-tile 32
 
 
 def data(seed, N, I, O):
@@ -86,27 +80,9 @@ def test_linear_tensor_cores_fiber_orders(kernel_backend, emu_order, p):
 @pytest.mark.parametrize("p", PRECISIONS)
 @pytest.mark.parametrize("splits", [2, 5, 100])
 def test_linear_tensor_cores_forced_splits(kernel_backend, p, splits):
-    be, m = kernel_backend, kernel_backend._mod
-    N, I, O = 37, 515, 70
-    x, w, b, dy = data(splits, N, I, O)
-    X, Wt, DY = (operand(be, p, a) for a in (x, w, dy))
-    B = on(be, b)
-    fplan = m.linear_check(X, Wt, B, None, splits=splits, precision=p)["forward"]
-    bplan = m.linear_check(X, Wt, None, DY, splits=splits, precision=p)
-    assert fplan["splits"] == min(splits, -(-I // 32)) and bplan["data"]["splits"] == min(splits, -(-O // 32))
-    need = max(fplan["workspace"], bplan["data"]["workspace"], bplan["weight"]["workspace"])
-    work = be.xp.empty(need, dtype=np.float32)
-    y, dx, dw = (be.xp.empty(s, dtype=np.float32) for s in ((N, O), (N, I), (O, I)))
-    m.linear_forward(X, Wt, B, y, work, splits=splits, precision=p)
-    m.linear_backward_data(DY, X, Wt, dx, work, splits=splits, precision=p)
-    m.linear_backward_weight(DY, X, Wt, dw, work, splits=splits, precision=p)
-    rx, rw, _ = ref.linear_backward(f64(dy), f64(x), f64(w), precision=p)
-    rr = [round_to(p, a) for a in (dy, x, w)]
-    ax, aw = ref.linear_backward(*(absf(a) for a in rr))[:2]
-    assert_close("y", be.to_numpy(y), ref.linear_forward(f64(x), f64(w), f64(b), precision=p),
-                 ref.linear_forward(absf(rr[1]), absf(rr[2]), absf(b)), I + 1)
-    assert_close("dx", be.to_numpy(dx), rx, ax, O)
-    assert_close("dw", be.to_numpy(dw), rw, aw, N)
+    fplan, bplan = check_linear_forced_splits(kernel_backend, splits, p, version=0)
+    # k-tiles of 32: forward and weight reduce over I = 515 (17 tiles), data over O = 70 (3)
+    assert fplan["splits"] == min(splits, 17) and bplan["data"]["splits"] == min(splits, 3)
 
 
 def test_linear_tensor_cores_plan_splits_fc_shapes(kernel_backend):

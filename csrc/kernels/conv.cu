@@ -538,18 +538,12 @@ __global__ void __launch_bounds__(tc::kThreads)
   const Im2colTc<In> lb{x, d, g, n0};
   float acc[2][4][4] = {};
   tc::tc_mainloop<P>(la, lb, 0, (d.CRS + tc::kBK - 1) / tc::kBK, As, Bs, acc);
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const tc::Coord p = tc::tc_out(mi, ni, i);
-        const int m = m0 + p.row, n = n0 + p.col;
-        if (m >= d.Kg || n >= d.NPQ) continue;
-        const int img = n / d.PQ, pq = n - img * d.PQ, k = g * d.Kg + m;
-        y[int64_t(img) * d.KPQ + int64_t(k) * d.PQ + pq] = acc[mi][ni][i] + (b ? b[k] : 0.0f);
-      }
+  tc::tc_store(acc, [&](int dm, int dn, float v) {
+    const int m = m0 + dm, n = n0 + dn;
+    if (m >= d.Kg || n >= d.NPQ) return;
+    const int img = n / d.PQ, pq = n - img * d.PQ, k = g * d.Kg + m;
+    y[int64_t(img) * d.KPQ + int64_t(k) * d.PQ + pq] = v + (b ? b[k] : 0.0f);
+  });
 }
 
 template <Precision P>

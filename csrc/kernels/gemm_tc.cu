@@ -51,16 +51,10 @@ __global__ void __launch_bounds__(kThreads)
 
   float* out = splits > 1 ? work + int64_t(split) * M * N : C;
   const float* bs = splits > 1 ? nullptr : bias;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const Coord p = tc_out(mi, ni, i);
-        const int m = m0 + p.row, n = n0 + p.col;
-        if (m < M && n < N) out[int64_t(m) * N + n] = acc[mi][ni][i] + (bs ? bs[n] : 0.0f);
-      }
+  tc_store(acc, [&](int dm, int dn, float v) {
+    const int m = m0 + dm, n = n0 + dn;
+    if (m < M && n < N) out[int64_t(m) * N + n] = v + (bs ? bs[n] : 0.0f);
+  });
 }
 
 template <Precision P, bool TA, bool TB>

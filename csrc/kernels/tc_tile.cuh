@@ -106,7 +106,7 @@ __device__ __forceinline__ void store_tile(const typename Tc<P>::In (&r)[kPer], 
 
 
 // The block's product over k-tiles [kt0, kt1): acc[mi][ni] is the mma tile (mi, ni) of this
-// thread's warp (tc_out gives an element's place in the block tile).
+// thread's warp (tc_store gives each element's place in the block tile).
 template <Precision P, class SA, class SB>
 __device__ __forceinline__ void tc_mainloop(const SA& la, const SB& lb, int kt0, int kt1, typename Tc<P>::S* As,
                                             typename Tc<P>::S* Bs, float (&acc)[2][4][4]) {
@@ -146,11 +146,20 @@ __device__ __forceinline__ void tc_mainloop(const SA& la, const SB& lb, int kt0,
   }
 }
 
-// Where acc[mi][ni][i] of this thread lies in the 64 x 64 block tile (row m, column n).
-__device__ __forceinline__ Coord tc_out(int mi, int ni, int i) {
+// The epilogue: out(m, n, v) for each of this thread's accumulators, (m, n) its place in
+// the 64 x 64 block tile (rows: the product's M, columns: its N).
+template <class Out>
+__device__ __forceinline__ void tc_store(const float (&acc)[2][4][4], Out&& out) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const Coord p = mma::acc(lane, i);
-  return {(warp >> 1) * 32 + 16 * mi + p.row, (warp & 1) * 32 + 8 * ni + p.col};
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const Coord p = mma::acc(lane, i);
+        out((warp >> 1) * 32 + 16 * mi + p.row, (warp & 1) * 32 + 8 * ni + p.col, acc[mi][ni][i]);
+      }
 }
 
 }  // namespace alexnet::kernels::tc
