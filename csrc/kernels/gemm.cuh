@@ -44,7 +44,6 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int l
 // The precision of a product's inputs: FP32 (gemm above), TF32 (FP32 in memory, rounded with
 // cvt.rna by the kernel) or BF16 (uint16 bit patterns in memory); accumulation is FP32.
 enum class Precision { kFP32 = 0, kTF32 = 1, kBF16 = 2 };
-const char* precision_name(Precision p);
 
 // Numbered versions of gemm_tc: 1..kGemmTcVersions, the same list for TF32 and BF16.
 inline constexpr int kGemmTcVersions = 1;

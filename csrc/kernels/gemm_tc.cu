@@ -85,10 +85,6 @@ int tc_slots() {
 
 }  // namespace
 
-const char* precision_name(Precision p) {
-  return p == Precision::kTF32 ? "tf32" : p == Precision::kBF16 ? "bf16" : "fp32";
-}
-
 SplitPlan gemm_tc_plan(int M, int N, int K, int version, int splits) {
   check_version("gemm_tc", version, kGemmTcVersions);
   SplitPlan plan;
