@@ -19,6 +19,7 @@ from .cliargs import (add_backend_argument, add_devices_argument, dropout_probab
 from .errors import (EXIT_INTERRUPTED, EXIT_USAGE, AlexNetError, BackendError, DivergedError, TrainError,
                      TrainingInterrupted)
 from .model import ACTIVATIONS, INITS, POOLS, PRESETS
+from .precision import PRECISIONS
 from .runfolder import CHECKPOINT
 
 __all__ = ["main", "build_parser"]
@@ -55,6 +56,9 @@ def _train_arguments(t):
                    help="full: the paper's network at 227x227; small: quarter width at 67x67 "
                         "(default: full on cuda, small otherwise)")
     t.add_argument("--init", choices=INITS, help="weight init (default: the preset's; 'paper' is the paper's)")
+    t.add_argument("--precision", choices=PRECISIONS,
+                   help="products of conv forward and the linear layers: fp32 (default), tf32 or bf16 (tensor "
+                        "cores on cuda, rounding on the CPU backends; storage stays fp32)")
     add_backend_argument(t)
     add_devices_argument(t)
     t.add_argument("--seed", type=int, help="seed of the init, the batches and dropout (default 0)")
@@ -141,7 +145,7 @@ def _cmd_train(args):
                          f"when starting the ranks yourself")
     if args.resume:
         for name in ("data", "batch_size", "lr", "warmup", "preset", "seed", "patience", "schedule", "init",
-                     *VARIANT_OPTIONS):
+                     *VARIANT_OPTIONS, "precision"):
             if getattr(args, name) is not None:
                 _log(f"note: --{name.replace('_', '-')} is ignored with --resume (the checkpoint's is used)")
         return train.train(resume=True, out=_find_run_folder(args), log=_log,
@@ -157,7 +161,7 @@ def _cmd_train(args):
     cfg = train.default_config(preset=preset, backend=backend, data=str(src), out=args.out or f"runs/alexnet-{preset}",
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            seed=args.seed, workers=args.workers, patience=args.patience, schedule=args.schedule,
-                           init=args.init, devices=args.devices, **variant_config(args))
+                           init=args.init, devices=args.devices, precision=args.precision, **variant_config(args))
     return train.train(cfg, log=_log)
 
 

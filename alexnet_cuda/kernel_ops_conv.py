@@ -9,11 +9,14 @@ TypeError as on the numpy backend.
 Backward passes run three kernel families: data, filter/weight (a split reduction whose
 partial sums go to a workspace and are added in a fixed order: deterministic) and bias.
 ``version`` selects the numbered kernels (1 = direct loops, 2 = tiled implicit GEMM,
-0 = the best) for every piece of the op.
+0 = the best) for every piece of the op. The linear ops take ``precision`` (fp32, tf32,
+bf16: alexnet_cuda.precision); at tf32 and bf16 ``version`` numbers the tensor-core
+kernels (``versions("linear_forward_bf16")``).
 """
 from __future__ import annotations
 
 from .checks import conv_hyper as _hyper, integer
+from .precision import as_bf16_bits, check_precision, from_bf16_bits
 
 
 def _version(fn, version):
@@ -24,15 +27,23 @@ class ConvOps:
     def _work(self, floats):
         return self._empty((int(floats),)) if floats > 0 else None
 
+    def _operands(self, fn, precision, *arrays):
+        """The GEMM operands at ``precision``: BF16 as uint16 bit patterns (an ml_dtypes
+        bfloat16 array is viewed, float data is rounded), else the arrays as they are."""
+        if check_precision(fn, precision) != "bf16":
+            return arrays
+        return tuple(self.xp.ascontiguousarray(as_bf16_bits(a)) for a in arrays)
+
     # ---- conv2d ---------------------------------------------------------------------------
-    def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0):
+    def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0, precision="fp32"):
+        """y (float32); precision tf32 or bf16 runs the tensor-core forward (x, w as in linear_forward)."""
         fn = "conv2d_forward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
-        shape = self._mod.conv2d_forward_check(x, w, b, stride=stride, padding=padding, groups=groups)
-        y = self._empty(shape)
-        self._mod.conv2d_forward(x, w, b, y, stride=stride, padding=padding, groups=groups, version=version,
-                                 stream=self._stream())
+        x, w = self._operands(fn, precision, x, w)
+        geo = dict(stride=stride, padding=padding, groups=groups, precision=precision)
+        y = self._empty(self._mod.conv2d_forward_check(x, w, b, **geo))
+        self._mod.conv2d_forward(x, w, b, y, version=version, stream=self._stream(), **geo)
         return y
 
     def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True):
@@ -53,24 +64,34 @@ class ConvOps:
         return dx, dw, db
 
     # ---- linear ---------------------------------------------------------------------------
-    def linear_forward(self, x, w, b, *, version=0):
-        version = _version("linear_forward", version)
-        plan = self._mod.linear_check(x, w, b, None, version=version)["forward"]
+    def linear_forward(self, x, w, b, *, version=0, precision="fp32"):
+        """y = x w^T + b (float32). precision tf32: float32 x, w on tensor cores; bf16: x, w
+        BF16 (uint16 bits, ml_dtypes bfloat16, or float32 rounded here)."""
+        fn = "linear_forward"
+        version = _version(fn, version)
+        x, w = self._operands(fn, precision, x, w)
+        plan = self._mod.linear_check(x, w, b, None, version=version, precision=precision)["forward"]
         y = self._empty((x.shape[0], w.shape[0]))
-        self._mod.linear_forward(x, w, b, y, self._work(plan["workspace"]), version=version, stream=self._stream())
+        self._mod.linear_forward(x, w, b, y, self._work(plan["workspace"]), version=version, precision=precision,
+                                 stream=self._stream())
         return y
 
-    def linear_backward(self, dy, x, w, *, version=0):
-        version = _version("linear_backward", version)
-        plans = self._mod.linear_check(x, w, None, dy, version=version)
+    def linear_backward(self, dy, x, w, *, version=0, precision="fp32"):
+        """(dx, dw, db), float32; at bf16 dy, x, w are BF16 (as in linear_forward) and db sums dy's BF16 values."""
+        fn = "linear_backward"
+        version = _version(fn, version)
+        dy, x, w = self._operands(fn, precision, dy, x, w)
+        plans = self._mod.linear_check(x, w, None, dy, version=version, precision=precision)
         dx = self._empty(x.shape)
         dw = self._empty(w.shape)
         db = self._empty((w.shape[0],))
         # The data and weight GEMMs run one after the other on one stream: one workspace.
         work = self._work(max(plans["data"]["workspace"], plans["weight"]["workspace"]))
         s = self._stream()
-        self._mod.linear_backward_data(dy, x, w, dx, work, version=version, stream=s)
-        self._mod.linear_backward_weight(dy, x, w, dw, work, version=version, stream=s)
-        self._mod.linear_backward_bias(dy, db, version=version, stream=s)
+        kw = dict(version=version, precision=precision, stream=s)
+        self._mod.linear_backward_data(dy, x, w, dx, work, **kw)
+        self._mod.linear_backward_weight(dy, x, w, dw, work, **kw)
+        dy32 = from_bf16_bits(dy) if precision == "bf16" else dy
+        bias_version = version if precision == "fp32" else 0  # the column sums have the fp32 versions
+        self._mod.linear_backward_bias(dy32, db, version=bias_version, stream=s)
         return dx, dw, db
-

@@ -67,6 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import get_backend
+from .precision import check_precision
 from .towers import TowerNet, parse_devices, sharded_sq_norm
 
 __all__ = ["AlexNet", "PRESETS", "TowerLayout", "INITS", "ACTIVATIONS", "POOLS", "scaled_channels",
@@ -215,7 +216,7 @@ class Conv2d(Layer):
         if train:
             self._cache = x
         return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride,
-                                 padding=self.padding, groups=self.groups)
+                                 padding=self.padding, groups=self.groups, precision=ctx["precision"])
 
     def backward(self, be, dy, need_dx=True):
         dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
@@ -234,12 +235,14 @@ class Linear(Layer):
         self.fan_in = in_f
 
     def forward(self, be, x, train, ctx):
+        self._precision = ctx["precision"]
         if train:
             self._cache = x
-        return be.linear_forward(x, self.weight, self.bias)
+        return be.linear_forward(x, self.weight, self.bias, precision=self._precision)
 
     def backward(self, be, dy):
-        dx, self.grad_weight, self.grad_bias = be.linear_backward(dy, self._cache, self.weight)
+        dx, self.grad_weight, self.grad_bias = be.linear_backward(dy, self._cache, self.weight,
+                                                                  precision=self._precision)
         return dx
 
 
@@ -399,7 +402,7 @@ class AlexNet:
 
     def __init__(self, num_classes=1000, input_size=227, width=1.0, towers=2, dropout=0.5, lrn=True,
                  backend=None, seed=0, init="paper", dtype=np.float32, devices=None, activation="relu",
-                 pool="overlapping"):
+                 pool="overlapping", precision="fp32"):
         if int(num_classes) < 1:
             raise ValueError(f"AlexNet: num_classes must be >= 1, got {num_classes}")
         if int(towers) < 1:
@@ -419,6 +422,9 @@ class AlexNet:
                              f"output; the smallest input is {min_input_size(pool)} with {pool} pooling")
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
+        # The products that have tensor-core kernels (conv forward, linear forward and backward)
+        # take TF32- or BF16-rounded operands (alexnet_cuda.precision); storage stays FP32.
+        self.precision = check_precision("AlexNet", precision)
         self.config = dict(num_classes=int(num_classes), input_size=input_size, width=float(width),
                            towers=int(towers), dropout=float(dropout), lrn=bool(lrn), seed=int(seed), init=init,
                            activation=activation, pool=pool)
@@ -634,9 +640,14 @@ class AlexNet:
             raise ValueError(f"AlexNet: x has shape {tuple(x.shape)}, expected (N, 3, {s}, {s})")
         return x
 
+    def context(self, row0=0):
+        """What each layer's forward reads: the dropout masks' key (seed, step, the index of the batch's
+        first row in the global batch) and the precision of the products."""
+        return {"seed": self.seed, "step": self.step, "row0": row0, "precision": self.precision}
+
     def _run(self, x, train, row0=0):
         be = self.backend
-        ctx = {"seed": self.seed, "step": self.step, "row0": row0}
+        ctx = self.context(row0)
         if self._split is not None:
             return self._split.run(x, train, ctx)
         for l in self.layers:
@@ -665,7 +676,7 @@ class AlexNet:
         stop = layer if layer == "fc8" else self.config["activation"] + layer[-1]
         x = self._input(x)
         be = self.backend
-        ctx = {"seed": self.seed, "step": self.step}
+        ctx = self.context()
         if self._split is not None:
             out = self._split.run(x, False, ctx, stop)
             self._split.clear()

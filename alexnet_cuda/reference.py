@@ -29,6 +29,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .checks import conv_hyper, integer as _int, lrn_params as _lrn_params, probability as _prob, real as _real
 from .checks import u64 as _u64
+from .precision import check_precision, round_to
 
 __all__ = [
     "conv2d_forward",
@@ -112,6 +113,14 @@ def _bias(fn, b, k, like):
         raise ValueError(f"{fn}: b has length {b.shape[0]}, expected {k} (one per output channel)")
 
 
+def _rounded(fn, precision, *arrays):
+    """The operands of a product at ``precision`` (alexnet_cuda.precision): rounded to TF32 or
+    BF16 as the tensor-core kernels round them, in their own dtype; unchanged at fp32."""
+    if check_precision(fn, precision) == "fp32":
+        return arrays
+    return tuple(round_to(precision, a).astype(a.dtype) for a in arrays)
+
+
 def _conv_geometry(fn, x, w, stride, padding, groups):
     """Check a convolution's x, w and hyper-parameters; return
     (stride, padding, groups, P, Q)."""
@@ -167,7 +176,7 @@ def _pad_hw(x, padding):
     return np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
 
 
-def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1):
+def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32"):
     """Grouped 2-D cross-correlation (what deep learning calls convolution).
 
     With xp = x zero-padded by ``padding`` on each side of H and W,
@@ -177,12 +186,14 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1):
                      w[k,c,r,s] * xp[n, g*Cg + c, p*stride + r, q*stride + s]
 
     x (N,C,H,W), w (K,Cg,R,S), b (K,) or None -> y (N,K,P,Q) with
-    P = (H + 2*padding - R)//stride + 1 and Q likewise.
+    P = (H + 2*padding - R)//stride + 1 and Q likewise. At ``precision`` tf32 or
+    bf16, x and w are rounded first (alexnet_cuda.precision), as the tensor-core kernels do.
     """
     fn = "conv2d_forward"
     stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
     K, Cg, R, S = w.shape
     _bias(fn, b, K, ("x", x))
+    x, w = _rounded(fn, precision, x, w)
     N = x.shape[0]
     Kg = K // groups
     win = _windows(_pad_hw(x, padding), R, S, stride)          # (N,C,P,Q,R,S)
@@ -250,26 +261,31 @@ def _linear_args(fn, x, w):
             f"{fn}: w has {w.shape[1]} input features, expected {x.shape[1]} (x has shape {x.shape})")
 
 
-def linear_forward(x, w, b):
+def linear_forward(x, w, b, *, precision="fp32"):
     """Fully connected layer: y[n,o] = sum_i x[n,i] * w[o,i] + b[o],
-    i.e. y = x @ w.T + b. x (N,I), w (O,I), b (O,) or None -> y (N,O)."""
+    i.e. y = x @ w.T + b. x (N,I), w (O,I), b (O,) or None -> y (N,O).
+    At ``precision`` tf32 or bf16, x and w are rounded first (the bias is not)."""
     fn = "linear_forward"
     _linear_args(fn, x, w)
     _bias(fn, b, w.shape[0], ("x", x))
+    x, w = _rounded(fn, precision, x, w)
     y = x @ w.T
     if b is not None:
         y += b
     return y
 
 
-def linear_backward(dy, x, w):
+def linear_backward(dy, x, w, *, precision="fp32"):
     """Gradients of ``linear_forward`` given dy (N,O):
-    dx = dy @ w (N,I), dw = dy.T @ x (O,I), db = sum_n dy[n] (O,)."""
+    dx = dy @ w (N,I), dw = dy.T @ x (O,I), db = sum_n dy[n] (O,).
+    At tf32 the operands of dx and dw are rounded to TF32 (db sums dy as it is); at bf16
+    dy, x and w are BF16 values (dy as stored in BF16, so db sums the rounded dy too)."""
     fn = "linear_backward"
     _linear_args(fn, x, w)
     _array(fn, "dy", dy, ndim=2, like=("x", x))
     _shape(fn, "dy", dy, (x.shape[0], w.shape[0]), "(N, O) from x and w")
-    return dy @ w, dy.T @ x, dy.sum(axis=0)
+    dyr, x, w = _rounded(fn, precision, dy, x, w)
+    return dyr @ w, dyr.T @ x, (dyr if precision == "bf16" else dy).sum(axis=0)
 
 
 # ---------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class _Clock:
 
 def _one_step(model, x, labels, clock, times):
     """One training step, layer by layer; appends each layer's milliseconds to `times`."""
-    be, ctx = model.backend, {"seed": model.seed, "step": model.step, "row0": 0}
+    be, ctx = model.backend, model.context()
     for l in model.layers:
         x, ms = clock(lambda l=l, x=x: l.forward(be, x, True, ctx))
         times.setdefault((l.name, "forward"), []).append(ms)

@@ -109,6 +109,7 @@ def default_config(**kw):
         "pca_std": PCA_STD,      # the PCA lighting's standard deviation; 0 switches it off (--no-lighting)
         "flip": True,
         "eval_batch_size": 256,
+        "precision": "fp32",     # fp32, tf32 or bf16 products where a tensor-core kernel exists (AlexNet)
         "ranks": 1,              # data-parallel processes (set from the MPI launch, not an option)
     }
     unknown = set(kw) - set(cfg)
@@ -127,7 +128,8 @@ def builtin_data(preset, log=print):
 def _model_kwargs(cfg, num_classes):
     return dict(num_classes=num_classes, input_size=cfg["input_size"], width=cfg["width"], towers=cfg["towers"],
                 dropout=cfg["dropout"], lrn=cfg["lrn"], seed=cfg["seed"], init=cfg["init"],
-                activation=cfg.get("activation", "relu"), pool=cfg.get("pool", "overlapping"))
+                activation=cfg.get("activation", "relu"), pool=cfg.get("pool", "overlapping"),
+                precision=cfg.get("precision", "fp32"))
 
 
 def _check_numbers(cfg, world):

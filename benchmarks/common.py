@@ -129,9 +129,12 @@ def require_gpu(script):
 CHECK_LIMIT = 1e-5  # relative to the largest reference value: float32 kernels against float64
 
 
-def kernel_bench_args(doc, layers, v1_note, argv):
-    """The options shared by the kernel benchmarks, parsed."""
+def kernel_bench_args(doc, layers, v1_note, argv, precisions=("fp32",)):
+    """The options shared by the kernel benchmarks, parsed (--precision when `precisions` offers more than fp32)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if len(precisions) > 1:
+        ap.add_argument("--precision", choices=precisions, default="fp32",
+                        help="fp32 (default), or tf32 / bf16 on our tensor-core kernels against the vendor's")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--v1-iters", type=int, default=3, help=f"iterations for version 1 ({v1_note}: slow)")

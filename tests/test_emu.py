@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import alexnet_cuda
+from alexnet_cuda.precision import round_bf16, round_tf32
 
 from conftest import KERNEL_BACKENDS
 
@@ -218,17 +219,6 @@ def test_atomics_exact_under_concurrent_blocks(kb, monkeypatch, threads):
 
 WMMA = {0: ("half", 16, 16, 16), 1: ("half", 32, 8, 16), 2: ("half", 8, 32, 16), 3: ("bf16", 16, 16, 16),
         4: ("tf32", 16, 16, 8), 5: ("half-colmajor", 32, 8, 16)}
-
-
-def round_bf16(x):
-    b = x.astype(np.float32).view(np.uint32).astype(np.uint64)
-    b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
-    return b.astype(np.uint32).view(np.float32)
-
-
-def round_tf32(x):
-    b = x.astype(np.float32).view(np.uint32).astype(np.uint64)
-    return ((b + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)
 
 
 @pytest.mark.parametrize("kind", list(WMMA), ids=[f"{v[0]}-m{v[1]}n{v[2]}k{v[3]}" for v in WMMA.values()])

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from alexnet_cuda import reference as ref
+from alexnet_cuda.precision import bf16_bits, round_to
 
 U = 2.0 ** -24
 
@@ -315,33 +316,44 @@ def test_linear_fiber_orders(kernel_backend, emu_order):
     test_linear_matches_reference(kernel_backend, "m129_odd")
 
 
-@pytest.mark.parametrize("splits", [2, 3, 7, 100])
-def test_linear_forced_splits(kernel_backend, splits):
-    be, m = kernel_backend, kernel_backend._mod
+def check_linear_forced_splits(be, splits, precision="fp32", version=2):
+    """The three linear GEMMs with a forced split of K on one (37, 515, 70) layer, at
+    `precision` (tests/test_kernels_tensor_cores.py uses it for tf32 and bf16: the reference
+    then rounds the operands as the kernels do). Returns the forward and backward plans."""
+    m = be._mod
     N, I, O = 37, 515, 70
     rng = np.random.default_rng(splits)
     x = rng.standard_normal((N, I)).astype(np.float32)
     w = rng.standard_normal((O, I)).astype(np.float32)
     b = rng.standard_normal(O).astype(np.float32)
     dy = rng.standard_normal((N, O)).astype(np.float32)
-    X, Wt, B, DY = (be.asarray(a) for a in (x, w, b, dy))
-    fplan = m.linear_check(X, Wt, B, None, version=2, splits=splits)["forward"]
-    bplan = m.linear_check(X, Wt, None, DY, version=2, splits=splits)
+    X, Wt, DY = (be.asarray(bf16_bits(a) if precision == "bf16" else a) for a in (x, w, dy))
+    B = be.asarray(b)
+    kw = dict(version=version, splits=splits, precision=precision)
+    fplan = m.linear_check(X, Wt, B, None, **kw)["forward"]
+    bplan = m.linear_check(X, Wt, None, DY, **kw)
     assert fplan["splits"] > 1
     need = max(fplan["workspace"], bplan["data"]["workspace"], bplan["weight"]["workspace"])
     work = be.xp.empty(need, dtype=np.float32)
     y = be.xp.empty((N, O), dtype=np.float32)
     dx = be.xp.empty((N, I), dtype=np.float32)
     dw = be.xp.empty((O, I), dtype=np.float32)
-    m.linear_forward(X, Wt, B, y, work, version=2, splits=splits)
-    m.linear_backward_data(DY, X, Wt, dx, work, version=2, splits=splits)
-    m.linear_backward_weight(DY, X, Wt, dw, work, version=2, splits=splits)
-    rx, rw, _ = ref.linear_backward(f64(dy), f64(x), f64(w))
-    ax, aw = ref.linear_backward(absf(dy), absf(x), absf(w))[:2]
-    assert_close("y", be.to_numpy(y), ref.linear_forward(f64(x), f64(w), f64(b)),
-                 ref.linear_forward(absf(x), absf(w), absf(b)), I + 1)
-    assert_close("dx", be.to_numpy(dx), rx, ax, O)
-    assert_close("dw", be.to_numpy(dw), rw, aw, N)
+    m.linear_forward(X, Wt, B, y, work, **kw)
+    m.linear_backward_data(DY, X, Wt, dx, work, **kw)
+    m.linear_backward_weight(DY, X, Wt, dw, work, **kw)
+    rdy, rx, rw = (round_to(precision, a) for a in (dy, x, w))
+    gx, gw, _ = ref.linear_backward(f64(dy), f64(x), f64(w), precision=precision)
+    ax, aw = ref.linear_backward(absf(rdy), absf(rx), absf(rw))[:2]
+    assert_close("y", be.to_numpy(y), ref.linear_forward(f64(x), f64(w), f64(b), precision=precision),
+                 ref.linear_forward(absf(rx), absf(rw), absf(b)), I + 1)
+    assert_close("dx", be.to_numpy(dx), gx, ax, O)
+    assert_close("dw", be.to_numpy(dw), gw, aw, N)
+    return fplan, bplan
+
+
+@pytest.mark.parametrize("splits", [2, 3, 7, 100])
+def test_linear_forced_splits(kernel_backend, splits):
+    check_linear_forced_splits(kernel_backend, splits)
 
 
 def test_linear_automatic_plan_splits_fc_shapes(kernel_backend):

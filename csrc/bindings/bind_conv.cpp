@@ -86,10 +86,21 @@ struct ConvIn {
   kernels::ConvShape s;
 };
 
+// The precision argument of conv2d_forward and the linear ops: "fp32", "tf32" or "bf16".
+kernels::Precision precision_arg(const char* op, const std::string& p) {
+  if (p == "fp32") return kernels::Precision::kFP32;
+  if (p == "tf32") return kernels::Precision::kTF32;
+  if (p == "bf16") return kernels::Precision::kBF16;
+  value_error(op, "precision must be fp32, tf32 or bf16, got '" + p + "'");
+}
+
+// The dtype of a GEMM operand at a precision: uint16 BF16 bit patterns for bf16, else float32.
+DType operand_dtype(kernels::Precision p) { return p == kernels::Precision::kBF16 ? DType::U16 : DType::F32; }
+
 // Checks of conv2d_forward's inputs (x, w, b, hyper-parameters).
 ConvIn forward_inputs(const char* op, py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding,
-                      int64_t groups, Array* Bout) {
-  ConvIn in{input(x, op, "x", {DType::F32}, 4), input(w, op, "w", {DType::F32}, 4), {}};
+                      int64_t groups, Array* Bout, kernels::Precision p = kernels::Precision::kFP32) {
+  ConvIn in{input(x, op, "x", {operand_dtype(p)}, 4), input(w, op, "w", {operand_dtype(p)}, 4), {}};
   in.s = conv_shape(op, in.X, in.Wt, stride, padding, groups);
   Array B = optional_bias(op, b, in.s.K, "one per output channel");
   if (Bout) *Bout = B;
@@ -112,8 +123,18 @@ struct LinIn {
   int N, I, O;
 };
 
-LinIn linear_inputs(const char* op, py::handle x, py::handle w) {
-  LinIn in{input(x, op, "x", {DType::F32}, 2), input(w, op, "w", {DType::F32}, 2), 0, 0, 0};
+// The versions a linear op takes at a precision: gemm's (fp32) or gemm_tc's.
+int linear_versions(kernels::Precision p) {
+  return p == kernels::Precision::kFP32 ? kernels::kGemmVersions : kernels::kGemmTcVersions;
+}
+
+kernels::SplitPlan linear_plan(kernels::Precision p, int M, int N, int K, int version, int splits) {
+  return p == kernels::Precision::kFP32 ? kernels::gemm_plan(M, N, K, version, splits)
+                                        : kernels::gemm_tc_plan(M, N, K, version, splits);
+}
+
+LinIn linear_inputs(const char* op, py::handle x, py::handle w, kernels::Precision p = kernels::Precision::kFP32) {
+  LinIn in{input(x, op, "x", {operand_dtype(p)}, 2), input(w, op, "w", {operand_dtype(p)}, 2), 0, 0, 0};
   if (in.Wt.dim(1) != in.X.dim(1))
     value_error(op, "w has " + std::to_string(in.Wt.dim(1)) + " input features, expected " +
                         std::to_string(in.X.dim(1)) + " (x has shape " + in.X.shape_str() + ")");
@@ -124,8 +145,8 @@ LinIn linear_inputs(const char* op, py::handle x, py::handle w) {
 }
 
 // dy of linear_backward: (N, O) from x and w.
-Array linear_dy(const char* op, py::handle dy, const LinIn& in) {
-  Array DY = input(dy, op, "dy", {DType::F32}, 2);
+Array linear_dy(const char* op, py::handle dy, const LinIn& in, kernels::Precision p = kernels::Precision::kFP32) {
+  Array DY = input(dy, op, "dy", {operand_dtype(p)}, 2);
   expect_shape(DY, {in.N, in.O}, "((N, O) from x and w)");
   return DY;
 }
@@ -144,23 +165,33 @@ Array workspace(py::handle work, const char* op, int64_t need) {
 // The end of every linear GEMM binding, after its own checks: C = op(A) op(B) (+ bias, which
 // may be an empty Array) with gemm's plan; the workspace checked, C and the workspace apart
 // from the operands and from each other.
-void linear_gemm(const char* op, bool ta, bool tb, int M, int N, int K, const Array& A, int lda, const Array& B,
-                 int ldb, const Array& C, const Array& bias, py::handle work, int version, int splits,
+// At fp32 on gemm, at tf32 or bf16 on gemm_tc (the operands already checked for the precision).
+void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, int N, int K, const Array& A, int lda,
+                 const Array& B, int ldb, const Array& C, const Array& bias, py::handle work, int version, int splits,
                  uintptr_t stream) {
-  check_version(op, version, kernels::kGemmVersions);
-  const kernels::SplitPlan plan = kernels::gemm_plan(M, N, K, version, splits);
+  check_version(op, version, linear_versions(p));
+  const kernels::SplitPlan plan = linear_plan(p, M, N, K, version, splits);
   Array WK = workspace(work, op, plan.workspace);
   expect_no_overlap({&C, &WK}, {&A, &B, &bias, &WK});
   py::gil_scoped_release nogil;
-  kernels::gemm(ta, tb, M, N, K, A.f32(), lda, B.f32(), ldb, C.f32(), bias.ptr ? bias.f32() : nullptr,
-                WK.ptr ? WK.f32() : nullptr, WK.numel(), version, splits, as_stream(stream));
+  const float* b = bias.ptr ? bias.f32() : nullptr;
+  float* wk = WK.ptr ? WK.f32() : nullptr;
+  if (p == kernels::Precision::kFP32)
+    kernels::gemm(ta, tb, M, N, K, A.f32(), lda, B.f32(), ldb, C.f32(), b, wk, WK.numel(), version, splits,
+                  as_stream(stream));
+  else
+    kernels::gemm_tc(p, ta, tb, M, N, K, A.ptr, lda, B.ptr, ldb, C.f32(), b, wk, WK.numel(), version, splits,
+                     as_stream(stream));
 }
 
 }  // namespace
 
 void bind_conv(py::module_& m) {
   register_versions({"conv2d_forward", "conv2d_backward"}, kernels::kConvVersions);
+  register_versions({"conv2d_forward_tf32", "conv2d_forward_bf16"}, kernels::kConvTcVersions);
   register_versions({"linear_forward", "linear_backward"}, kernels::kGemmVersions);
+  register_versions({"linear_forward_tf32", "linear_backward_tf32", "linear_forward_bf16", "linear_backward_bf16"},
+                    kernels::kGemmTcVersions);
 
   m.def(
       "balanced_splits",
@@ -173,30 +204,38 @@ void bind_conv(py::module_& m) {
   // ---- conv2d ------------------------------------------------------------------------------
   m.def(
       "conv2d_forward_check",
-      [](py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding, int64_t groups) {
-        ConvIn in = forward_inputs("conv2d_forward", x, w, b, stride, padding, groups, nullptr);
+      [](py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding, int64_t groups,
+         const std::string& precision) {
+        const char* op = "conv2d_forward";
+        ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, nullptr, precision_arg(op, precision));
         return py::make_tuple(in.s.N, in.s.K, in.s.P, in.s.Q);
       },
-      "x"_a, "w"_a, "b"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1,
+      "x"_a, "w"_a, "b"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "precision"_a = "fp32",
       "Checks conv2d_forward's arguments; returns the shape of y.");
 
   m.def(
       "conv2d_forward",
       [](py::handle x, py::handle w, py::handle b, py::handle y, int64_t stride, int64_t padding, int64_t groups,
-         int version, uintptr_t stream) {
+         int version, const std::string& precision, uintptr_t stream) {
         const char* op = "conv2d_forward";
+        const kernels::Precision p = precision_arg(op, precision);
         Array B;
-        ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B);
+        ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B, p);
         Array Y = output(y, op, "y", {DType::F32}, 4);
         expect_shape(Y, y_shape(in.s), "(N, K, P, Q)");
         expect_no_overlap({&Y}, {&in.X, &in.Wt, &B});
-        check_version(op, version, kernels::kConvVersions);
+        check_version(op, version, p == kernels::Precision::kFP32 ? kernels::kConvVersions : kernels::kConvTcVersions);
         py::gil_scoped_release nogil;
-        kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), B.ptr ? B.f32() : nullptr, Y.f32(), in.s, version,
-                                as_stream(stream));
+        const float* bp = B.ptr ? B.f32() : nullptr;
+        if (p == kernels::Precision::kFP32)
+          kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), bp, Y.f32(), in.s, version, as_stream(stream));
+        else
+          kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.f32(), in.s, version, as_stream(stream));
       },
       "x"_a, "w"_a, "b"_a, "y"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
-      "stream"_a = 0, "y = conv2d(x, w) + b (b may be None), written into y.");
+      "precision"_a = "fp32", "stream"_a = 0,
+      "y = conv2d(x, w) + b (b may be None), written into y (float32). precision: fp32, tf32 (float32 x, w on "
+      "tensor cores) or bf16 (uint16 BF16 x, w).");
 
   m.def(
       "conv2d_backward_check",
@@ -271,73 +310,80 @@ void bind_conv(py::module_& m) {
   // ---- linear ------------------------------------------------------------------------------
   m.def(
       "linear_check",
-      [](py::handle x, py::handle w, py::handle b, py::handle dy, int version, int splits) {
+      [](py::handle x, py::handle w, py::handle b, py::handle dy, int version, int splits, const std::string& precision) {
         // Forward when dy is None, backward otherwise. Returns the plans (splits, workspace)
         // of the GEMMs involved: forward {'forward'}, backward {'data', 'weight'}.
         const bool fwd = dy.is_none();
         const char* op = fwd ? "linear_forward" : "linear_backward";
-        LinIn in = linear_inputs(op, x, w);
+        const kernels::Precision p = precision_arg(op, precision);
+        LinIn in = linear_inputs(op, x, w, p);
         if (fwd) optional_bias(op, b, in.O, "one per output feature");
-        else linear_dy(op, dy, in);
-        check_version(op, version, kernels::kGemmVersions);
-        auto plan = [](const kernels::SplitPlan& p) {
-          return py::dict("splits"_a = p.splits, "workspace"_a = p.workspace);
+        else linear_dy(op, dy, in, p);
+        check_version(op, version, linear_versions(p));
+        auto plan = [](const kernels::SplitPlan& sp) {
+          return py::dict("splits"_a = sp.splits, "workspace"_a = sp.workspace);
         };
         py::dict out;
         if (fwd) {
-          out["forward"] = plan(kernels::gemm_plan(in.N, in.O, in.I, version, splits));
+          out["forward"] = plan(linear_plan(p, in.N, in.O, in.I, version, splits));
         } else {
-          out["data"] = plan(kernels::gemm_plan(in.N, in.I, in.O, version, splits));
-          out["weight"] = plan(kernels::gemm_plan(in.O, in.I, in.N, version, splits));
+          out["data"] = plan(linear_plan(p, in.N, in.I, in.O, version, splits));
+          out["weight"] = plan(linear_plan(p, in.O, in.I, in.N, version, splits));
         }
         return out;
       },
       "x"_a, "w"_a, "b"_a = py::none(), "dy"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
-      "Checks linear_forward's (dy None) or linear_backward's arguments; returns the GEMM plans.");
+      "precision"_a = "fp32",
+      "Checks linear_forward's (dy None) or linear_backward's arguments; returns the GEMM plans. precision: fp32 "
+      "(float32 operands), tf32 (float32 operands, products on tensor cores) or bf16 (uint16 BF16 operands).");
 
   m.def(
       "linear_forward",
       [](py::handle x, py::handle w, py::handle b, py::handle y, py::handle work, int version, int splits,
-         uintptr_t stream) {
+         const std::string& precision, uintptr_t stream) {
         const char* op = "linear_forward";
-        LinIn in = linear_inputs(op, x, w);
+        const kernels::Precision p = precision_arg(op, precision);
+        LinIn in = linear_inputs(op, x, w, p);
         Array B = optional_bias(op, b, in.O, "one per output feature");
         Array Y = output(y, op, "y", {DType::F32}, 2);
         expect_shape(Y, {in.N, in.O}, "(N, O)");
-        linear_gemm(op, false, true, in.N, in.O, in.I, in.X, in.I, in.Wt, in.I, Y, B, work, version, splits, stream);
+        linear_gemm(op, p, false, true, in.N, in.O, in.I, in.X, in.I, in.Wt, in.I, Y, B, work, version, splits,
+                    stream);
       },
       "x"_a, "w"_a, "b"_a, "y"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
-      "stream"_a = 0, "y = x w^T + b (b may be None), written into y.");
+      "precision"_a = "fp32", "stream"_a = 0, "y = x w^T + b (b may be None), written into y (float32).");
 
   m.def(
       "linear_backward_data",
       [](py::handle dy, py::handle x, py::handle w, py::handle dx, py::handle work, int version, int splits,
-         uintptr_t stream) {
+         const std::string& precision, uintptr_t stream) {
         const char* op = "linear_backward";
-        LinIn in = linear_inputs(op, x, w);
-        Array DY = linear_dy(op, dy, in);
+        const kernels::Precision p = precision_arg(op, precision);
+        LinIn in = linear_inputs(op, x, w, p);
+        Array DY = linear_dy(op, dy, in, p);
         Array DX = output(dx, op, "dx", {DType::F32}, 2);
         expect_same_shape(in.X, DX);
-        linear_gemm(op, false, false, in.N, in.I, in.O, DY, in.O, in.Wt, in.I, DX, Array{}, work, version, splits,
+        linear_gemm(op, p, false, false, in.N, in.I, in.O, DY, in.O, in.Wt, in.I, DX, Array{}, work, version, splits,
                     stream);
       },
       "dy"_a, "x"_a, "w"_a, "dx"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
-      "stream"_a = 0, "dx = dy w (x is read only for its shape).");
+      "precision"_a = "fp32", "stream"_a = 0, "dx = dy w (x is read only for its shape; dx float32).");
 
   m.def(
       "linear_backward_weight",
       [](py::handle dy, py::handle x, py::handle w, py::handle dw, py::handle work, int version, int splits,
-         uintptr_t stream) {
+         const std::string& precision, uintptr_t stream) {
         const char* op = "linear_backward";
-        LinIn in = linear_inputs(op, x, w);
-        Array DY = linear_dy(op, dy, in);
+        const kernels::Precision p = precision_arg(op, precision);
+        LinIn in = linear_inputs(op, x, w, p);
+        Array DY = linear_dy(op, dy, in, p);
         Array DW = output(dw, op, "dw", {DType::F32}, 2);
         expect_same_shape(in.Wt, DW);
-        linear_gemm(op, true, false, in.O, in.I, in.N, DY, in.O, in.X, in.I, DW, Array{}, work, version, splits,
+        linear_gemm(op, p, true, false, in.O, in.I, in.N, DY, in.O, in.X, in.I, DW, Array{}, work, version, splits,
                     stream);
       },
       "dy"_a, "x"_a, "w"_a, "dw"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
-      "stream"_a = 0, "dw = dy^T x (w is read only for its shape).");
+      "precision"_a = "fp32", "stream"_a = 0, "dw = dy^T x (w is read only for its shape; dw float32).");
 
   m.def(
       "linear_backward_bias",

@@ -55,6 +55,21 @@ void bind_selftest(py::module_& m) {
     py::gil_scoped_release g;
     st::wmma(A.f32(), B.f32(), C.f32(), D.f32(), kind, nullptr);
   });
+  t.def("mma", [](py::handle a, py::handle b, py::handle c, py::handle d, int kind, int variant) {
+    Array A = arr(a, "a", DType::F32), B = arr(b, "b", DType::F32), C = arr(c, "c", DType::F32), D = arr(d, "d", DType::F32);
+    need(kind == 0 || kind == 1, "kind must be 0 (bf16 m16n8k16) or 1 (tf32 m16n8k8)");
+    const int K = kind == 0 ? 16 : 8;
+    need(A.numel() == 16 * K && B.numel() == K * 8 && C.numel() == 128 && D.numel() == 128,
+         "a, b, c, d must be (16,K), (K,8), (16,8), (16,8) for the kind");
+    py::gil_scoped_release g;
+    st::mma(A.f32(), B.f32(), C.f32(), D.f32(), kind, variant, nullptr);
+  });
+  t.def("tf32", [](py::handle x, py::handle out) {
+    Array X = arr(x, "x", DType::F32), O = arr(out, "out", DType::I32);
+    need(O.numel() == X.numel(), "x and out need the same size");
+    py::gil_scoped_release g;
+    st::tf32(X.f32(), O.as<uint32_t>(), int(X.numel()), nullptr);
+  });
   t.def("dyn_smem_reverse", [](py::handle x, py::handle y, py::handle poisoned, int per_block, size_t extra_smem) {
     Array X = arr(x, "x", DType::F32), Y = arr(y, "y", DType::F32), P = arr(poisoned, "poisoned", DType::I32);
     need(per_block > 0 && X.numel() % per_block == 0 && Y.numel() == X.numel() && P.numel() == X.numel() / per_block,

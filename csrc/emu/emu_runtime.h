@@ -78,8 +78,16 @@ enum BarrierKind { kBarPlain = 0, kBarCount = 1, kBarAnd = 2, kBarOr = 3 };
 int syncthreads(int kind, int predicate, const char* file, int line);
 
 // Warp collectives over 32 consecutive linear thread ids.
-enum WarpOp { kShfl = 0, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kSyncWarp, kNumWarpOps };
+enum WarpOp { kShfl = 0, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kSyncWarp, kWarpCompute, kNumWarpOps };
 uint64_t warp_collective(int op, unsigned mask, uint64_t bits, int arg, int width);
+
+// A warp-wide operation on every lane's registers (the warp-level matrix instructions,
+// csrc/common/mma_sync.h): all 32 lanes of the warp arrive with a pointer to their own
+// record; the last lane in calls fn once with the 32 records (lane order), while every
+// other lane waits, so fn may read and write any lane's record. All lanes must pass the
+// same fn; `name` is the operation's name in error messages.
+using WarpFn = void (*)(void* const* lanes);
+void warp_compute(WarpFn fn, void* record, const char* name);
 
 // Errors found inside a kernel (wrong use of a built-in): abandons the block.
 [[noreturn]] void kernel_fail(const std::string& message);

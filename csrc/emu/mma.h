@@ -9,9 +9,23 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 
 #include "cuda_bf16.h"
 #include "cuda_fp16.h"
+
+namespace emu {
+// cvt.rna.tf32.f32 on the bits: add half a TF32 unit in the last place to the magnitude and
+// clear the low 13 bits (ties away from zero; a carry may reach the next binade or infinity).
+// Infinity and NaN pass unchanged.
+inline uint32_t float_to_tf32_bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7f800000u) != 0x7f800000u) x = (x + 0x1000u) & 0xffffe000u;
+  return x;
+}
+}  // namespace emu
 
 namespace nvcuda {
 namespace wmma {
@@ -98,9 +112,7 @@ inline void mma_sync(fragment<accumulator, M, N, K, TC, void>& d, const fragment
 
 // Round to the 10-bit mantissa of TF32, to nearest with ties away from zero (cvt.rna).
 inline float __float_to_tf32(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if ((x & 0x7f800000u) != 0x7f800000u) x = (x + 0x1000u) & 0xffffe000u;
+  const uint32_t x = emu::float_to_tf32_bits(f);
   std::memcpy(&f, &x, 4);
   return f;
 }

@@ -40,7 +40,7 @@ enum Status : uint8_t { kRunnable, kAtBarrier, kAtWarp, kExited };
 
 const char* const kWarpOpNames[kNumWarpOps] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
                                                "__shfl_xor_sync", "__ballot_sync", "__any_sync",
-                                               "__all_sync", "__syncwarp"};
+                                               "__all_sync", "__syncwarp", "warp matrix operation"};
 
 struct ThreadRec {
   Fiber fiber;
@@ -56,6 +56,8 @@ struct ThreadRec {
   uint64_t val;
   int arg, width;
   uint64_t result;
+  WarpFn fn;         // kWarpCompute: the operation
+  const char* what;  // kWarpCompute: its name
 };
 
 struct Block {
@@ -145,7 +147,7 @@ std::string deadlock_report(const Block& b) {
     if (r.status == kAtBarrier) {
       add(std::string("wait at __syncthreads (") + r.bar_file + ":" + site_str(r.bar_line) + ")", t);
     } else if (r.status == kAtWarp) {
-      add(std::string("wait in ") + kWarpOpNames[r.op] + " with mask " + hex(r.mask), t);
+      add(std::string("wait in ") + (r.what ? r.what : kWarpOpNames[r.op]) + " with mask " + hex(r.mask), t);
     } else if (r.status == kExited) {
       add("have returned", t);
     }
@@ -390,11 +392,12 @@ int syncthreads(int kind, int predicate, const char* file, int line) {
   return r.bar_result;
 }
 
-uint64_t warp_collective(int op, unsigned mask, uint64_t bits, int arg, int width) {
+namespace {
+uint64_t collective(int op, unsigned mask, uint64_t bits, int arg, int width, WarpFn fn, const char* what) {
   Block* b = tl_block;
   if (!b) throw Error("warp collective called outside a kernel");
   const int me = b->cur, lane = me & 31, base = me - lane;
-  const char* name = kWarpOpNames[op];
+  const char* name = what ? what : kWarpOpNames[op];
   if (!((mask >> lane) & 1u)) kernel_fail(std::string(name) + ": the calling lane " + std::to_string(lane) +
                                           " is not in its mask " + hex(mask));
   if (width < 1 || width > 32 || (width & (width - 1)))
@@ -415,19 +418,26 @@ uint64_t warp_collective(int op, unsigned mask, uint64_t bits, int arg, int widt
   me_r.val = bits;
   me_r.arg = arg;
   me_r.width = width;
+  me_r.fn = fn;
+  me_r.what = what;
 
   bool complete = true;
   for (int l = 0; l < 32; ++l) {
     if (!((mask >> l) & 1u)) continue;
     const ThreadRec& o = b->th[size_t(base + l)];
     if (o.status != kAtWarp) { complete = false; continue; }
-    if (o.op != op || o.mask != mask)
+    if (o.op != op || o.mask != mask || o.fn != fn)
       kernel_fail(std::string(name) + " with mask " + hex(mask) + " meets lane " + std::to_string(l) +
-                  " waiting in " + kWarpOpNames[o.op] + " with mask " + hex(o.mask));
+                  " waiting in " + (o.what ? o.what : kWarpOpNames[o.op]) + " with mask " + hex(o.mask));
   }
   if (!complete) {
     yield_to_scheduler();
     return me_r.result;
+  }
+  if (op == kWarpCompute) {  // every lane's record, in lane order; the others wait meanwhile
+    void* records[32];
+    for (int l = 0; l < 32; ++l) records[l] = reinterpret_cast<void*>(uintptr_t(b->th[size_t(base + l)].val));
+    fn(records);
   }
   // Last lane in: compute every lane's result, then let them all go.
   uint64_t votes = 0;
@@ -462,6 +472,16 @@ uint64_t warp_collective(int op, unsigned mask, uint64_t bits, int arg, int widt
     o.status = kRunnable;
   }
   return me_r.result;
+}
+}  // namespace
+
+uint64_t warp_collective(int op, unsigned mask, uint64_t bits, int arg, int width) {
+  if (op == kWarpCompute) kernel_fail("warp_collective: use warp_compute for a warp matrix operation");
+  return collective(op, mask, bits, arg, width, nullptr, nullptr);
+}
+
+void warp_compute(WarpFn fn, void* record, const char* name) {
+  collective(kWarpCompute, 0xffffffffu, uint64_t(reinterpret_cast<uintptr_t>(record)), 0, 32, fn, name);
 }
 
 unsigned char* dynamic_shared_memory() {

@@ -33,6 +33,11 @@
 //             on consecutive (c,r,s) (k-slow mapping: coalesced along s, also at stride 4,
 //             and a thread's elements share one column, which keeps the gather state small).
 //   bias      one block of 256 threads per channel, a strided sum then a shared-memory tree.
+// forward on tensor cores (conv2d_forward_tc, TF32 or BF16), version 1: the implicit GEMM
+//   of version 2's forward on tc_tile.cuh (mma.sync, 64 x 64 x 32 block tiles, 128 threads);
+//   A = w dense, B = im2col(x) gathered with a division per element (no mixed-radix counter
+//   yet). TF32 rounds x and w with cvt.rna as it stages them; BF16 reads bf16 x and w.
+//   Accumulation FP32, y FP32. The backward directions have no tensor-core version yet.
 // Threads: v1 256 per block over the output; v2 grid (ceil(N/BN), ceil(M/BM), z), the
 //   config's THREADS per block.
 // Constraints: x, y and w each hold fewer than 2^31 elements (32-bit offsets; checked).
@@ -45,6 +50,7 @@
 #include <string>
 
 #include "common/launch.h"
+#include "kernels/tc_tile.cuh"
 
 namespace alexnet::kernels {
 namespace {
@@ -486,6 +492,68 @@ void launch_bwd_filter_v2(const float* dy, const float* x, float* dw, float* wor
   LAUNCH(conv_bwd_filter_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, dy, x, dw, work, d, splits);
 }
 
+// ---- forward on tensor cores (TF32, BF16): tc_tile.cuh with B = im2col(x) ------------------
+// B's element (n, k) of the k-tile at k0: column n = (img, p, q), k = (c, r, s); a thread's
+// 16 elements share one column (tile_pos with K_CONTIG false: n = thread % 64), so the
+// column's image offset and window origin are computed once per k-tile.
+template <class In>
+struct Im2colTc {
+  static constexpr bool K_CONTIG = false;  // consecutive threads on consecutive (p, q)
+  const In* __restrict__ x;
+  Geo d;
+  int g, n0;
+  __device__ __forceinline__ void load(int k0, In (&r)[tc::kPer]) const {
+    int nn, kk;
+    tc::tile_pos<tc::kBN, false>(threadIdx.x, nn, kk);
+    const int n = n0 + nn;
+    int off = -1, h0 = 0, w0 = 0;
+    if (n < d.NPQ) {
+      const int img = n / d.PQ, pq = n - img * d.PQ, p = pq / d.Q, q = pq - p * d.Q;
+      off = img * d.CHW + g * d.Cg * d.HW;
+      h0 = p * d.st - d.pad;
+      w0 = q * d.st - d.pad;
+    }
+#pragma unroll
+    for (int j = 0; j < tc::kPer; ++j) {
+      int mn, kj;
+      tc::tile_pos<tc::kBN, false>(threadIdx.x + tc::kThreads * j, mn, kj);
+      const int k = k0 + kj, c = k / d.RS, rs = k - c * d.RS, rr = rs / d.S, h = h0 + rr, w = w0 + rs - rr * d.S;
+      r[j] = off >= 0 && k < d.CRS && unsigned(h) < unsigned(d.H) && unsigned(w) < unsigned(d.W)
+                 ? x[off + c * d.HW + h * d.W + w]
+                 : In(0);
+    }
+  }
+};
+
+// One implicit GEMM per group (blockIdx.z): M = Kg, N = N*P*Q, Kdim = Cg*R*S, A = w (dense).
+template <Precision P>
+__global__ void __launch_bounds__(tc::kThreads)
+    conv_fwd_tc_v1(const typename tc::Tc<P>::In* __restrict__ x, const typename tc::Tc<P>::In* __restrict__ w,
+                   const float* __restrict__ b, float* __restrict__ y, Geo d) {
+  using In = typename tc::Tc<P>::In;
+  __shared__ __align__(16) typename tc::Tc<P>::S As[tc::kBM * tc::Tc<P>::LDS];
+  __shared__ __align__(16) typename tc::Tc<P>::S Bs[tc::kBN * tc::Tc<P>::LDS];
+  const int g = blockIdx.z, m0 = blockIdx.y * tc::kBM, n0 = blockIdx.x * tc::kBN;
+  const tc::DenseSrc<In, tc::kBM, true> la{w + int64_t(g) * d.Kg * d.CRS, d.CRS, d.Kg, d.CRS, m0};
+  const Im2colTc<In> lb{x, d, g, n0};
+  float acc[2][4][4] = {};
+  tc::tc_mainloop<P>(la, lb, 0, (d.CRS + tc::kBK - 1) / tc::kBK, As, Bs, acc);
+  tc::tc_store(acc, [&](int dm, int dn, float v) {
+    const int m = m0 + dm, n = n0 + dn;
+    if (m >= d.Kg || n >= d.NPQ) return;
+    const int img = n / d.PQ, pq = n - img * d.PQ, k = g * d.Kg + m;
+    y[int64_t(img) * d.KPQ + int64_t(k) * d.PQ + pq] = v + (b ? b[k] : 0.0f);
+  });
+}
+
+template <Precision P>
+void launch_fwd_tc(const void* x, const void* w, const float* b, float* y, const Geo& d, cudaStream_t stream) {
+  using In = typename tc::Tc<P>::In;
+  const dim3 grid(ceil_div(d.NPQ, tc::kBN), ceil_div(d.Kg, tc::kBM), unsigned(d.groups));
+  auto kernel = conv_fwd_tc_v1<P>;
+  LAUNCH(kernel, grid, dim3(tc::kThreads), 0, stream, static_cast<const In*>(x), static_cast<const In*>(w), b, y, d);
+}
+
 }  // namespace
 
 void conv2d_forward(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int version,
@@ -498,6 +566,16 @@ void conv2d_forward(const float* x, const float* w, const float* b, float* y, co
     return;
   }
   CONV_WITH_TILE(d.Kg, launch_fwd_v2, x, w, b, y, d, stream)
+}
+
+void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b, float* y, const ConvShape& s,
+                       int version, cudaStream_t stream) {
+  if (p == Precision::kFP32) throw std::invalid_argument("conv2d_forward_tc: fp32 runs on conv2d_forward");
+  version = pick_version("conv2d_forward_tc", version, kConvTcVersions, 1);
+  const Geo d = make_geo(s);
+  if (d.N == 0) return;
+  if (p == Precision::kTF32) launch_fwd_tc<Precision::kTF32>(x, w, b, y, d, stream);
+  else launch_fwd_tc<Precision::kBF16>(x, w, b, y, d, stream);
 }
 
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,

@@ -40,6 +40,25 @@ SplitPlan gemm_plan(int M, int N, int K, int version, int splits);
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
           const float* bias, float* work, int64_t work_floats, int version, int splits, cudaStream_t stream);
 
+// ---- tensor cores (gemm_tc.cu) -------------------------------------------------------------
+// The precision of a product's inputs: FP32 (gemm above), TF32 (FP32 in memory, rounded with
+// cvt.rna by the kernel) or BF16 (uint16 bit patterns in memory); accumulation is FP32.
+enum class Precision { kFP32 = 0, kTF32 = 1, kBF16 = 2 };
+
+// Numbered versions of gemm_tc: 1..kGemmTcVersions, the same list for TF32 and BF16.
+inline constexpr int kGemmTcVersions = 1;
+
+// gemm_tc's plan, as gemm_plan for gemm.
+SplitPlan gemm_tc_plan(int M, int N, int K, int version, int splits);
+
+// gemm() on tensor cores at precision p (kTF32 or kBF16): A and B are float (TF32) or uint16
+// BF16 bit patterns (BF16); C, bias and work are float. `work` holds at least
+// gemm_tc_plan(...).workspace floats. version 1: mma.sync tiles of 64 x 64 x 32, split-K;
+// version 0: the best (1).
+void gemm_tc(Precision p, bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B,
+             int ldb, float* C, const float* bias, float* work, int64_t work_floats, int version, int splits,
+             cudaStream_t stream);
+
 // out[c] = sum_r X[r * cols + c] (column sums, e.g. a linear layer's bias gradient), in a fixed order.
 // version 1: one thread per column; version 2: 32 x 8 thread blocks with a shared-memory combine.
 void column_sums(const float* X, float* out, int rows, int cols, int version, cudaStream_t stream);

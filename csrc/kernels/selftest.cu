@@ -1,6 +1,6 @@
 // Self-test kernels: each uses one CUDA feature the engine relies on (barriers with
 // early exits, barrier reductions, the four shuffles, votes, atomics across blocks,
-// wmma tiles, dynamic shared memory, half/bfloat16 conversions) in a way whose result
+// wmma tiles, the mma.sync fragment layouts, dynamic shared memory, half/bfloat16 conversions) in a way whose result
 // Python can compute independently. tests/test_emu.py runs them on emu (in every fiber
 // order) and on cuda when a GPU is present; the deliberate race and the divergent
 // barrier are for the emulator's error paths.
@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "common/launch.h"
+#include "common/mma_sync.h"
 
 namespace alexnet::kernels::selftest {
 namespace {
@@ -146,6 +147,67 @@ __global__ void wmma_kernel(const float* a, const float* b, const float* c, floa
   }
 }
 
+// One warp: D = A B + C with one mma.sync (common/mma_sync.h). Each lane fills its registers
+// by the PTX ISA's fragment layouts, written out here from the ISA's figures on their own
+// (not through mma_sync.h's coordinate functions, which they check); g = lane >> 2, t = lane & 3.
+// A (16 x K), B (K x 8), C and D (16 x 8) row-major floats.
+// variant 0: the documented mapping; 1: A's registers 1 and 2 swapped; 2: B loaded by the
+// lane of the neighbouring group (lane ^ 4); 3: D's elements 1 and 2 stored swapped;
+// 4: lanes 16-31 issue the instruction from a different line (an error on emu).
+template <bool BF16>
+__device__ void mma_tile(const float* A, const float* B, const float* C, float* D, int variant) {
+  constexpr int K = BF16 ? 16 : 8;
+  const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+  const int bg = variant == 2 ? ((lane ^ 4) >> 2) : g;
+  auto a_ = [&](int r, int k) { return A[r * K + k]; };
+  auto b_ = [&](int k, int n) { return B[n + 8 * k]; };
+  uint32_t a[4], b[2];
+  if (BF16) {
+    a[0] = mma::pack_bf16(a_(g, 2 * t), a_(g, 2 * t + 1));
+    a[1] = mma::pack_bf16(a_(g + 8, 2 * t), a_(g + 8, 2 * t + 1));
+    a[2] = mma::pack_bf16(a_(g, 2 * t + 8), a_(g, 2 * t + 9));
+    a[3] = mma::pack_bf16(a_(g + 8, 2 * t + 8), a_(g + 8, 2 * t + 9));
+    b[0] = mma::pack_bf16(b_(2 * t, bg), b_(2 * t + 1, bg));
+    b[1] = mma::pack_bf16(b_(2 * t + 8, bg), b_(2 * t + 9, bg));
+  } else {
+    a[0] = mma::to_tf32(a_(g, t));
+    a[1] = mma::to_tf32(a_(g + 8, t));
+    a[2] = mma::to_tf32(a_(g, t + 4));
+    a[3] = mma::to_tf32(a_(g + 8, t + 4));
+    b[0] = mma::to_tf32(b_(t, bg));
+    b[1] = mma::to_tf32(b_(t + 4, bg));
+  }
+  if (variant == 1) {
+    const uint32_t x = a[1];
+    a[1] = a[2];
+    a[2] = x;
+  }
+  float c[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
+  float d[4];
+  if (variant == 4 && lane >= 16) {
+    if (BF16) mma::mma_bf16_m16n8k16(d, a, b, c);
+    else mma::mma_tf32_m16n8k8(d, a, b, c);
+  } else {
+    if (BF16) mma::mma_bf16_m16n8k16(d, a, b, c);
+    else mma::mma_tf32_m16n8k8(d, a, b, c);
+  }
+  const int e1 = variant == 3 ? 2 : 1, e2 = variant == 3 ? 1 : 2;
+  D[g * 8 + 2 * t] = d[0];
+  D[g * 8 + 2 * t + 1] = d[e1];
+  D[(g + 8) * 8 + 2 * t] = d[e2];
+  D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+__global__ void mma_kernel(const float* a, const float* b, const float* c, float* d, int kind, int variant) {
+  if (kind == 0) mma_tile<true>(a, b, c, d, variant);
+  else mma_tile<false>(a, b, c, d, variant);
+}
+
+__global__ void tf32_kernel(const float* x, uint32_t* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = mma::to_tf32(x[i]);
+}
+
 // Blocks of per_block threads; thread t of block b moves x[b*per_block + t].
 __global__ void dyn_smem_kernel(const float* x, float* y, int* poisoned, int per_block) {
   DYNAMIC_SHARED(float, buf);
@@ -202,6 +264,17 @@ void atomics(int* ints, float* f, int blocks, int threads, int reps, cudaStream_
 void wmma(const float* a, const float* b, const float* c, float* d, int kind, cudaStream_t s) {
   if (kind < 0 || kind > 5) throw std::invalid_argument("selftest.wmma: kind must be 0..5");
   LAUNCH(wmma_kernel, dim3(1), dim3(32), 0, s, a, b, c, d, kind);
+}
+
+void mma(const float* a, const float* b, const float* c, float* d, int kind, int variant, cudaStream_t s) {
+  if (kind < 0 || kind > 1 || variant < 0 || variant > 4)
+    throw std::invalid_argument("selftest.mma: kind must be 0..1 and variant 0..4");
+  LAUNCH(mma_kernel, dim3(1), dim3(32), 0, s, a, b, c, d, kind, variant);
+}
+
+void tf32(const float* x, uint32_t* out, int n, cudaStream_t s) {
+  if (n == 0) return;
+  LAUNCH(tf32_kernel, dim3(ceil_div(n, 128)), dim3(128), 0, s, x, out, n);
 }
 
 void dyn_smem_reverse(const float* x, float* y, int* poisoned, int blocks, int per_block, size_t extra_smem,

@@ -31,6 +31,16 @@ void atomics(int* ints, float* f, int blocks, int threads, int reps, cudaStream_
 // float arrays (converted inside), row-major; C and D (M,N) float, row-major for kinds 0-4,
 // column-major for kind 5 (pass C^T, receive D^T).
 void wmma(const float* a, const float* b, const float* c, float* d, int kind, cudaStream_t s);
+// One warp computes D = A B + C with one mma.sync of common/mma_sync.h, its registers
+// loaded by the PTX ISA's fragment layouts. kind 0: bf16 m16n8k16 (inputs rounded to bf16),
+// 1: tf32 m16n8k8 (inputs rounded with cvt.rna). A (16,K), B (K,8), C and D (16,8) float,
+// row-major; K = 16 or 8. variant 0 is the documented mapping; 1-3 put values in the wrong
+// registers or lanes on purpose (A registers 1 and 2 swapped, B from the neighbouring group,
+// D elements 1 and 2 swapped); 4 has half the warp issue the mma from another line.
+void mma(const float* a, const float* b, const float* c, float* d, int kind, int variant, cudaStream_t s);
+// out[i] = the TF32 register of x[i] (cvt.rna.tf32.f32, as the tensor-core kernels round);
+// Python passes an int32 array and views it as uint32.
+void tf32(const float* x, uint32_t* out, int n, cudaStream_t s);
 // Reverses each block's `per_block` floats through dynamic shared memory; before
 // writing, thread 0 records whether the untouched dynamic shared memory reads as NaN
 // (poisoned[block] = 1) and whether a static __shared__ array does (poisoned[block] += 2).

@@ -1,0 +1,158 @@
+"""Tensor-core linear layers (csrc/kernels/gemm_tc.cu) and conv2d forward (conv.cu's
+conv_fwd_tc_v1) at TF32 and BF16 against the NumPy reference of the same precision (alexnet_cuda.reference with precision=, which rounds the
+operands as the kernels do: alexnet_cuda.precision).
+
+Tolerance. The reference rounds x, w, dy to TF32 or BF16 and multiplies in float64. The
+kernels multiply the same rounded values; a product of two TF32 (11-bit) or BF16 (8-bit)
+significands is exact in FP32 (24 bits), so the only error left is the FP32 summation,
+bounded exactly as for the FP32 kernels (test_kernels_conv's docstring: 2 gamma_(n+2)
+times the sum of |terms|, evaluated on the rounded operands). Each test also checks that
+the result is *not* within that bound of the unrounded FP32 product somewhere: the bound
+is tight enough to see the rounding, so the kernels cannot pass by computing in FP32.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from alexnet_cuda import reference as ref
+from alexnet_cuda.precision import bf16_bits, round_to
+
+from test_kernels_conv import (CONV_CASES, LINEAR_CASES, absf, assert_close, bound, check_linear_forced_splits,
+                               conv_inputs, f64, on)
+
+PRECISIONS = ("tf32", "bf16")
+CASES = LINEAR_CASES  # (N, I, O); the tensor-core block tile is 64 x 64, the k-tile 32
+
+
+def data(seed, N, I, O):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) for s in ((N, I), (O, I), (O,), (N, O))]
+
+
+def operand(be, p, a):
+    """What a model passes: float32 at tf32, uint16 BF16 bits at bf16."""
+    return on(be, bf16_bits(a) if p == "bf16" else a)
+
+
+def check_linear(be, p, x, w, b, dy, version=0):
+    N, I = x.shape
+    O = w.shape[0]
+    X, Wt, DY = (operand(be, p, a) for a in (x, w, dy))
+    y = ref.linear_forward(f64(x), f64(w), f64(b), precision=p)
+    ya = ref.linear_forward(absf(round_to(p, x)), absf(round_to(p, w)), absf(b))
+    got_y = be.to_numpy(be.linear_forward(X, Wt, on(be, b), version=version, precision=p))
+    assert_close(f"{p} y", got_y, y, ya, I + 1)
+    dx, dw, db = ref.linear_backward(f64(dy), f64(x), f64(w), precision=p)
+    rdy = round_to(p, dy) if p == "bf16" else dy
+    adx, adw, adb = ref.linear_backward(absf(round_to(p, dy)), absf(round_to(p, x)), absf(round_to(p, w)))
+    adb = np.abs(f64(rdy)).sum(axis=0)
+    gdx, gdw, gdb = (be.to_numpy(a) for a in be.linear_backward(DY, X, Wt, version=version, precision=p))
+    assert_close(f"{p} dx", gdx, dx, adx, O)
+    assert_close(f"{p} dw", gdw, dw, adw, N)
+    assert_close(f"{p} db", gdb, db, adb, N)
+    return got_y, ya
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_linear_tensor_cores_match_reference_of_same_precision(kernel_backend, p, case):
+    be = kernel_backend
+    assert be.versions(f"linear_forward_{p}") == be.versions(f"linear_backward_{p}") == [1]
+    N, I, O = CASES[case]
+    x, w, b, dy = data(N * 1000 + I + O, N, I, O)
+    for v in (0, 1):
+        got_y, ya = check_linear(be, p, x, w, b, dy, version=v)
+    if I >= 32:  # the rounding is visible beyond the FP32 bound somewhere (I <= 300 here)
+        y32 = ref.linear_forward(f64(x), f64(w), f64(b))
+        assert (np.abs(got_y - y32) > bound(I + 1, ya)).any()
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+def test_linear_tensor_cores_fiber_orders(kernel_backend, emu_order, p):
+    """Shared tiles and barriers in every fiber order (a missing barrier shows up in one)."""
+    x, w, b, dy = data(3, 70, 100, 90)
+    check_linear(kernel_backend, p, x, w, b, dy)
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("splits", [2, 5, 100])
+def test_linear_tensor_cores_forced_splits(kernel_backend, p, splits):
+    fplan, bplan = check_linear_forced_splits(kernel_backend, splits, p, version=0)
+    # k-tiles of 32: forward and weight reduce over I = 515 (17 tiles), data over O = 70 (3)
+    assert fplan["splits"] == min(splits, 17) and bplan["data"]["splits"] == min(splits, 3)
+
+
+def test_linear_tensor_cores_plan_splits_fc_shapes(kernel_backend):
+    be = kernel_backend
+    x = be.xp.zeros((128, 2048), dtype=np.uint16)
+    w = be.xp.zeros((256, 2048), dtype=np.uint16)
+    plan = be._mod.linear_check(x, w, None, None, precision="bf16")["forward"]
+    assert plan["splits"] > 1 and plan["workspace"] == plan["splits"] * 128 * 256
+
+
+def test_bf16_operands_in_every_form_give_the_same_result(kernel_backend):
+    be = kernel_backend
+    x, w, b, _ = data(9, 6, 40, 5)
+    forms = [bf16_bits(x), x]  # bits, and float32 rounded by the op
+    if be.name == "emu":  # numpy arrays: ml_dtypes' bfloat16 too
+        import ml_dtypes
+
+        forms.append(x.astype(ml_dtypes.bfloat16))
+    ys = [be.to_numpy(be.linear_forward(on(be, f), on(be, bf16_bits(w)), on(be, b), precision="bf16")) for f in forms]
+    for y in ys[1:]:
+        np.testing.assert_array_equal(y, ys[0])
+
+
+def test_bad_precision_arguments(kernel_backend):
+    be, m = kernel_backend, kernel_backend._mod
+    x = be.xp.zeros((2, 3), dtype=np.float32)
+    w = be.xp.zeros((4, 3), dtype=np.float32)
+    y = be.xp.zeros((2, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"linear_forward: precision must be one of fp32, tf32, bf16, got 'fp16'"):
+        be.linear_forward(x, w, None, precision="fp16")
+    with pytest.raises(ValueError, match=r"linear_forward: precision must be fp32, tf32 or bf16, got 'fp8'"):
+        m.linear_forward(x, w, None, y, precision="fp8")
+    with pytest.raises(TypeError, match=r"linear_forward: x .*float32.*uint16|linear_forward: x"):
+        m.linear_forward(x, w, None, y, precision="bf16")  # bf16 operands are uint16 bit patterns
+    with pytest.raises(ValueError, match=r"no kernel version 2 \(have 1;"):
+        be.linear_forward(x, w, None, precision="tf32", version=2)
+
+
+# ---- conv2d forward on tensor cores -------------------------------------------------------
+# Every conv case of test_kernels_conv (AlexNet's five layer configurations, odd tiles, gaps,
+# padding beyond the kernel, groups 1-4, depthwise); the fiber orders on three of them.
+CONV_TC_ORDER_CASES = ("conv2_5x5_p2_g2", "odd_k130", "s4_p1_k3")
+
+
+def check_conv_forward(be, p, case):
+    N, C, H, W, K, R, S, st, pad, g = CONV_CASES[case]
+    x, w, b = conv_inputs(np.random.default_rng(zlib.crc32(case.encode())), N, C, H, W, K, R, S, g)
+    geo = dict(stride=st, padding=pad, groups=g)
+    y = ref.conv2d_forward(f64(x), f64(w), f64(b), precision=p, **geo)
+    ya = ref.conv2d_forward(absf(round_to(p, x)), absf(round_to(p, w)), absf(b), **geo)
+    got = be.to_numpy(be.conv2d_forward(operand(be, p, x), operand(be, p, w), on(be, b), precision=p, **geo))
+    assert_close(f"{p} conv y", got, y, ya, C // g * R * S + 1)
+    return got, ya, x, w, b, geo
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
+def test_conv2d_forward_tensor_cores_match_reference_of_same_precision(kernel_backend, p, case):
+    be = kernel_backend
+    assert be.versions(f"conv2d_forward_{p}") == [1]
+    got, ya, x, w, b, geo = check_conv_forward(be, p, case)
+    N, C, H, W, K, R, S, st, pad, g = CONV_CASES[case]
+    # The rounding is visible beyond the FP32 bound somewhere when the sums are not too long
+    # (the bound grows as n, the rounding's effect on a sum of n random terms as sqrt(n)).
+    if 32 <= C // g * R * S <= 300:
+        y32 = ref.conv2d_forward(f64(x), f64(w), f64(b), **geo)
+        assert (np.abs(got - y32) > bound(C // g * R * S + 1, ya)).any()
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("case", CONV_TC_ORDER_CASES)
+def test_conv2d_forward_tensor_cores_fiber_orders(kernel_backend, emu_order, p, case):
+    check_conv_forward(kernel_backend, p, case)
