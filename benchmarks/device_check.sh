@@ -3,7 +3,7 @@
 #   1. build for the local card:   pip install --no-build-isolation --no-deps .
 #      (if pip cannot build here, a direct CMake build into build/device, used through
 #      ALEXNET_CUDA_EXT_DIR, so the rest of the check still runs; the summary says which)
-#   2. the test suite, with the cuda backend present (kernel tests run on emu AND cuda)
+#   2. the cuda backend's tests (-k cuda; the numpy and emu ones run in CI)
 #   3. every benchmark script (bench_data and bench_storage are CPU benchmarks: skipped),
 #      bench_dataparallel (needs NCCL: pip install nvidia-nccl-cu13 if cupy cannot load it) and
 #      feed_check.py (the pinned-memory upload of the next batch: equal batches, ms per batch)
@@ -63,20 +63,37 @@ log "extensions from $ALEXNET_CUDA_EXT_DIR"
 "$PY" -c "import alexnet_cuda as a; print('backends:', a.available_backends()); print(a.get_backend('cuda')._mod.device_properties())" \
   2>&1 | tail -n 3 | tee -a "$OUT/summary.txt"
 
-# 2. tests (ALEXNET_CUDA_SYNC=1: every launch synchronous, so a fault names its launch)
-ALEXNET_CUDA_SYNC=1 step tests 120 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests --durations=15 -rf
+# 2. tests of the cuda backend (CI runs the numpy and emu ones on every commit; ALEXNET_CUDA_SYNC=1:
+# every launch synchronous, so a fault names its launch)
+ALEXNET_CUDA_SYNC=1 step tests 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests -k cuda \
+  --durations=15 -rf
 
-# 3. benchmarks (most useful first); DEVICE_CHECK_BENCH=0 skips them
+# 3. benchmarks, most useful first (the headline ratio, where the time goes, the code paths only a
+# card runs); DEVICE_CHECK_BENCH=0 skips them
 [ "${DEVICE_CHECK_BENCH:-1}" = 0 ] && log "benchmarks skipped (DEVICE_CHECK_BENCH=0)" || {
+step bench_train 60 "$PY" benchmarks/bench_train.py
+step time_full 40 "$PY" -m alexnet_cuda time --backend cuda --preset full
+# one epoch of the small preset on the built-in set through each training path only a card runs
+train_paths() {
+  cd "$OUT" && export ALEXNET_CUDA_CACHE="$OUT/cache-small" || return 1
+  local opts
+  for opts in "" "--devices 0,0" "--precision bf16" "--precision tf32"; do
+    echo "== train $opts"
+    "$PY" -m alexnet_cuda train --backend cuda --preset small --epochs 1 --out "run-small${opts// /}" $opts \
+      2>&1 | tail -n 3
+    [ "${PIPESTATUS[0]}" = 0 ] || return 1
+  done
+}
+export -f train_paths; export OUT PY
+step train_paths 90 bash -c train_paths
 step bench_conv 90 "$PY" benchmarks/bench_conv.py
 step bench_linear 40 "$PY" benchmarks/bench_linear.py
 step bench_linear_tf32 30 "$PY" benchmarks/bench_linear.py --precision tf32 --versions 1
 step bench_linear_bf16 30 "$PY" benchmarks/bench_linear.py --precision bf16 --versions 1
-step bench_layers 50 "$PY" benchmarks/bench_layers.py
-step bench_train 60 "$PY" benchmarks/bench_train.py
 step bench_dataparallel 40 "$PY" benchmarks/bench_dataparallel.py
-step feed_check 40 "$PY" benchmarks/feed_check.py
 step bench_transfer 60 "$PY" benchmarks/bench_transfer.py
+step feed_check 40 "$PY" benchmarks/feed_check.py
+step bench_layers 50 "$PY" benchmarks/bench_layers.py
 mkdir -p "$OUT/results" && cp -r benchmarks/results/. "$OUT/results/" 2>/dev/null
 }
 
