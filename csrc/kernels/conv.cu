@@ -37,6 +37,7 @@
 //   config's THREADS per block.
 // Constraints: x, y and w each hold fewer than 2^31 elements (32-bit offsets; checked).
 #include "kernels/conv.cuh"
+#include "kernels/conv_wgrad.cuh"
 #include "kernels/gemm_tile.cuh"
 
 #include <algorithm>
@@ -523,9 +524,14 @@ int64_t filter_slots() {
 }
 }  // namespace
 
+// The filter kernel version 0 runs: 3 (conv_wgrad.cu) unless Kg < 32, where version 2's
+// narrow tiles (T8, T32) waste fewer rows.
+int filter_choice(const ConvShape& s) { return s.K >= 32 * s.groups ? 3 : 2; }
+
 SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int splits) {
-  version = pick_version("conv2d_backward_filter", version, kConvVersions, 2);
+  version = pick_version("conv2d_backward_filter", version, kConvFilterVersions, filter_choice(s));
   const Geo d = make_geo(s);
+  if (version == 3) return conv2d_backward_filter_v3_plan(s, splits);
   SplitPlan plan;
   if (version == 1 || d.N == 0) return plan;
   const Tile t = pick_tile(d.Kg, true);
@@ -550,8 +556,9 @@ SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int split
 
 void conv2d_backward_filter(const float* dy, const float* x, float* dw, float* work, int64_t work_floats,
                             const ConvShape& s, int version, int splits, cudaStream_t stream) {
-  version = pick_version("conv2d_backward_filter", version, kConvVersions, 2);
+  version = pick_version("conv2d_backward_filter", version, kConvFilterVersions, filter_choice(s));
   const Geo d = make_geo(s);
+  if (version == 3) return conv2d_backward_filter_v3(dy, x, dw, work, work_floats, s, splits, stream);
   if (version == 1) {
     LAUNCH(conv_bwd_filter_v1, dim3(grid_stride_blocks(int64_t(d.K) * d.CRS, 256)), dim3(256), 0, stream, dy, x, dw,
            d);
