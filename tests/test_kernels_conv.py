@@ -22,7 +22,9 @@ exactly those 2,304-term sums. test_tolerance_catches_one_missing_term checks th
 """
 from __future__ import annotations
 
+import importlib.util
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,24 +236,26 @@ def test_conv2d_backward_filter_v3_forced_splits(kernel_backend, splits):
     assert_close(f"dw v3 splits={splits}", got, dw, dwa, 3 * 10 * 11)
 
 
-# AlexNet's five layers at their real sizes (channels, image, kernel, stride, padding, groups)
-# at batch 1: (N, C, H, W, K, R, S, stride, padding, groups), the layers of bench_conv.py.
-ALEXNET_LAYERS = {
-    "conv1": (1, 3, 227, 227, 96, 11, 11, 4, 0, 1),
-    "conv2": (1, 96, 27, 27, 256, 5, 5, 1, 2, 2),
-    "conv3": (1, 256, 13, 13, 384, 3, 3, 1, 1, 1),
-    "conv4": (1, 384, 13, 13, 384, 3, 3, 1, 1, 2),
-    "conv5": (1, 384, 13, 13, 256, 3, 3, 1, 1, 2),
-}
+def alexnet_layers():
+    """AlexNet's five convolutions at their real sizes, from bench_conv.py's LAYERS (the one table of
+    them): name -> (C, H, W, K, R, S, stride, padding, groups)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_conv.py"
+    spec = importlib.util.spec_from_file_location("bench_conv_layers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.LAYERS
+
+
+ALEXNET_LAYERS = alexnet_layers()
 
 
 @pytest.mark.parametrize("layer", list(ALEXNET_LAYERS))
 def test_conv2d_backward_filter_v3_alexnet_sizes(kernel_backend, layer):
-    """Version 3 on each real AlexNet layer (full channels and images; the 128x128 tile for
+    """Version 3 on each real AlexNet layer at batch 1 (full channels and images; the 128x128 tile for
     Kg = 96, 128, 384 and the 64x128 tile for conv4's Kg = 192), with a forced split of 3 (the
     automatic plan is tested above), against float64."""
     be = kernel_backend
-    N, C, H, W, K, R, S, st, pad, g = ALEXNET_LAYERS[layer]
+    N, (C, H, W, K, R, S, st, pad, g) = 1, ALEXNET_LAYERS[layer]
     rng = np.random.default_rng(zlib.crc32(layer.encode()))
     x, w, _ = conv_inputs(rng, N, C, H, W, K, R, S, g, bias=False)
     P, Q = (H + 2 * pad - R) // st + 1, (W + 2 * pad - S) // st + 1
