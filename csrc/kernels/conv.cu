@@ -420,17 +420,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, relaxed_min_blocks<Cfg>())
   mainloop<Cfg>(la, lb, kt1 - kt0, As, Bs, tx, ty, acc);
 
   float* out = splits > 1 ? work + int64_t(split) * d.K * d.CRS : dw;
-#pragma unroll
-  for (int i = 0; i < Cfg::TM; ++i) {
-    const int m = m0 + row_of<Cfg>(ty, i);
-    if (m >= d.Kg) continue;
-    float* row = out + int64_t(g * d.Kg + m) * d.CRS;
-#pragma unroll
-    for (int j = 0; j < Cfg::TN; ++j) {
-      const int n = n0 + col_of<Cfg>(tx, j);
-      if (n < d.CRS) row[n] = acc[i][j];
-    }
-  }
+  store_tile<Cfg>(out + int64_t(g) * d.Kg * d.CRS, d.CRS, d.Kg, d.CRS, m0, n0, tx, ty, acc, nullptr, false);
 }
 
 // ---- bias gradient, version 2 ---------------------------------------------------------------

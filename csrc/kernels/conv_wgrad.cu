@@ -174,23 +174,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
   }
 
   float* out = splits > 1 ? work + int64_t(split) * d.K * d.CRS : dw;
-#pragma unroll
-  for (int i = 0; i < Cfg::TM; ++i) {
-    const int m = m0 + row_of<Cfg>(ty, i);
-    if (m >= d.Kg) continue;
-    float* row = out + int64_t(g * d.Kg + m) * d.CRS;
-#pragma unroll
-    for (int j = 0; j < Cfg::TN; j += 4) {
-      const int col = n0 + col_of<Cfg>(tx, j);  // col_of(tx, j..j+3) = col .. col+3
-      if (vec_out && col + 3 < d.CRS) {
-        *reinterpret_cast<float4*>(row + col) = make_float4(acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3]);
-      } else {
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj)
-          if (col + jj < d.CRS) row[col + jj] = acc[i][j + jj];
-      }
-    }
-  }
+  store_tile<Cfg>(out + int64_t(g) * d.Kg * d.CRS, d.CRS, d.Kg, d.CRS, m0, n0, tx, ty, acc, nullptr, vec_out);
 }
 
 // The tile for Kg rows: W64 when it leaves fewer empty rows than W128 (Kg mod 128 in (0, 64]).
