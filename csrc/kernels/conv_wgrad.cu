@@ -72,14 +72,14 @@ WGeo make_wgeo(const ConvShape& s, int BK) {
   return d;
 }
 
-// xp = x zero-padded by `pad` on every side (grid-stride over xp).
+// xp = x zero-padded by `pad` on every side: blockIdx.x = image plane (n, c); the threads of
+// blockIdx.y stride over the Hp x Wp plane (32-bit: xp has < 2^31 elements, make_wgeo).
 __global__ void conv_pad_x(const float* __restrict__ x, float* __restrict__ xp, WGeo d) {
-  const int64_t total = int64_t(d.N) * d.C * d.HpWp;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int wp = int(i % d.Wp), hp = int(i / d.Wp % d.Hp);
-    const int64_t nc = i / d.HpWp;
-    const int h = hp - d.pad, w = wp - d.pad;
-    xp[i] = unsigned(h) < unsigned(d.H) && unsigned(w) < unsigned(d.W) ? x[(nc * d.H + h) * d.W + w] : 0.0f;
+  const int plane = blockIdx.x;
+  for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < d.HpWp; i += gridDim.y * blockDim.x) {
+    const int hp = i / d.Wp, h = hp - d.pad, w = i - hp * d.Wp - d.pad;
+    xp[plane * d.HpWp + i] =
+        unsigned(h) < unsigned(d.H) && unsigned(w) < unsigned(d.W) ? x[(plane * d.H + h) * d.W + w] : 0.0f;
   }
 }
 
@@ -216,7 +216,8 @@ void run_v3(const float* dy, const float* x, float* dw, float* work, int64_t wor
   const float* xp = x;
   if (d.pad > 0) {
     float* xpad = work + partials;
-    LAUNCH(conv_pad_x, dim3(grid_stride_blocks(int64_t(d.N) * d.C * d.HpWp, 256)), dim3(256), 0, stream, x, xpad, d);
+    const dim3 grid(unsigned(d.N * d.C), std::min(ceil_div(d.HpWp, 256), 65535u));
+    LAUNCH(conv_pad_x, grid, dim3(256), 0, stream, x, xpad, d);
     xp = xpad;
   }
   float* out = plan.splits > 1 ? work : dw;
