@@ -514,9 +514,10 @@ int64_t filter_slots() {
 }
 }  // namespace
 
-// The filter kernel version 0 runs: 3 (conv_wgrad.cu) unless Kg < 32, where version 2's
-// narrow tiles (T8, T32) waste fewer rows.
-int filter_choice(const ConvShape& s) { return s.K >= 32 * s.groups ? 3 : 2; }
+// The filter kernel version 0 runs: 3 (conv_wgrad.cu) unless Kg <= 8. Per k-tile on sm_90, v3's
+// 64-row tile issues 76% FFMA, v2's 32-row tile 26% and its 8-row tile 14%
+// (benchmarks/results/conv_wgrad_prediction.md), so v3 wins despite its empty rows for Kg > 8.
+int filter_choice(const ConvShape& s) { return s.K > 8 * s.groups ? 3 : 2; }
 
 SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int splits) {
   version = pick_version("conv2d_backward_filter", version, kConvFilterVersions, filter_choice(s));
