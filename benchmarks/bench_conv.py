@@ -2,7 +2,7 @@
 through PyTorch, forward, backward-data and backward-filter, in one run on one card.
 
     python benchmarks/bench_conv.py [--iters 20] [--warmup 3] [--batch-size 128]
-                                    [--versions 0,1,2] [--only conv1,conv3] [--v1-iters 3]
+                                    [--versions 0,1,2,3] [--only conv1,conv3] [--v1-iters 3]
     python benchmarks/bench_conv.py --check      # correctness only, tiny sizes, no GPU needed
 
 Shapes (the paper, two towers as groups=2; input 227x227):
@@ -17,8 +17,11 @@ for every direction, and "x cuDNN" = our time / cuDNN's time (<= 1 is as fast or
 the goal is <= 2 for every layer and direction and <= 1.5 for the sum). Our kernels are
 called through the extension with preallocated outputs and workspace (the allocation is
 not timed; cuDNN's output allocation through PyTorch's caching allocator is). The
-backward-filter time includes the split-reduction's second pass. The bias gradient is
-listed separately (cuDNN's weight gradient does not compute it) and is not in the sums.
+backward-filter time includes the split-reduction's second pass (and, for version 3, the
+zero-padded copy of x). The filter gradient has a version 3 (conv_wgrad.cu) that the other
+directions do not: its rows are listed, the "sum" rows are of versions every direction has.
+The bias gradient is listed separately (cuDNN's weight gradient does not compute it) and is
+not in the sums.
 "max |err|" is our version-0 result against cuDNN's, relative to max |cuDNN result|.
 
 cuDNN settings: torch.backends.cudnn.benchmark = True (it picks its fastest algorithm per
@@ -82,12 +85,17 @@ class OurConv:
         self.dw = xp.empty(w.shape, dtype=np.float32)
         self.db = xp.empty((w.shape[0],), dtype=np.float32)
         self.work = {}
-        for v in [0] + be.versions("conv2d_backward"):
+        for v in [0] + be.versions("conv2d_backward_filter"):
             n = self.m.conv2d_backward_check(dy, x, w, version=v, **geo)["workspace"]
             self.work[v] = xp.empty(n, dtype=np.float32) if n else None
 
     def stream(self):
         return self.be._stream()
+
+    def has(self, direction, v):
+        """Whether `direction` has kernel version v (the filter gradient has versions of its own)."""
+        op = "conv2d_backward_filter" if direction == "filter" else "conv2d_forward"
+        return v == 0 or v in self.be.versions(op)
 
     def fn(self, direction, v):
         m, g = self.m, self.geo
@@ -155,6 +163,13 @@ def check(args):
         ours = OurConv(be, *(be.asarray(a) for a in (x, w, b, dy)), geo)
         w_, ok_ = common.check_versions(be, "conv2d_forward", lname, ours, want)
         worst, ok = max(worst, w_), ok and ok_
+        for v in be.versions("conv2d_backward_filter"):  # the filter gradient's own versions
+            if v not in be.versions("conv2d_forward"):
+                ours.fn("filter", v)()
+                got = be.to_numpy(ours.result("filter")).astype(np.float64)
+                err = np.abs(got - want["filter"]).max() / max(1e-30, np.abs(want["filter"]).max())
+                print(f"  {lname} v{v}: max |err| / max |ref|  filter {err:.1e}")
+                worst, ok = max(worst, err), ok and bool(err < common.CHECK_LIMIT)
     print(("OK" if ok else "MISMATCH") + f": worst relative error {worst:.2e} (limit 1e-5)")
     return 0 if ok else 1
 
@@ -175,7 +190,7 @@ def main(argv=None):
         return 2
     torch.backends.cudnn.benchmark = True
     be = get_backend("cuda")
-    versions, only = common.selection(args, be, "conv2d_forward", LAYERS)
+    versions, only = common.selection(args, be, "conv2d_backward_filter", LAYERS)  # every direction's versions
     N = args.batch_size
     rnd = cupy.random.default_rng(0)
     rows = []
@@ -211,7 +226,7 @@ def main(argv=None):
             if is_conv:
                 sums["cuDNN"] = sums.get("cuDNN", 0.0) + t_ms
             print(f"{lname} {direction:8s} cuDNN    {t_ms:9.3f} ms", flush=True)
-            for v in versions:
+            for v in (v for v in versions if ours.has(direction, v)):
                 iters = args.v1_iters if v == 1 else args.iters
                 ms = common.time_cuda(ours.fn(direction, v), warmup=1 if v == 1 else args.warmup, iters=iters)
                 # every version against version 0: an independent check where cuDNN's algorithm
@@ -220,7 +235,7 @@ def main(argv=None):
                 rows.append({"layer": lname, "shape": shape, "direction": direction, "impl": f"ours v{v}", "ms": ms,
                              "TFLOP/s": fl / (ms * 1e-3) / 1e12 if is_conv else "", "x cuDNN": ms / t_ms,
                              "max |err|": f"{err:.1e}" if v == 0 else f"{vs0:.1e} vs v0"})
-                if is_conv:
+                if is_conv and all(ours.has(d, v) for d in DIRECTIONS):  # sums of whole versions only
                     sums[f"ours v{v}"] = sums.get(f"ours v{v}", 0.0) + ms
                 print(f"{lname} {direction:8s} ours v{v}  {ms:9.3f} ms  x cuDNN {ms / t_ms:6.2f}"
                       + (f"  max|err| {err:.1e}" if v == 0 else ""), flush=True)

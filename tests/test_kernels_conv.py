@@ -22,7 +22,9 @@ exactly those 2,304-term sums. test_tolerance_catches_one_missing_term checks th
 """
 from __future__ import annotations
 
+import importlib.util
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +132,24 @@ def conv_versions(be):
     return [0] + vs
 
 
+def filter_only_versions(be):
+    """The backward-filter versions beyond the whole op's (kConvFilterVersions: 3 = conv_wgrad.cu)."""
+    vs = be.versions("conv2d_backward_filter")
+    assert vs[:len(be.versions("conv2d_backward"))] == be.versions("conv2d_backward") and 3 in vs
+    return [v for v in vs if v not in be.versions("conv2d_backward")]
+
+
+def backward_filter(be, dy, x, w, version, splits=0, **geo):
+    """dw through the binding (plan, workspace, launch); returns (dw as numpy, plan)."""
+    m = be._mod
+    DY, X, Wt = be.asarray(dy), be.asarray(x), be.asarray(w)
+    plan = m.conv2d_backward_check(DY, X, Wt, version=version, splits=splits, **geo)
+    work = be.xp.empty(plan["workspace"], dtype=np.float32) if plan["workspace"] else None
+    out = be.xp.empty(w.shape, dtype=np.float32)
+    m.conv2d_backward_filter(DY, X, Wt, out, work, version=version, splits=splits, **geo)
+    return be.to_numpy(out), plan
+
+
 # ---------------------------------------------------------------------------
 # conv2d: every case x every version x every backend x every fiber order
 # ---------------------------------------------------------------------------
@@ -152,6 +172,8 @@ def test_conv2d_matches_reference(kernel_backend, emu_order, case):
         assert_close(f"dx v{v}", be.to_numpy(gdx), dx, dxa, Kg * R * S)
         assert_close(f"dw v{v}", be.to_numpy(gdw), dw, dwa, N * P * Q)
         assert_close(f"db v{v}", be.to_numpy(gdb), db, dba, N * P * Q)
+    for v in filter_only_versions(be):
+        assert_close(f"dw filter v{v}", backward_filter(be, dy, x, w, v, **geo)[0], dw, dwa, N * P * Q)
 
 
 def test_conv2d_backward_without_dx(any_backend):
@@ -197,6 +219,88 @@ def test_conv2d_backward_filter_forced_splits(kernel_backend, splits):
     out = be.xp.empty(w.shape, dtype=np.float32)
     m.conv2d_backward_filter(DY, X, Wt, out, work, version=2, splits=splits, **geo)
     assert_close(f"dw splits={splits}", be.to_numpy(out), dw, dwa, 3 * 10 * 11)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 7, 1000])
+def test_conv2d_backward_filter_v3_forced_splits(kernel_backend, splits):
+    """Version 3's split reduction with every split count; its workspace is the partials and then
+    the zero-padded x. Its k-tiles (16) never straddle two images: 3 images of 10x11 = 110
+    positions are 3 * 7 k-tiles, so 1000 is clamped to 21 (and a split may get none)."""
+    rng = np.random.default_rng(100 + splits)
+    x, w, _ = conv_inputs(rng, 3, 6, 10, 11, 10, 3, 3, 2)
+    dy = rng.standard_normal((3, 10, 10, 11)).astype(np.float32)
+    _, _, (dw, dwa), _ = conv_reference(x, w, None, dy, 1, 1, 2)
+    got, plan = backward_filter(kernel_backend, dy, x, w, 3, splits, stride=1, padding=1, groups=2)
+    assert plan["splits"] == min(splits, 3 * 7)
+    padded_x = 3 * 6 * 12 * 13
+    assert plan["workspace"] == (0 if plan["splits"] == 1 else plan["splits"] * w.size) + padded_x
+    assert_close(f"dw v3 splits={splits}", got, dw, dwa, 3 * 10 * 11)
+
+
+def alexnet_layers():
+    """AlexNet's five convolutions at their real sizes, from bench_conv.py's LAYERS (the one table of
+    them): name -> (C, H, W, K, R, S, stride, padding, groups)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_conv.py"
+    spec = importlib.util.spec_from_file_location("bench_conv_layers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.LAYERS
+
+
+ALEXNET_LAYERS = alexnet_layers()
+
+
+@pytest.mark.parametrize("layer", list(ALEXNET_LAYERS))
+def test_conv2d_backward_filter_v3_alexnet_sizes(kernel_backend, layer):
+    """Version 3 on each real AlexNet layer at batch 1 (full channels and images; the 128x128 tile for
+    Kg = 96, 128, 384 and the 64x128 tile for conv4's Kg = 192), with a forced split of 3 (the
+    automatic plan is tested above), against float64."""
+    be = kernel_backend
+    N, (C, H, W, K, R, S, st, pad, g) = 1, ALEXNET_LAYERS[layer]
+    rng = np.random.default_rng(zlib.crc32(layer.encode()))
+    x, w, _ = conv_inputs(rng, N, C, H, W, K, R, S, g, bias=False)
+    P, Q = (H + 2 * pad - R) // st + 1, (W + 2 * pad - S) // st + 1
+    dy = rng.standard_normal((N, K, P, Q)).astype(np.float32)
+    geo = dict(stride=st, padding=pad, groups=g)
+    dw, _ = ref.conv2d_backward(f64(dy), f64(x), f64(w), **geo)[1:]
+    dwa = ref.conv2d_backward(absf(dy), absf(x), absf(w), **geo)[1]
+    got, plan = backward_filter(be, dy, x, w, 3, 3, **geo)
+    assert plan["splits"] == 3
+    assert_close(f"{layer} dw v3", got, dw, dwa, N * P * Q)
+
+
+def test_conv2d_backward_filter_version_choice(kernel_backend):
+    """Version 0 of the filter gradient is version 3 for Kg > 8 (its plan, with the padded x in
+    the workspace) and version 2 below; the whole backward op (versions 1, 2) refuses 3, the
+    filter binding refuses 4."""
+    be, m = kernel_backend, kernel_backend._mod
+    geo = dict(padding=1, groups=2)
+    for K, want in ((18, 3), (16, 2)):
+        x = be.xp.zeros((2, 4, 16, 16), dtype=np.float32)
+        w = be.xp.zeros((K, 2, 3, 3), dtype=np.float32)
+        dy = be.xp.zeros((2, K, 16, 16), dtype=np.float32)
+        assert m.conv2d_backward_check(dy, x, w, **geo) == m.conv2d_backward_check(dy, x, w, version=want, **geo)
+        assert m.conv2d_backward_check(dy, x, w, **geo) != m.conv2d_backward_check(dy, x, w, version=5 - want, **geo)
+    with pytest.raises(ValueError, match=r"conv2d_backward: no kernel version 4 \(have 1, 2, 3;"):
+        m.conv2d_backward_filter(dy, x, w, be.xp.zeros(w.shape, dtype=np.float32), None, version=4, **geo)
+    with pytest.raises(ValueError, match=r"conv2d_backward: no kernel version 3 \(have 1, 2;"):
+        be.conv2d_backward(dy, x, w, version=3, **geo)
+
+
+def test_conv2d_backward_filter_v3_deterministic(kernel_backend, monkeypatch):
+    """Version 3 with a split reduction: bitwise identical in every fiber order and run."""
+    be = kernel_backend
+    rng = np.random.default_rng(11)
+    x, w, _ = conv_inputs(rng, 3, 8, 9, 9, 80, 5, 5, 2, bias=False)
+    dy = rng.standard_normal((3, 80, 9, 9)).astype(np.float32)
+    outs = []
+    for order in ["forward", "reverse", "shuffle:3", "forward"]:
+        monkeypatch.setenv("ALEXNET_EMU_ORDER", order)
+        got, plan = backward_filter(be, dy, x, w, 3, 4, padding=2, groups=2)
+        assert plan["splits"] == 4
+        outs.append(got)
+    for o in outs[1:]:
+        assert np.array_equal(outs[0], o)
 
 
 def test_conv2d_automatic_plan_splits_long_reductions(kernel_backend):

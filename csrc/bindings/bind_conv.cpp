@@ -189,6 +189,7 @@ void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, 
 void bind_conv(py::module_& m) {
   register_versions({"conv2d_forward", "conv2d_backward"}, kernels::kConvVersions);
   register_versions({"conv2d_forward_tf32", "conv2d_forward_bf16"}, kernels::kConvTcVersions);
+  register_versions({"conv2d_backward_filter"}, kernels::kConvFilterVersions);
   register_versions({"linear_forward", "linear_backward"}, kernels::kGemmVersions);
   register_versions({"linear_forward_tf32", "linear_backward_tf32", "linear_forward_bf16", "linear_backward_bf16"},
                     kernels::kGemmTcVersions);
@@ -244,13 +245,14 @@ void bind_conv(py::module_& m) {
         const char* op = "conv2d_backward";
         Array DY;
         ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
-        check_version(op, version, kernels::kConvVersions);
+        check_version(op, version, kernels::kConvFilterVersions);
         const kernels::SplitPlan plan = kernels::conv2d_backward_filter_plan(in.s, version, splits);
         return py::dict("splits"_a = plan.splits, "workspace"_a = plan.workspace);
       },
       "dy"_a, "x"_a, "w"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
       "splits"_a = 0,
-      "Checks conv2d_backward's arguments; returns the backward-filter plan: {'splits', 'workspace' (floats)}.");
+      "Checks conv2d_backward's arguments; returns the backward-filter plan of `version` (a version of "
+      "conv2d_backward_filter): {'splits', 'workspace' (floats)}.");
 
   m.def(
       "conv2d_backward_data",
@@ -278,7 +280,7 @@ void bind_conv(py::module_& m) {
         ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
         Array DW = output(dw, op, "dw", {DType::F32}, 4);
         expect_same_shape(in.Wt, DW);
-        check_version(op, version, kernels::kConvVersions);
+        check_version(op, version, kernels::kConvFilterVersions);
         const kernels::SplitPlan plan = kernels::conv2d_backward_filter_plan(in.s, version, splits);
         Array WK = workspace(work, op, plan.workspace);
         expect_no_overlap({&DW, &WK}, {&DY, &in.X, &WK});

@@ -42,6 +42,7 @@
 //   config's THREADS per block.
 // Constraints: x, y and w each hold fewer than 2^31 elements (32-bit offsets; checked).
 #include "kernels/conv.cuh"
+#include "kernels/conv_wgrad.cuh"
 #include "kernels/gemm_tile.cuh"
 
 #include <algorithm>
@@ -425,17 +426,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, relaxed_min_blocks<Cfg>())
   mainloop<Cfg>(la, lb, kt1 - kt0, As, Bs, tx, ty, acc);
 
   float* out = splits > 1 ? work + int64_t(split) * d.K * d.CRS : dw;
-#pragma unroll
-  for (int i = 0; i < Cfg::TM; ++i) {
-    const int m = m0 + row_of<Cfg>(ty, i);
-    if (m >= d.Kg) continue;
-    float* row = out + int64_t(g * d.Kg + m) * d.CRS;
-#pragma unroll
-    for (int j = 0; j < Cfg::TN; ++j) {
-      const int n = n0 + col_of<Cfg>(tx, j);
-      if (n < d.CRS) row[n] = acc[i][j];
-    }
-  }
+  store_tile<Cfg>(out + int64_t(g) * d.Kg * d.CRS, d.CRS, d.Kg, d.CRS, m0, n0, tx, ty, acc, nullptr, false);
 }
 
 // ---- bias gradient, version 2 ---------------------------------------------------------------
@@ -601,9 +592,15 @@ int64_t filter_slots() {
 }
 }  // namespace
 
+// The filter kernel version 0 runs: 3 (conv_wgrad.cu) unless Kg <= 8. Per k-tile on sm_90, v3's
+// 64-row tile issues 76% FFMA, v2's 32-row tile 26% and its 8-row tile 14%
+// (benchmarks/results/conv_wgrad_prediction.md), so v3 wins despite its empty rows for Kg > 8.
+int filter_choice(const ConvShape& s) { return s.K > 8 * s.groups ? 3 : 2; }
+
 SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int splits) {
-  version = pick_version("conv2d_backward_filter", version, kConvVersions, 2);
+  version = pick_version("conv2d_backward_filter", version, kConvFilterVersions, filter_choice(s));
   const Geo d = make_geo(s);
+  if (version == 3) return conv2d_backward_filter_v3_plan(s, splits);
   SplitPlan plan;
   if (version == 1 || d.N == 0) return plan;
   const Tile t = pick_tile(d.Kg, true);
@@ -628,8 +625,9 @@ SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int split
 
 void conv2d_backward_filter(const float* dy, const float* x, float* dw, float* work, int64_t work_floats,
                             const ConvShape& s, int version, int splits, cudaStream_t stream) {
-  version = pick_version("conv2d_backward_filter", version, kConvVersions, 2);
+  version = pick_version("conv2d_backward_filter", version, kConvFilterVersions, filter_choice(s));
   const Geo d = make_geo(s);
+  if (version == 3) return conv2d_backward_filter_v3(dy, x, dw, work, work_floats, s, splits, stream);
   if (version == 1) {
     LAUNCH(conv_bwd_filter_v1, dim3(grid_stride_blocks(int64_t(d.K) * d.CRS, 256)), dim3(256), 0, stream, dy, x, dw,
            d);

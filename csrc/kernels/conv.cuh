@@ -9,6 +9,10 @@ namespace alexnet::kernels {
 
 // Numbered versions of every conv2d direction: 1..kConvVersions (common/launch.h).
 inline constexpr int kConvVersions = 2;
+// conv2d_backward_filter has its own count: 1..kConvFilterVersions (its version 3 lives in
+// conv_wgrad.cu; registered as "conv2d_backward_filter"). Versions 1 and 2 are those of
+// kConvVersions, so a version of the whole backward op is also one of its filter kernel.
+inline constexpr int kConvFilterVersions = 3;
 
 // The geometry of one grouped convolution (checked by the caller):
 // x (N, C, H, W), w (K, C/groups, R, S), y (N, K, P, Q) with
@@ -37,6 +41,7 @@ void conv2d_backward_data(const float* dy, const float* w, float* dx, const Conv
 SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int splits);
 
 // dw = the gradient with respect to w; `work` holds the plan's workspace floats.
+// version 1: direct loops; 2: implicit GEMM (tile engine); 3: conv_wgrad.cu; 0: the best.
 void conv2d_backward_filter(const float* dy, const float* x, float* dw, float* work, int64_t work_floats,
                             const ConvShape& s, int version, int splits, cudaStream_t stream);
 

@@ -74,26 +74,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
 
   float* out = splits > 1 ? work + int64_t(split) * M * N : C;
   const float* bs = splits > 1 ? nullptr : bias;
-#pragma unroll
-  for (int i = 0; i < Cfg::TM; ++i) {
-    const int m = m0 + row_of<Cfg>(ty, i);
-    if (m >= M) continue;
-    float* row = out + int64_t(m) * N;
-#pragma unroll
-    for (int jb = 0; jb < Cfg::TN / 4; ++jb) {
-      const int n = n0 + col_of<Cfg>(tx, 4 * jb);
-      float v[4];
-#pragma unroll
-      for (int l = 0; l < 4; ++l) v[l] = acc[i][4 * jb + l] + (bs && n + l < N ? bs[n + l] : 0.0f);
-      if (vec_c && n + 3 < N) {
-        *reinterpret_cast<float4*>(row + n) = make_float4(v[0], v[1], v[2], v[3]);
-      } else {
-#pragma unroll
-        for (int l = 0; l < 4; ++l)
-          if (n + l < N) row[n + l] = v[l];
-      }
-    }
-  }
+  store_tile<Cfg>(out, N, M, N, m0, n0, tx, ty, acc, bs, vec_c);
 }
 
 // ---- column sums -------------------------------------------------------------------------

@@ -31,7 +31,7 @@
 //
 // Config<BM, BN, TM, TN, BK>: block tile BM x BN, k-tile BK, THREADS = (BM/TM) * (BN/TN),
 // TM and TN multiples of 4. Out-of-range rows, columns and k read as 0, so any M, N, Kdim
-// works; the epilogue (in each kernel) guards its stores.
+// works; the epilogue (store_tile, or the kernel's own) guards its stores.
 #pragma once
 
 #include "common/cuda_common.h"
@@ -314,6 +314,35 @@ __device__ __forceinline__ void mainloop(LA& la, LB& lb, int ktiles, float* As, 
       lb.store(rb, Bs + (cur ^ 1) * Cfg::B_TILE);
     }
     __syncthreads();
+  }
+}
+
+// ---- the epilogue: a thread's micro-tile into a row-major C ----------------------------------
+// out[m * ld + n] = acc + (bias ? bias[n] : 0) for this thread's rows m = m0 + row_of(ty, i) < M
+// and columns n = n0 + col_of(tx, j) < N; float4 stores where `vec` promises that out and ld
+// allow them (out 16-byte aligned, ld % 4 == 0): col_of(tx, 4b .. 4b+3) are 4 consecutive columns.
+template <class Cfg>
+__device__ __forceinline__ void store_tile(float* out, int ld, int M, int N, int m0, int n0, int tx, int ty,
+                                           const float (&acc)[Cfg::TM][Cfg::TN], const float* bias, bool vec) {
+#pragma unroll
+  for (int i = 0; i < Cfg::TM; ++i) {
+    const int m = m0 + row_of<Cfg>(ty, i);
+    if (m >= M) continue;
+    float* row = out + int64_t(m) * ld;
+#pragma unroll
+    for (int jb = 0; jb < Cfg::TN / 4; ++jb) {
+      const int n = n0 + col_of<Cfg>(tx, 4 * jb);
+      float v[4];
+#pragma unroll
+      for (int l = 0; l < 4; ++l) v[l] = acc[i][4 * jb + l] + (bias && n + l < N ? bias[n + l] : 0.0f);
+      if (vec && n + 3 < N) {
+        *reinterpret_cast<float4*>(row + n) = make_float4(v[0], v[1], v[2], v[3]);
+      } else {
+#pragma unroll
+        for (int l = 0; l < 4; ++l)
+          if (n + l < N) row[n + l] = v[l];
+      }
+    }
   }
 }
 
