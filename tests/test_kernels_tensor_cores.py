@@ -219,6 +219,7 @@ def test_conv2d_backward_tensor_cores_fiber_orders(kernel_backend, emu_order, p,
 # AlexNet's five convolutions at their real geometry (227 x 227 input, the paper's channels,
 # kernels, strides, padding, two groups where the towers split), batch 1. conv1's dx is never
 # computed by the model (the image needs no gradient), so it is skipped here as there.
+# ("alexnet_size" in the name keeps them out of device_check.sh's compute-sanitizer run.)
 ALEXNET_LAYERS = {
     "conv1": (1, 3, 227, 227, 96, 11, 11, 4, 0, 1),
     "conv2": (1, 96, 27, 27, 256, 5, 5, 1, 2, 2),
@@ -230,7 +231,7 @@ ALEXNET_LAYERS = {
 
 @pytest.mark.parametrize("p", PRECISIONS)
 @pytest.mark.parametrize("layer", list(ALEXNET_LAYERS))
-def test_conv2d_backward_tensor_cores_alexnet_layers(kernel_backend, p, layer):
+def test_conv2d_backward_tensor_cores_alexnet_size_layers(kernel_backend, p, layer):
     dy, x, w, geo = conv_backward_data(ALEXNET_LAYERS[layer])
     check_conv_backward(kernel_backend, p, dy, x, w, geo, need_dx=layer != "conv1")
 
