@@ -46,6 +46,20 @@ namespace {
 
 using namespace tc;
 
+// The k-contiguous operands' loads: the thread's k is the same in all its elements (at
+// offset `base` of X, in range when `ok`); its rows m0 + mn < M lie `stride` elements apart.
+template <class In>
+__device__ __forceinline__ void load_rows(const In* __restrict__ X, int base, bool ok, int m0, int M, int stride,
+                                          In (&r)[kPer]) {
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    int mn, kj;
+    tile_pos<kBM, true>(threadIdx.x + kThreads * j, mn, kj);
+    const int m = m0 + mn;
+    r[j] = ok && m < M ? X[base + m * stride] : In(0);
+  }
+}
+
 // ---- backward data -------------------------------------------------------------------------
 // A: element (c, (k,i,j)) = w[g*Kg + k, c, r0 + i*st, s0 + j*st]; k-contiguous staging.
 template <class In>
@@ -60,14 +74,7 @@ struct RotWeightTc {
     tile_pos<kBM, true>(threadIdx.x, mm, kk);  // this thread's k: the same in all its elements
     const int k = k0 + kk, taps = ph.Rp * ph.Sp, kq = k / taps, ij = k - kq * taps, i = ij / ph.Sp;
     const int base = (g * d.Kg + kq) * d.CRS + (ph.r0 + i * d.st) * d.S + ph.s0 + (ij - i * ph.Sp) * d.st;
-    const bool ok = k < ph.kdim;
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      int mn, kj;
-      tile_pos<kBM, true>(threadIdx.x + kThreads * j, mn, kj);
-      const int c = m0 + mn;
-      r[j] = ok && c < d.Cg ? w[base + c * d.RS] : In(0);
-    }
+    load_rows(w, base, k < ph.kdim, m0, d.Cg, d.RS, r);  // rows: the channels c
   }
 };
 
@@ -142,14 +149,7 @@ struct DyRowsTc {
     tile_pos<kBM, true>(threadIdx.x, mm, kk);  // this thread's (n, p, q): the same in all its elements
     const int k = k0 + kk, img = k / d.PQ;
     const int base = img * d.KPQ + g * d.Kg * d.PQ + (k - img * d.PQ);
-    const bool ok = k < d.NPQ;
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      int mn, kj;
-      tile_pos<kBM, true>(threadIdx.x + kThreads * j, mn, kj);
-      const int m = m0 + mn;
-      r[j] = ok && m < d.Kg ? dy[base + m * d.PQ] : In(0);
-    }
+    load_rows(dy, base, k < d.NPQ, m0, d.Kg, d.PQ, r);  // rows: the output channels k
   }
 };
 
