@@ -57,8 +57,9 @@ def _train_arguments(t):
                         "(default: full on cuda, small otherwise)")
     t.add_argument("--init", choices=INITS, help="weight init (default: the preset's; 'paper' is the paper's)")
     t.add_argument("--precision", choices=PRECISIONS,
-                   help="products of conv forward and the linear layers: fp32 (default), tf32 or bf16 (tensor "
-                        "cores on cuda, rounding on the CPU backends; storage stays fp32)")
+                   help="products of the convolutions and the linear layers, forward and backward: fp32 "
+                        "(default), tf32 or bf16 (tensor cores on cuda, rounding on the CPU backends; storage "
+                        "stays fp32)")
     add_backend_argument(t)
     add_devices_argument(t)
     t.add_argument("--seed", type=int, help="seed of the init, the batches and dropout (default 0)")

@@ -9,9 +9,9 @@ TypeError as on the numpy backend.
 Backward passes run three kernel families: data, filter/weight (a split reduction whose
 partial sums go to a workspace and are added in a fixed order: deterministic) and bias.
 ``version`` selects the numbered kernels (1 = direct loops, 2 = tiled implicit GEMM,
-0 = the best) for every piece of the op. The linear ops take ``precision`` (fp32, tf32,
-bf16: alexnet_cuda.precision); at tf32 and bf16 ``version`` numbers the tensor-core
-kernels (``versions("linear_forward_bf16")``).
+0 = the best) for every piece of the op. The conv2d and linear ops take ``precision`` (fp32,
+tf32, bf16: alexnet_cuda.precision); at tf32 and bf16 ``version`` numbers the tensor-core
+kernels (``versions("linear_forward_bf16")``, ``versions("conv2d_backward_tf32")``).
 """
 from __future__ import annotations
 
@@ -46,21 +46,27 @@ class ConvOps:
         self._mod.conv2d_forward(x, w, b, y, version=version, stream=self._stream(), **geo)
         return y
 
-    def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True):
+    def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True, precision="fp32"):
+        """(dx, dw, db), float32; precision tf32 or bf16 runs the tensor-core data and filter
+        kernels (dy, x, w as in linear_backward; at bf16 db sums dy's BF16 values)."""
         fn = "conv2d_backward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
+        dy, x, w = self._operands(fn, precision, dy, x, w)
         geo = dict(stride=stride, padding=padding, groups=groups)
-        plan = self._mod.conv2d_backward_check(dy, x, w, version=version, **geo)
+        plan = self._mod.conv2d_backward_check(dy, x, w, version=version, precision=precision, **geo)
         dx = self._empty(x.shape) if need_dx else None
         dw = self._empty(w.shape)
         db = self._empty((w.shape[0],))
         work = self._work(plan["workspace"])
         s = self._stream()
+        kw = dict(version=version, precision=precision, stream=s, **geo)
         if need_dx:  # the first layer's dx (the image's gradient) is never used: skip its kernel
-            self._mod.conv2d_backward_data(dy, x, w, dx, version=version, stream=s, **geo)
-        self._mod.conv2d_backward_filter(dy, x, w, dw, work, version=version, stream=s, **geo)
-        self._mod.conv2d_backward_bias(dy, db, version=version, stream=s)
+            self._mod.conv2d_backward_data(dy, x, w, dx, **kw)
+        self._mod.conv2d_backward_filter(dy, x, w, dw, work, **kw)
+        dy32 = from_bf16_bits(dy) if precision == "bf16" else dy
+        bias_version = version if precision == "fp32" else 0  # the bias sums have the fp32 versions
+        self._mod.conv2d_backward_bias(dy32, db, version=bias_version, stream=s)
         return dx, dw, db
 
     # ---- linear ---------------------------------------------------------------------------

@@ -213,15 +213,16 @@ class Conv2d(Layer):
         self.fan_in = (in_ch // groups) * kernel * kernel
 
     def forward(self, be, x, train, ctx):
+        self._precision = ctx["precision"]
         if train:
             self._cache = x
         return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride,
-                                 padding=self.padding, groups=self.groups, precision=ctx["precision"])
+                                 padding=self.padding, groups=self.groups, precision=self._precision)
 
     def backward(self, be, dy, need_dx=True):
         dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
             dy, self._cache, self.weight, stride=self.stride, padding=self.padding, groups=self.groups,
-            need_dx=need_dx)
+            need_dx=need_dx, precision=self._precision)
         return dx
 
 
@@ -422,7 +423,7 @@ class AlexNet:
                              f"output; the smallest input is {min_input_size(pool)} with {pool} pooling")
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
-        # The products that have tensor-core kernels (conv forward, linear forward and backward)
+        # The products that have tensor-core kernels (conv and linear, forward and backward)
         # take TF32- or BF16-rounded operands (alexnet_cuda.precision); storage stays FP32.
         self.precision = check_precision("AlexNet", precision)
         self.config = dict(num_classes=int(num_classes), input_size=input_size, width=float(width),

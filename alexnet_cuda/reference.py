@@ -208,7 +208,7 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32"):
     return y
 
 
-def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True):
+def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True, precision="fp32"):
     """Gradients of ``conv2d_forward`` given dy = dL/dy (N,K,P,Q):
 
         db[k]       = sum_{n,p,q} dy[n,k,p,q]
@@ -218,6 +218,10 @@ def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True):
     and dx is dxp with the padding cropped off. Returns (dx, dw, db) with the
     shapes of x, w and (K,). need_dx=False skips dx and returns None in its place
     (the first layer: the image needs no gradient).
+
+    At ``precision`` tf32 or bf16, dy, x and w are rounded first, as the tensor-core kernels
+    round them (each operand of dx and dw as it is staged); db sums dy as it is at tf32 and
+    the BF16 dy at bf16 (dy as stored in BF16), as ``linear_backward`` does.
     """
     fn = "conv2d_backward"
     stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
@@ -227,7 +231,9 @@ def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True):
     _shape(fn, "dy", dy, (N, K, P, Q), "the shape of conv2d_forward's output")
     Kg = K // groups
 
-    db = dy.sum(axis=(0, 2, 3))
+    dyr, x, w = _rounded(fn, precision, dy, x, w)
+    db = (dyr if precision == "bf16" else dy).sum(axis=(0, 2, 3))
+    dy = dyr
     win = _windows(_pad_hw(x, padding), R, S, stride)          # (N,C,P,Q,R,S)
     dw = np.empty_like(w)
     dxp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype) if need_dx else None

@@ -3,6 +3,7 @@ through PyTorch, forward, backward-data and backward-filter, in one run on one c
 
     python benchmarks/bench_conv.py [--iters 20] [--warmup 3] [--batch-size 128]
                                     [--versions 0,1,2,3] [--only conv1,conv3] [--v1-iters 3]
+                                    [--precision fp32|tf32|bf16]
     python benchmarks/bench_conv.py --check      # correctness only, tiny sizes, no GPU needed
 
 Shapes (the paper, two towers as groups=2; input 227x227):
@@ -28,6 +29,11 @@ cuDNN settings: torch.backends.cudnn.benchmark = True (it picks its fastest algo
 shape), cudnn.allow_tf32 = False and cuda.matmul.allow_tf32 = False (FP32 against FP32).
 Backward pieces: torch.nn.grad.conv2d_input and conv2d_weight (aten.convolution_backward
 with one output each).
+
+--precision tf32: our tensor-core kernels (conv2d_forward_tc, conv_tc.cu) against cuDNN with
+allow_tf32 = True; --precision bf16: ours on BF16 x, w, dy (FP32 out) against cuDNN on
+bfloat16 tensors (BF16 out). The bias gradient sums the FP32 dy at every precision. Results
+go to bench_conv_<precision>.json / .md.
 
 Writes benchmarks/results/bench_conv.json and .md (card, driver, date, commit). Without a
 usable GPU it prints why and exits with status 2 (never estimated); --check runs anywhere
@@ -68,6 +74,14 @@ def out_size(H, W, R, S, st, pad):
     return (H + 2 * pad - R) // st + 1, (W + 2 * pad - S) // st + 1
 
 
+def op_name(precision, direction="forward"):
+    """The op whose numbered versions run in `direction` at `precision` (at fp32 the filter gradient has
+    versions of its own; the tensor-core kernels share one count)."""
+    if precision != "fp32":
+        return f"conv2d_forward_{precision}"
+    return "conv2d_backward_filter" if direction == "filter" else "conv2d_forward"
+
+
 def flops(N, layer):
     C, H, W, K, R, S, st, pad, g = layer
     P, Q = out_size(H, W, R, S, st, pad)
@@ -77,7 +91,12 @@ def flops(N, layer):
 class OurConv:
     """Preallocated outputs and workspace; one callable per (direction, version)."""
 
-    def __init__(self, be, x, w, b, dy, geo):
+    def __init__(self, be, x, w, b, dy, geo, precision="fp32"):
+        from alexnet_cuda.precision import bf16_bits
+
+        self.dy32, self.p = dy, precision
+        if precision == "bf16":  # the kernels take BF16 operands as uint16 bit patterns
+            x, w, dy = (bf16_bits(a) for a in (x, w, dy))
         self.be, self.m, self.x, self.w, self.b, self.dy, self.geo = be, be._mod, x, w, b, dy, geo
         xp = be.xp
         self.y = xp.empty(dy.shape, dtype=np.float32)
@@ -85,8 +104,8 @@ class OurConv:
         self.dw = xp.empty(w.shape, dtype=np.float32)
         self.db = xp.empty((w.shape[0],), dtype=np.float32)
         self.work = {}
-        for v in [0] + be.versions("conv2d_backward_filter"):
-            n = self.m.conv2d_backward_check(dy, x, w, version=v, **geo)["workspace"]
+        for v in [0] + be.versions(op_name(precision, "filter")):
+            n = self.m.conv2d_backward_check(dy, x, w, version=v, precision=precision, **geo)["workspace"]
             self.work[v] = xp.empty(n, dtype=np.float32) if n else None
 
     def stream(self):
@@ -94,11 +113,10 @@ class OurConv:
 
     def has(self, direction, v):
         """Whether `direction` has kernel version v (the filter gradient has versions of its own)."""
-        op = "conv2d_backward_filter" if direction == "filter" else "conv2d_forward"
-        return v == 0 or v in self.be.versions(op)
+        return v == 0 or v in self.be.versions(op_name(self.p, direction))
 
     def fn(self, direction, v):
-        m, g = self.m, self.geo
+        m, g = self.m, dict(self.geo, precision=self.p)
         if direction == "forward":
             return lambda: m.conv2d_forward(self.x, self.w, self.b, self.y, version=v, stream=self.stream(), **g)
         if direction == "data":
@@ -106,8 +124,9 @@ class OurConv:
         if direction == "filter":
             return lambda: m.conv2d_backward_filter(self.dy, self.x, self.w, self.dw, self.work[v], version=v,
                                                     stream=self.stream(), **g)
-        if direction == "bias":
-            return lambda: m.conv2d_backward_bias(self.dy, self.db, version=v, stream=self.stream())
+        if direction == "bias":  # FP32 sums of the FP32 dy at every precision
+            return lambda: m.conv2d_backward_bias(self.dy32, self.db, version=v if self.p == "fp32" else 0,
+                                                  stream=self.stream())
         raise ValueError(direction)
 
     def result(self, direction):
@@ -141,8 +160,9 @@ def check(args):
     rng = np.random.default_rng(0)
     N = 2
     worst, ok = 0.0, True
-    print(f"bench_conv.py --check on the {name} backend (N={N}, channels / 8, small images)"
-          f"{'; also against torch (CPU)' if torch else ''}")
+    p = args.precision
+    print(f"bench_conv.py --check on the {name} backend (N={N}, channels / 8, small images, {p})"
+          f"{'; also against torch (CPU, fp32)' if torch and p == 'fp32' else ''}")
     for lname, layer in CHECK_LAYERS.items():
         C, H, W, K, R, S, st, pad, g = layer
         P, Q = out_size(H, W, R, S, st, pad)
@@ -152,19 +172,20 @@ def check(args):
         b = rng.standard_normal(K).astype(np.float32)
         dy = rng.standard_normal((N, K, P, Q)).astype(np.float32)
         d = [a.astype(np.float64) for a in (x, w, b, dy)]
-        want = {"forward": ref.conv2d_forward(d[0], d[1], d[2], **geo)}
-        want["data"], want["filter"], want["bias"] = ref.conv2d_backward(d[3], d[0], d[1], **geo)
-        if torch is not None:
+        want = {"forward": ref.conv2d_forward(d[0], d[1], d[2], precision=p, **geo)}
+        want["data"], want["filter"], _ = ref.conv2d_backward(d[3], d[0], d[1], precision=p, **geo)
+        want["bias"] = d[3].sum(axis=(0, 2, 3))  # FP32 dy at every precision (OurConv keeps it)
+        if torch is not None and p == "fp32":
             tx, tw, tb, tdy = (torch.from_numpy(a) for a in d)
             tf = torch_fns(torch, tx, tw, tb, tdy, geo)
             for k in want:
                 diff = np.abs(tf[k]().numpy() - want[k]).max() / max(1e-30, np.abs(want[k]).max())
                 assert diff < 1e-10, f"torch and the reference disagree on {lname} {k}: {diff}"
-        ours = OurConv(be, *(be.asarray(a) for a in (x, w, b, dy)), geo)
-        w_, ok_ = common.check_versions(be, "conv2d_forward", lname, ours, want)
+        ours = OurConv(be, *(be.asarray(a) for a in (x, w, b, dy)), geo, precision=p)
+        w_, ok_ = common.check_versions(be, op_name(p), lname, ours, want)
         worst, ok = max(worst, w_), ok and ok_
-        for v in be.versions("conv2d_backward_filter"):  # the filter gradient's own versions
-            if v not in be.versions("conv2d_forward"):
+        for v in be.versions(op_name(p, "filter")):  # the filter gradient's own versions
+            if v not in be.versions(op_name(p)):
                 ours.fn("filter", v)()
                 got = be.to_numpy(ours.result("filter")).astype(np.float64)
                 err = np.abs(got - want["filter"]).max() / max(1e-30, np.abs(want["filter"]).max())
@@ -176,7 +197,7 @@ def check(args):
 
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
-    args = common.kernel_bench_args(__doc__, "conv1..conv5", "direct loops", argv)
+    args = common.kernel_bench_args(__doc__, "conv1..conv5", "direct loops", argv, precisions=("fp32", "tf32", "bf16"))
     if args.check:
         return check(args)
     common.require_gpu("bench_conv.py")
@@ -189,15 +210,18 @@ def main(argv=None):
     if torch is None:
         return 2
     torch.backends.cudnn.benchmark = True
+    p = args.precision
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = p == "tf32"
     be = get_backend("cuda")
-    versions, only = common.selection(args, be, "conv2d_backward_filter", LAYERS)  # every direction's versions
+    versions, only = common.selection(args, be, op_name(p, "filter"), LAYERS)  # every direction's versions
     N = args.batch_size
     rnd = cupy.random.default_rng(0)
     rows = []
     sums = {}  # impl -> ms over layers and directions
 
     def tt(a):
-        return torch.as_tensor(a, device="cuda")
+        t = torch.as_tensor(a, device="cuda")
+        return t.bfloat16() if p == "bf16" else t
 
     for lname in only:
         layer = LAYERS[lname]
@@ -208,18 +232,19 @@ def main(argv=None):
         w = rnd.standard_normal((K, C // g, R, S), dtype=cupy.float32) * np.float32(0.05)
         b = rnd.standard_normal((K,), dtype=cupy.float32)
         dy = rnd.standard_normal((N, K, P, Q), dtype=cupy.float32)
-        ours = OurConv(be, x, w, b, dy, geo)
+        ours = OurConv(be, x, w, b, dy, geo, precision=p)
         tf = torch_fns(torch, tt(x), tt(w), tt(b), tt(dy), geo)
         fl = flops(N, layer)
         shape = f"{N}x{C}x{H}x{W} -> {K}x{P}x{Q}"
         for direction in DIRECTIONS + ("bias",):
             t_ms = common.time_torch(tf[direction], warmup=args.warmup, iters=args.iters)
-            ref_out = tf[direction]()
+            ref_out = tf[direction]().float()
             torch.cuda.synchronize()
             ours.fn(direction, 0)()
             cupy.cuda.get_current_stream().synchronize()
             r0 = ours.result(direction).copy()
-            err = float((tt(r0) - ref_out).abs().max() / ref_out.abs().max().clamp_min(1e-30))
+            err = float((torch.as_tensor(r0, device="cuda") - ref_out).abs().max()
+                        / ref_out.abs().max().clamp_min(1e-30))
             is_conv = direction in DIRECTIONS
             rows.append({"layer": lname, "shape": shape, "direction": direction, "impl": "cuDNN", "ms": t_ms,
                          "TFLOP/s": fl / (t_ms * 1e-3) / 1e12 if is_conv else "", "x cuDNN": 1.0, "max |err|": ""})
@@ -246,8 +271,11 @@ def main(argv=None):
                      "TFLOP/s": total_fl / (ms * 1e-3) / 1e12, "x cuDNN": ms / sums["cuDNN"], "max |err|": ""})
         print(f"sum {impl:10s} {ms:9.3f} ms  x cuDNN {ms / sums['cuDNN']:6.2f}")
     md = common.write_results(
-        "bench_conv", rows, ["layer", "shape", "direction", "impl", "ms", "TFLOP/s", "x cuDNN", "max |err|"],
-        title=f"AlexNet convolutions, batch {N}: ours vs cuDNN (FP32, TF32 off)",
+        "bench_conv" if p == "fp32" else f"bench_conv_{p}", rows,
+        ["layer", "shape", "direction", "impl", "ms", "TFLOP/s", "x cuDNN", "max |err|"],
+        title=f"AlexNet convolutions, batch {N}: ours vs cuDNN "
+              + {"fp32": "(FP32, TF32 off)", "tf32": "(TF32 tensor cores, FP32 accumulation)",
+                 "bf16": "(BF16 inputs on tensor cores; torch bfloat16 tensors)"}[p],
         notes=["FLOPs = 2*N*K*P*Q*(C/groups)*R*S per direction; x cuDNN = our time / cuDNN's time "
                "(goal: <= 2 per layer and direction, <= 1.5 for the sum). Version 0 = the dispatcher's choice.",
                "The bias rows are not in the sums; max |err| is version 0 vs cuDNN relative to max |cuDNN|, and for "

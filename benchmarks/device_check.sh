@@ -90,6 +90,8 @@ step bench_conv 90 "$PY" benchmarks/bench_conv.py
 step bench_linear 40 "$PY" benchmarks/bench_linear.py
 step bench_linear_tf32 30 "$PY" benchmarks/bench_linear.py --precision tf32 --versions 1
 step bench_linear_bf16 30 "$PY" benchmarks/bench_linear.py --precision bf16 --versions 1
+step bench_conv_tf32 40 "$PY" benchmarks/bench_conv.py --precision tf32 --versions 1
+step bench_conv_bf16 40 "$PY" benchmarks/bench_conv.py --precision bf16 --versions 1
 step bench_dataparallel 40 "$PY" benchmarks/bench_dataparallel.py
 step bench_transfer 60 "$PY" benchmarks/bench_transfer.py
 step feed_check 40 "$PY" benchmarks/feed_check.py

@@ -1,6 +1,7 @@
-"""Tensor-core linear layers (csrc/kernels/gemm_tc.cu) and conv2d forward (conv.cu's
-conv_fwd_tc_v1) at TF32 and BF16 against the NumPy reference of the same precision (alexnet_cuda.reference with precision=, which rounds the
-operands as the kernels do: alexnet_cuda.precision).
+"""Tensor-core linear layers (csrc/kernels/gemm_tc.cu), conv2d forward (conv.cu's
+conv_fwd_tc_v1) and backward (conv_tc.cu) at TF32 and BF16 against the NumPy reference of
+the same precision (alexnet_cuda.reference with precision=, which rounds the operands as the
+kernels do: alexnet_cuda.precision).
 
 Tolerance. The reference rounds x, w, dy to TF32 or BF16 and multiplies in float64. The
 kernels multiply the same rounded values; a product of two TF32 (11-bit) or BF16 (8-bit)
@@ -156,3 +157,142 @@ def test_conv2d_forward_tensor_cores_match_reference_of_same_precision(kernel_ba
 @pytest.mark.parametrize("case", CONV_TC_ORDER_CASES)
 def test_conv2d_forward_tensor_cores_fiber_orders(kernel_backend, emu_order, p, case):
     check_conv_forward(kernel_backend, p, case)
+
+
+# ---- conv2d backward on tensor cores (conv_tc.cu) -------------------------------------------
+# The same cases and tolerance argument as the forward: dx is a sum of Kg*R*S products of BF16
+# or TF32 values (exact in FP32) and dw one of N*P*Q, accumulated in FP32 in some order (k-tiles,
+# mma steps, the filter's split reduction added in split order): 2 gamma_(n+2) sum|terms|, the
+# sum of |terms| on the rounded operands. db sums dy as it is (tf32) or its BF16 values (bf16),
+# in FP32, with the FP32 bias kernel.
+
+def conv_backward_data(case, seed_offset=1):
+    N, C, H, W, K, R, S, st, pad, g = CONV_CASES[case] if isinstance(case, str) else case
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()) + seed_offset)
+    x, w, _ = conv_inputs(rng, N, C, H, W, K, R, S, g, bias=False)
+    P, Q = (H + 2 * pad - R) // st + 1, (W + 2 * pad - S) // st + 1
+    dy = rng.standard_normal((N, K, P, Q)).astype(np.float32)
+    return dy, x, w, dict(stride=st, padding=pad, groups=g)
+
+
+def check_conv_backward(be, p, dy, x, w, geo, version=0, need_dx=True):
+    """Checks dx (when need_dx), dw and db of be's conv2d_backward at p; returns (got, terms)."""
+    N, K, P, Q = dy.shape
+    Kg, R, S = K // geo["groups"], w.shape[2], w.shape[3]
+    dx, dw, db = ref.conv2d_backward(f64(dy), f64(x), f64(w), precision=p, need_dx=need_dx, **geo)
+    adx, adw, _ = ref.conv2d_backward(*(absf(round_to(p, a)) for a in (dy, x, w)), need_dx=need_dx, **geo)
+    adb = np.abs(f64(round_to(p, dy) if p == "bf16" else dy)).sum(axis=(0, 2, 3))
+    got = be.conv2d_backward(operand(be, p, dy), operand(be, p, x), operand(be, p, w), precision=p, version=version,
+                             need_dx=need_dx, **geo)
+    gdx, gdw, gdb = (None if a is None else be.to_numpy(a) for a in got)
+    if need_dx:
+        assert_close(f"{p} conv dx", gdx, dx, adx, Kg * R * S)
+    else:
+        assert gdx is None
+    assert_close(f"{p} conv dw", gdw, dw, adw, N * P * Q)
+    assert_close(f"{p} conv db", gdb, db, adb, N * P * Q)
+    return (gdx, gdw), ((adx, Kg * R * S), (adw, N * P * Q))
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
+def test_conv2d_backward_tensor_cores_match_reference_of_same_precision(kernel_backend, p, case):
+    be = kernel_backend
+    assert be.versions(f"conv2d_backward_{p}") == [1]
+    dy, x, w, geo = conv_backward_data(case)
+    for v in (0, 1):
+        got, terms = check_conv_backward(be, p, dy, x, w, geo, version=v)
+    # The rounding is visible beyond the FP32 bound somewhere, for the sums that are not too
+    # long (as in the forward test).
+    want32 = ref.conv2d_backward(f64(dy), f64(x), f64(w), **geo)[:2]
+    for name, g, w32, (abs_sum, n) in zip(("dx", "dw"), got, want32, terms):
+        if 32 <= n <= 300:
+            assert (np.abs(g - w32) > bound(n, abs_sum)).any(), name
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("case", CONV_TC_ORDER_CASES)
+def test_conv2d_backward_tensor_cores_fiber_orders(kernel_backend, emu_order, p, case):
+    check_conv_backward(kernel_backend, p, *conv_backward_data(case))
+
+
+# AlexNet's five convolutions at their real geometry (227 x 227 input, the paper's channels,
+# kernels, strides, padding, two groups where the towers split), batch 1. conv1's dx is never
+# computed by the model (the image needs no gradient), so it is skipped here as there.
+# ("alexnet_size" in the name keeps them out of device_check.sh's compute-sanitizer run.)
+ALEXNET_LAYERS = {
+    "conv1": (1, 3, 227, 227, 96, 11, 11, 4, 0, 1),
+    "conv2": (1, 96, 27, 27, 256, 5, 5, 1, 2, 2),
+    "conv3": (1, 256, 13, 13, 384, 3, 3, 1, 1, 1),
+    "conv4": (1, 384, 13, 13, 384, 3, 3, 1, 1, 2),
+    "conv5": (1, 384, 13, 13, 256, 3, 3, 1, 1, 2),
+}
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("layer", list(ALEXNET_LAYERS))
+def test_conv2d_backward_tensor_cores_alexnet_size_layers(kernel_backend, p, layer):
+    dy, x, w, geo = conv_backward_data(ALEXNET_LAYERS[layer])
+    check_conv_backward(kernel_backend, p, dy, x, w, geo, need_dx=layer != "conv1")
+
+
+@pytest.mark.parametrize("p", PRECISIONS)
+@pytest.mark.parametrize("splits", [1, 2, 5, 100])
+def test_conv2d_backward_filter_tensor_cores_forced_splits(kernel_backend, p, splits):
+    be, m = kernel_backend, kernel_backend._mod
+    dy, x, w, geo = conv_backward_data((3, 6, 10, 11, 10, 3, 3, 1, 1, 2), seed_offset=splits)
+    DY, X, Wt = (operand(be, p, a) for a in (dy, x, w))
+    plan = m.conv2d_backward_check(DY, X, Wt, splits=splits, precision=p, **geo)
+    # k-tiles of 32 over N*P*Q = 330: 11
+    assert plan["splits"] == min(splits, 11)
+    assert plan["workspace"] == (0 if plan["splits"] == 1 else plan["splits"] * w.size)
+    work = be.xp.empty(plan["workspace"], dtype=np.float32) if plan["workspace"] else None
+    out = be.xp.empty(w.shape, dtype=np.float32)
+    m.conv2d_backward_filter(DY, X, Wt, out, work, splits=splits, precision=p, **geo)
+    dw = ref.conv2d_backward(f64(dy), f64(x), f64(w), precision=p, **geo)[1]
+    adw = ref.conv2d_backward(*(absf(round_to(p, a)) for a in (dy, x, w)), **geo)[1]
+    assert_close(f"{p} dw splits={splits}", be.to_numpy(out), dw, adw, 330)
+
+
+def test_conv2d_backward_tensor_cores_plan_splits_long_reductions(kernel_backend):
+    be = kernel_backend
+    x = be.xp.zeros((4, 4, 16, 16), dtype=np.uint16)
+    w = be.xp.zeros((8, 4, 3, 3), dtype=np.uint16)
+    dy = be.xp.zeros((4, 8, 16, 16), dtype=np.uint16)
+    plan = be._mod.conv2d_backward_check(dy, x, w, padding=1, precision="bf16")
+    assert plan["splits"] > 1 and plan["workspace"] == plan["splits"] * 8 * 4 * 9
+
+
+def test_conv2d_backward_tensor_cores_deterministic_across_fiber_orders(kernel_backend, monkeypatch):
+    """No atomics: dx, and dw in 3 splits added in split order, bit for bit the same in any order."""
+    be, m = kernel_backend, kernel_backend._mod
+    dy, x, w, geo = conv_backward_data((4, 6, 12, 12, 8, 3, 3, 1, 1, 2))
+    DY, X, Wt = (operand(be, "bf16", a) for a in (dy, x, w))
+    work = be.xp.empty(3 * w.size, dtype=np.float32)
+    outs = []
+    for order in ["forward", "reverse", "shuffle:7"]:
+        monkeypatch.setenv("ALEXNET_EMU_ORDER", order)
+        dx, dw = be.xp.empty(x.shape, dtype=np.float32), be.xp.empty(w.shape, dtype=np.float32)
+        m.conv2d_backward_data(DY, X, Wt, dx, precision="bf16", **geo)
+        m.conv2d_backward_filter(DY, X, Wt, dw, work, splits=3, precision="bf16", **geo)
+        outs.append((be.to_numpy(dx).copy(), be.to_numpy(dw).copy()))
+    for o in outs[1:]:
+        for a, b in zip(outs[0], o):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_conv2d_backward_bad_precision_arguments(kernel_backend):
+    be, m = kernel_backend, kernel_backend._mod
+    x = be.xp.zeros((2, 4, 6, 6), dtype=np.float32)
+    w = be.xp.zeros((6, 2, 3, 3), dtype=np.float32)
+    dy = be.xp.zeros((2, 6, 6, 6), dtype=np.float32)
+    dx = be.xp.zeros(x.shape, dtype=np.float32)
+    geo = dict(padding=1, groups=2)
+    with pytest.raises(ValueError, match=r"conv2d_backward: precision must be one of fp32, tf32, bf16, got 'fp16'"):
+        be.conv2d_backward(dy, x, w, precision="fp16", **geo)
+    with pytest.raises(ValueError, match=r"conv2d_backward: precision must be fp32, tf32 or bf16, got 'fp8'"):
+        m.conv2d_backward_data(dy, x, w, dx, precision="fp8", **geo)
+    with pytest.raises(TypeError, match=r"conv2d_backward: x"):
+        m.conv2d_backward_data(dy, x, w, dx, precision="bf16", **geo)  # bf16 operands are uint16 bit patterns
+    with pytest.raises(ValueError, match=r"no kernel version 2 \(have 1;"):
+        be.conv2d_backward(dy, x, w, precision="tf32", version=2, **geo)

@@ -11,6 +11,7 @@
 
 #include "bindings/arrays.h"
 #include "kernels/conv.cuh"
+#include "kernels/conv_tc.cuh"
 #include "kernels/gemm.cuh"
 
 namespace alexnet {
@@ -107,14 +108,29 @@ ConvIn forward_inputs(const char* op, py::handle x, py::handle w, py::handle b, 
   return in;
 }
 
-// Checks of conv2d_backward's inputs (dy, x, w, hyper-parameters).
+// Checks of conv2d_backward's inputs (dy, x, w, hyper-parameters); at bf16 all three BF16.
 ConvIn backward_inputs(const char* op, py::handle dy, py::handle x, py::handle w, int64_t stride, int64_t padding,
-                       int64_t groups, Array& DY) {
-  ConvIn in{input(x, op, "x", {DType::F32}, 4), input(w, op, "w", {DType::F32}, 4), {}};
+                       int64_t groups, Array& DY, kernels::Precision p) {
+  ConvIn in{input(x, op, "x", {operand_dtype(p)}, 4), input(w, op, "w", {operand_dtype(p)}, 4), {}};
   in.s = conv_shape(op, in.X, in.Wt, stride, padding, groups);
-  DY = input(dy, op, "dy", {DType::F32}, 4);
+  DY = input(dy, op, "dy", {operand_dtype(p)}, 4);
   expect_shape(DY, y_shape(in.s), "(the shape of conv2d_forward's output)");
   return in;
+}
+
+// The versions a conv2d op takes at a precision, and the backward-filter plan there.
+int conv_versions(kernels::Precision p) {
+  return p == kernels::Precision::kFP32 ? kernels::kConvVersions : kernels::kConvTcVersions;
+}
+
+// The backward-filter kernel has its own versions at fp32 (conv_wgrad.cu's version 3).
+int filter_versions(kernels::Precision p) {
+  return p == kernels::Precision::kFP32 ? kernels::kConvFilterVersions : kernels::kConvTcVersions;
+}
+
+kernels::SplitPlan filter_plan(kernels::Precision p, const kernels::ConvShape& s, int version, int splits) {
+  return p == kernels::Precision::kFP32 ? kernels::conv2d_backward_filter_plan(s, version, splits)
+                                        : kernels::conv2d_backward_filter_tc_plan(s, version, splits);
 }
 
 // Linear layers: x (N, I), w (O, I).
@@ -188,7 +204,8 @@ void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, 
 
 void bind_conv(py::module_& m) {
   register_versions({"conv2d_forward", "conv2d_backward"}, kernels::kConvVersions);
-  register_versions({"conv2d_forward_tf32", "conv2d_forward_bf16"}, kernels::kConvTcVersions);
+  register_versions({"conv2d_forward_tf32", "conv2d_forward_bf16", "conv2d_backward_tf32", "conv2d_backward_bf16"},
+                    kernels::kConvTcVersions);
   register_versions({"conv2d_backward_filter"}, kernels::kConvFilterVersions);
   register_versions({"linear_forward", "linear_backward"}, kernels::kGemmVersions);
   register_versions({"linear_forward_tf32", "linear_backward_tf32", "linear_forward_bf16", "linear_backward_bf16"},
@@ -241,55 +258,67 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_backward_check",
       [](py::handle dy, py::handle x, py::handle w, int64_t stride, int64_t padding, int64_t groups, int version,
-         int splits) {
+         int splits, const std::string& precision) {
         const char* op = "conv2d_backward";
+        const kernels::Precision p = precision_arg(op, precision);
         Array DY;
-        ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
-        check_version(op, version, kernels::kConvFilterVersions);
-        const kernels::SplitPlan plan = kernels::conv2d_backward_filter_plan(in.s, version, splits);
+        ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY, p);
+        check_version(op, version, filter_versions(p));
+        const kernels::SplitPlan plan = filter_plan(p, in.s, version, splits);
         return py::dict("splits"_a = plan.splits, "workspace"_a = plan.workspace);
       },
       "dy"_a, "x"_a, "w"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
-      "splits"_a = 0,
-      "Checks conv2d_backward's arguments; returns the backward-filter plan of `version` (a version of "
-      "conv2d_backward_filter): {'splits', 'workspace' (floats)}.");
+      "splits"_a = 0, "precision"_a = "fp32",
+      "Checks conv2d_backward's arguments; returns the backward-filter plan of `version` (at fp32 a version of "
+      "conv2d_backward_filter): {'splits', 'workspace' (floats)}. precision as conv2d_forward's (bf16: dy, x, w "
+      "uint16 BF16).");
 
   m.def(
       "conv2d_backward_data",
       [](py::handle dy, py::handle x, py::handle w, py::handle dx, int64_t stride, int64_t padding, int64_t groups,
-         int version, uintptr_t stream) {
+         int version, const std::string& precision, uintptr_t stream) {
         const char* op = "conv2d_backward";
+        const kernels::Precision p = precision_arg(op, precision);
         Array DY;
-        ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
+        ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY, p);
         Array DX = output(dx, op, "dx", {DType::F32}, 4);
         expect_same_shape(in.X, DX);
         expect_no_overlap({&DX}, {&DY, &in.Wt});
-        check_version(op, version, kernels::kConvVersions);
+        check_version(op, version, conv_versions(p));
         py::gil_scoped_release nogil;
-        kernels::conv2d_backward_data(DY.f32(), in.Wt.f32(), DX.f32(), in.s, version, as_stream(stream));
+        if (p == kernels::Precision::kFP32)
+          kernels::conv2d_backward_data(DY.f32(), in.Wt.f32(), DX.f32(), in.s, version, as_stream(stream));
+        else
+          kernels::conv2d_backward_data_tc(p, DY.ptr, in.Wt.ptr, DX.f32(), in.s, version, as_stream(stream));
       },
       "dy"_a, "x"_a, "w"_a, "dx"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
-      "stream"_a = 0, "dx of conv2d (x is read only for its shape).");
+      "precision"_a = "fp32", "stream"_a = 0, "dx of conv2d (float32; x is read only for its shape).");
 
   m.def(
       "conv2d_backward_filter",
       [](py::handle dy, py::handle x, py::handle w, py::handle dw, py::handle work, int64_t stride, int64_t padding,
-         int64_t groups, int version, int splits, uintptr_t stream) {
+         int64_t groups, int version, int splits, const std::string& precision, uintptr_t stream) {
         const char* op = "conv2d_backward";
+        const kernels::Precision p = precision_arg(op, precision);
         Array DY;
-        ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY);
+        ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY, p);
         Array DW = output(dw, op, "dw", {DType::F32}, 4);
         expect_same_shape(in.Wt, DW);
-        check_version(op, version, kernels::kConvFilterVersions);
-        const kernels::SplitPlan plan = kernels::conv2d_backward_filter_plan(in.s, version, splits);
+        check_version(op, version, filter_versions(p));
+        const kernels::SplitPlan plan = filter_plan(p, in.s, version, splits);
         Array WK = workspace(work, op, plan.workspace);
         expect_no_overlap({&DW, &WK}, {&DY, &in.X, &WK});
         py::gil_scoped_release nogil;
-        kernels::conv2d_backward_filter(DY.f32(), in.X.f32(), DW.f32(), WK.ptr ? WK.f32() : nullptr, WK.numel(), in.s,
-                                        version, splits, as_stream(stream));
+        float* wk = WK.ptr ? WK.f32() : nullptr;
+        if (p == kernels::Precision::kFP32)
+          kernels::conv2d_backward_filter(DY.f32(), in.X.f32(), DW.f32(), wk, WK.numel(), in.s, version, splits,
+                                          as_stream(stream));
+        else
+          kernels::conv2d_backward_filter_tc(p, DY.ptr, in.X.ptr, DW.f32(), wk, WK.numel(), in.s, version, splits,
+                                             as_stream(stream));
       },
       "dy"_a, "x"_a, "w"_a, "dw"_a, "work"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1,
-      "version"_a = 0, "splits"_a = 0, "stream"_a = 0,
+      "version"_a = 0, "splits"_a = 0, "precision"_a = "fp32", "stream"_a = 0,
       "dw of conv2d (w is read only for its shape). work: float32 workspace of the size conv2d_backward_check "
       "returns (None when it is 0). splits > 0 forces the split of the N*P*Q reduction.");
 

@@ -37,7 +37,7 @@
 //   of version 2's forward on tc_tile.cuh (mma.sync, 64 x 64 x 32 block tiles, 128 threads);
 //   A = w dense, B = im2col(x) gathered with a division per element (no mixed-radix counter
 //   yet). TF32 rounds x and w with cvt.rna as it stages them; BF16 reads bf16 x and w.
-//   Accumulation FP32, y FP32. The backward directions have no tensor-core version yet.
+//   Accumulation FP32, y FP32. The backward directions on tensor cores: conv_tc.cu.
 // Threads: v1 256 per block over the output; v2 grid (ceil(N/BN), ceil(M/BM), z), the
 //   config's THREADS per block.
 // Constraints: x, y and w each hold fewer than 2^31 elements (32-bit offsets; checked).
@@ -52,39 +52,12 @@
 
 #include "common/launch.h"
 #include "kernels/tc_tile.cuh"
+#include "kernels/conv_geo.cuh"
 
 namespace alexnet::kernels {
 namespace {
 
 using namespace tile;
-
-// The geometry as the kernels see it (derived once on the host).
-struct Geo {
-  int N, C, H, W, K, R, S, st, pad, groups, P, Q;
-  int Cg, Kg, HW, PQ, RS, CRS, NPQ, CHW, KPQ;
-};
-
-Geo make_geo(const ConvShape& s) {
-  Geo d{s.N, s.C, s.H, s.W, s.K, s.R, s.S, s.stride, s.pad, s.groups, s.P, s.Q, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  if (s.N < 0 || s.C < 1 || s.H < 1 || s.W < 1 || s.K < 1 || s.R < 1 || s.S < 1 || s.stride < 1 || s.pad < 0 ||
-      s.groups < 1 || s.C % s.groups || s.K % s.groups || s.P < 1 || s.Q < 1)
-    throw std::invalid_argument("conv2d: invalid geometry");
-  const int64_t lim = std::numeric_limits<int>::max();
-  const int64_t Cg = s.C / s.groups, N = s.N;
-  // Offsets inside x, y and w are 32-bit in the kernels.
-  if (N * s.C * s.H * s.W > lim || N * s.K * s.P * s.Q > lim || int64_t(s.K) * Cg * s.R * s.S > lim)
-    throw std::invalid_argument("conv2d: a tensor has more than 2^31-1 elements (not supported by these kernels)");
-  d.Cg = int(Cg);
-  d.Kg = s.K / s.groups;
-  d.HW = s.H * s.W;
-  d.PQ = s.P * s.Q;
-  d.RS = s.R * s.S;
-  d.CRS = d.Cg * d.RS;
-  d.NPQ = s.N * d.PQ;
-  d.CHW = s.C * d.HW;
-  d.KPQ = s.K * d.PQ;
-  return d;
-}
 
 // ============================ version 1: direct loops ======================================
 __global__ void conv_fwd_v1(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
@@ -235,32 +208,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
   }
 }
 
-// ---- backward data: one residue class of (h, w) modulo the stride ---------------------------
-struct Phase {
-  int ph, pw;    // the residue class: h = ph + h'*st, w = pw + w'*st
-  int Hph, Wph;  // how many h', w'
-  int r0, s0;    // first contributing tap: r = r0 + i*st (i < Rp), s = s0 + j*st (j < Sp)
-  int Rp, Sp;    // (clamped to >= 1 for the digit arithmetic; kdim says when there are none)
-  int dp, dq;    // p = h' + dp - i, q = w' + dq - j
-  int kdim, ncols;
-  __device__ __forceinline__ Phase(const Geo& d, int phase) {
-    ph = phase / d.st;
-    pw = phase - ph * d.st;
-    Hph = ph < d.H ? (d.H - ph + d.st - 1) / d.st : 0;
-    Wph = pw < d.W ? (d.W - pw + d.st - 1) / d.st : 0;
-    r0 = (ph + d.pad) % d.st;
-    s0 = (pw + d.pad) % d.st;
-    const int rp = r0 < d.R ? (d.R - r0 + d.st - 1) / d.st : 0;
-    const int sp = s0 < d.S ? (d.S - s0 + d.st - 1) / d.st : 0;
-    kdim = d.Kg * rp * sp;
-    Rp = max(rp, 1);
-    Sp = max(sp, 1);
-    dp = (ph + d.pad - r0) / d.st;
-    dq = (pw + d.pad - s0) / d.st;
-    ncols = d.N * Hph * Wph;
-  }
-};
-
+// ---- backward data, one stride phase (Phase: conv_geo.cuh) ---------------------------------
 // A: element (c, (k,i,j)) = w[g*Kg + k, c, r0 + i*st, s0 + j*st]
 struct RotWeightSrc {
   const float* __restrict__ w;

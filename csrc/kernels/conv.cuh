@@ -25,7 +25,7 @@ struct ConvShape {
 void conv2d_forward(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int version,
                     cudaStream_t stream);
 
-// Numbered versions of conv2d_forward_tc: 1..kConvTcVersions.
+// Numbered versions of conv2d_forward_tc and of the tensor-core backward (conv_tc.cuh): 1..kConvTcVersions.
 inline constexpr int kConvTcVersions = 1;
 
 // conv2d_forward on tensor cores at p (kTF32: x, w float; kBF16: x, w uint16 BF16 bit

@@ -1,0 +1,25 @@
+// Launchers of conv_tc.cu: conv2d backward-data and backward-filter on tensor cores (host code;
+// no CUDA syntax, so the bindings include it in both builds).
+#pragma once
+#include <cstdint>
+
+#include "kernels/conv.cuh"
+
+namespace alexnet::kernels {
+
+// Versions 1..kConvTcVersions (conv.cuh), as conv2d_forward_tc. At p = kTF32 dy, w and x are
+// float; at kBF16 uint16 BF16 bit patterns. dx and dw are float. version 0: the best (1).
+
+// dx = the gradient of the forward pass with respect to x (every element written).
+void conv2d_backward_data_tc(Precision p, const void* dy, const void* w, float* dx, const ConvShape& s, int version,
+                             cudaStream_t stream);
+
+// The split of backward_filter_tc's reduction over N*P*Q; `splits` > 0 forces the count.
+SplitPlan conv2d_backward_filter_tc_plan(const ConvShape& s, int version, int splits);
+
+// dw = the gradient with respect to w; `work` holds the plan's workspace floats.
+void conv2d_backward_filter_tc(Precision p, const void* dy, const void* x, float* dw, float* work,
+                               int64_t work_floats, const ConvShape& s, int version, int splits,
+                               cudaStream_t stream);
+
+}  // namespace alexnet::kernels
