@@ -21,6 +21,7 @@ import pytest
 from alexnet_cuda import reference as ref
 from alexnet_cuda.precision import bf16_bits, round_to
 
+from test_kernels_conv import ALEXNET_LAYERS as REAL_LAYERS
 from test_kernels_conv import (CONV_CASES, LINEAR_CASES, absf, assert_close, bound, check_linear_forced_splits,
                                conv_inputs, f64, on)
 
@@ -220,13 +221,7 @@ def test_conv2d_backward_tensor_cores_fiber_orders(kernel_backend, emu_order, p,
 # kernels, strides, padding, two groups where the towers split), batch 1. conv1's dx is never
 # computed by the model (the image needs no gradient), so it is skipped here as there.
 # ("alexnet_size" in the name keeps them out of device_check.sh's compute-sanitizer run.)
-ALEXNET_LAYERS = {
-    "conv1": (1, 3, 227, 227, 96, 11, 11, 4, 0, 1),
-    "conv2": (1, 96, 27, 27, 256, 5, 5, 1, 2, 2),
-    "conv3": (1, 256, 13, 13, 384, 3, 3, 1, 1, 1),
-    "conv4": (1, 384, 13, 13, 384, 3, 3, 1, 1, 2),
-    "conv5": (1, 384, 13, 13, 256, 3, 3, 1, 1, 2),
-}
+ALEXNET_LAYERS = {name: (1,) + layer for name, layer in REAL_LAYERS.items()}  # bench_conv.py's table
 
 
 @pytest.mark.parametrize("p", PRECISIONS)
