@@ -14,7 +14,11 @@ import operator
 
 import numpy as np
 
-__all__ = ["integer", "real", "probability", "u64", "lrn_params", "sgd_multi_args", "conv_hyper"]
+__all__ = ["integer", "real", "probability", "u64", "lrn_params", "sgd_multi_args", "conv_hyper", "activation",
+           "FUSED_ACTIVATIONS"]
+
+# The activations conv2d_forward and linear_forward apply to their output ("none": the plain product).
+FUSED_ACTIVATIONS = ("none", "relu")
 
 DEFAULT_WEIGHT_DECAY = 5e-4
 
@@ -62,6 +66,17 @@ def conv_hyper(fn, stride, padding, groups):
     """(stride, padding, groups) of a convolution, checked."""
     return (integer(fn, "stride", stride, minimum=1), integer(fn, "padding", padding, minimum=0),
             integer(fn, "groups", groups, minimum=1))
+
+
+def activation(fn, activation, precision="fp32"):
+    """The activation fused into a conv2d/linear forward ("none" or "relu"), checked; "relu" at fp32
+    only (the tensor-core kernels have no fused epilogue: run relu_forward after them)."""
+    if not isinstance(activation, str) or activation not in FUSED_ACTIVATIONS:
+        raise ValueError(f"{fn}: activation must be one of {', '.join(FUSED_ACTIVATIONS)}, got {activation!r}")
+    if activation != "none" and precision != "fp32":
+        raise ValueError(f"{fn}: activation={activation!r} is fused only at precision fp32, got {precision!r} "
+                         "(the tensor-core kernels have no fused epilogue); run relu_forward on the output instead")
+    return activation
 
 
 def lrn_params(fn, size, alpha, beta, k, alpha_scaled):

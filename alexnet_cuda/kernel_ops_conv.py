@@ -15,7 +15,7 @@ kernels (``versions("linear_forward_bf16")``, ``versions("conv2d_backward_tf32")
 """
 from __future__ import annotations
 
-from .checks import conv_hyper as _hyper, integer
+from .checks import activation as _activation, conv_hyper as _hyper, integer
 from .precision import as_bf16_bits, check_precision, from_bf16_bits
 
 
@@ -35,15 +35,18 @@ class ConvOps:
         return tuple(self.xp.ascontiguousarray(as_bf16_bits(a)) for a in arrays)
 
     # ---- conv2d ---------------------------------------------------------------------------
-    def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0, precision="fp32"):
-        """y (float32); precision tf32 or bf16 runs the tensor-core forward (x, w as in linear_forward)."""
+    def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0, precision="fp32",
+                       activation="none"):
+        """y (float32); precision tf32 or bf16 runs the tensor-core forward (x, w as in linear_forward);
+        activation "relu" (fp32) fuses max(0, .) into every version's epilogue."""
         fn = "conv2d_forward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
+        activation = _activation(fn, activation, check_precision(fn, precision))
         x, w = self._operands(fn, precision, x, w)
         geo = dict(stride=stride, padding=padding, groups=groups, precision=precision)
         y = self._empty(self._mod.conv2d_forward_check(x, w, b, **geo))
-        self._mod.conv2d_forward(x, w, b, y, version=version, stream=self._stream(), **geo)
+        self._mod.conv2d_forward(x, w, b, y, version=version, activation=activation, stream=self._stream(), **geo)
         return y
 
     def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True, precision="fp32"):
@@ -70,16 +73,18 @@ class ConvOps:
         return dx, dw, db
 
     # ---- linear ---------------------------------------------------------------------------
-    def linear_forward(self, x, w, b, *, version=0, precision="fp32"):
+    def linear_forward(self, x, w, b, *, version=0, precision="fp32", activation="none"):
         """y = x w^T + b (float32). precision tf32: float32 x, w on tensor cores; bf16: x, w
-        BF16 (uint16 bits, ml_dtypes bfloat16, or float32 rounded here)."""
+        BF16 (uint16 bits, ml_dtypes bfloat16, or float32 rounded here). activation "relu" (fp32):
+        max(0, y) in the GEMM's last pass."""
         fn = "linear_forward"
         version = _version(fn, version)
+        activation = _activation(fn, activation, check_precision(fn, precision))
         x, w = self._operands(fn, precision, x, w)
         plan = self._mod.linear_check(x, w, b, None, version=version, precision=precision)["forward"]
         y = self._empty((x.shape[0], w.shape[0]))
         self._mod.linear_forward(x, w, b, y, self._work(plan["workspace"]), version=version, precision=precision,
-                                 stream=self._stream())
+                                 activation=activation, stream=self._stream())
         return y
 
     def linear_backward(self, dy, x, w, *, version=0, precision="fp32"):

@@ -27,7 +27,7 @@ import numbers
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .checks import conv_hyper, integer as _int, lrn_params as _lrn_params, probability as _prob, real as _real
+from .checks import activation as _activation, conv_hyper, integer as _int, lrn_params as _lrn_params, probability as _prob, real as _real
 from .checks import u64 as _u64
 from .precision import check_precision, round_to
 
@@ -176,7 +176,14 @@ def _pad_hw(x, padding):
     return np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
 
 
-def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32"):
+def _activate(y, activation):
+    """y with the fused activation applied in place: relu_forward's max(0, y) on the values y holds."""
+    if activation == "relu":
+        np.maximum(y, y.dtype.type(0), out=y)
+    return y
+
+
+def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32", activation="none"):
     """Grouped 2-D cross-correlation (what deep learning calls convolution).
 
     With xp = x zero-padded by ``padding`` on each side of H and W,
@@ -188,9 +195,12 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32"):
     x (N,C,H,W), w (K,Cg,R,S), b (K,) or None -> y (N,K,P,Q) with
     P = (H + 2*padding - R)//stride + 1 and Q likewise. At ``precision`` tf32 or
     bf16, x and w are rounded first (alexnet_cuda.precision), as the tensor-core kernels do.
+    ``activation="relu"`` (fp32 only) returns relu_forward(y), bit for bit: the ReLU fused into
+    the kernels' epilogue.
     """
     fn = "conv2d_forward"
     stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
+    activation = _activation(fn, activation, check_precision(fn, precision))
     K, Cg, R, S = w.shape
     _bias(fn, b, K, ("x", x))
     x, w = _rounded(fn, precision, x, w)
@@ -205,7 +215,7 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32"):
         y[:, ks] = yg.transpose(0, 3, 1, 2)
     if b is not None:
         y += b[None, :, None, None]
-    return y
+    return _activate(y, activation)
 
 
 def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True, precision="fp32"):
@@ -267,18 +277,20 @@ def _linear_args(fn, x, w):
             f"{fn}: w has {w.shape[1]} input features, expected {x.shape[1]} (x has shape {x.shape})")
 
 
-def linear_forward(x, w, b, *, precision="fp32"):
+def linear_forward(x, w, b, *, precision="fp32", activation="none"):
     """Fully connected layer: y[n,o] = sum_i x[n,i] * w[o,i] + b[o],
     i.e. y = x @ w.T + b. x (N,I), w (O,I), b (O,) or None -> y (N,O).
-    At ``precision`` tf32 or bf16, x and w are rounded first (the bias is not)."""
+    At ``precision`` tf32 or bf16, x and w are rounded first (the bias is not).
+    ``activation="relu"`` (fp32 only) returns relu_forward(y), as conv2d_forward's."""
     fn = "linear_forward"
     _linear_args(fn, x, w)
+    activation = _activation(fn, activation, check_precision(fn, precision))
     _bias(fn, b, w.shape[0], ("x", x))
     x, w = _rounded(fn, precision, x, w)
     y = x @ w.T
     if b is not None:
         y += b
-    return y
+    return _activate(y, activation)
 
 
 def linear_backward(dy, x, w, *, precision="fp32"):

@@ -95,6 +95,16 @@ kernels::Precision precision_arg(const char* op, const std::string& p) {
   value_error(op, "precision must be fp32, tf32 or bf16, got '" + p + "'");
 }
 
+// The activation argument of conv2d_forward and linear_forward: "none" or "relu" (fused into
+// the FP32 kernels' epilogue; true for relu). The tensor-core kernels have no fused epilogue yet.
+bool activation_arg(const char* op, const std::string& a, kernels::Precision p) {
+  if (a != "none" && a != "relu") value_error(op, "activation must be none or relu, got '" + a + "'");
+  if (a == "relu" && p != kernels::Precision::kFP32)
+    value_error(op, "activation='relu' is fused only at precision fp32 (the tensor-core kernels have no fused "
+                    "epilogue); run relu_forward on the output instead");
+  return a == "relu";
+}
+
 // The dtype of a GEMM operand at a precision: uint16 BF16 bit patterns for bf16, else float32.
 DType operand_dtype(kernels::Precision p) { return p == kernels::Precision::kBF16 ? DType::U16 : DType::F32; }
 
@@ -184,7 +194,7 @@ Array workspace(py::handle work, const char* op, int64_t need) {
 // At fp32 on gemm, at tf32 or bf16 on gemm_tc (the operands already checked for the precision).
 void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, int N, int K, const Array& A, int lda,
                  const Array& B, int ldb, const Array& C, const Array& bias, py::handle work, int version, int splits,
-                 uintptr_t stream) {
+                 uintptr_t stream, bool relu = false) {
   check_version(op, version, linear_versions(p));
   const kernels::SplitPlan plan = linear_plan(p, M, N, K, version, splits);
   Array WK = workspace(work, op, plan.workspace);
@@ -194,7 +204,7 @@ void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, 
   float* wk = WK.ptr ? WK.f32() : nullptr;
   if (p == kernels::Precision::kFP32)
     kernels::gemm(ta, tb, M, N, K, A.f32(), lda, B.f32(), ldb, C.f32(), b, wk, WK.numel(), version, splits,
-                  as_stream(stream));
+                  as_stream(stream), relu);
   else
     kernels::gemm_tc(p, ta, tb, M, N, K, A.ptr, lda, B.ptr, ldb, C.f32(), b, wk, WK.numel(), version, splits,
                      as_stream(stream));
@@ -234,9 +244,10 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_forward",
       [](py::handle x, py::handle w, py::handle b, py::handle y, int64_t stride, int64_t padding, int64_t groups,
-         int version, const std::string& precision, uintptr_t stream) {
+         int version, const std::string& precision, const std::string& activation, uintptr_t stream) {
         const char* op = "conv2d_forward";
         const kernels::Precision p = precision_arg(op, precision);
+        const bool relu = activation_arg(op, activation, p);
         Array B;
         ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B, p);
         Array Y = output(y, op, "y", {DType::F32}, 4);
@@ -246,14 +257,15 @@ void bind_conv(py::module_& m) {
         py::gil_scoped_release nogil;
         const float* bp = B.ptr ? B.f32() : nullptr;
         if (p == kernels::Precision::kFP32)
-          kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), bp, Y.f32(), in.s, version, as_stream(stream));
+          kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), bp, Y.f32(), in.s, version, as_stream(stream), relu);
         else
           kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.f32(), in.s, version, as_stream(stream));
       },
       "x"_a, "w"_a, "b"_a, "y"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
-      "precision"_a = "fp32", "stream"_a = 0,
+      "precision"_a = "fp32", "activation"_a = "none", "stream"_a = 0,
       "y = conv2d(x, w) + b (b may be None), written into y (float32). precision: fp32, tf32 (float32 x, w on "
-      "tensor cores) or bf16 (uint16 BF16 x, w).");
+      "tensor cores) or bf16 (uint16 BF16 x, w). activation 'relu' (fp32 only): y = max(0, conv2d(x, w) + b) in "
+      "the kernel's epilogue.");
 
   m.def(
       "conv2d_backward_check",
@@ -371,18 +383,21 @@ void bind_conv(py::module_& m) {
   m.def(
       "linear_forward",
       [](py::handle x, py::handle w, py::handle b, py::handle y, py::handle work, int version, int splits,
-         const std::string& precision, uintptr_t stream) {
+         const std::string& precision, const std::string& activation, uintptr_t stream) {
         const char* op = "linear_forward";
         const kernels::Precision p = precision_arg(op, precision);
+        const bool relu = activation_arg(op, activation, p);
         LinIn in = linear_inputs(op, x, w, p);
         Array B = optional_bias(op, b, in.O, "one per output feature");
         Array Y = output(y, op, "y", {DType::F32}, 2);
         expect_shape(Y, {in.N, in.O}, "(N, O)");
         linear_gemm(op, p, false, true, in.N, in.O, in.I, in.X, in.I, in.Wt, in.I, Y, B, work, version, splits,
-                    stream);
+                    stream, relu);
       },
       "x"_a, "w"_a, "b"_a, "y"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
-      "precision"_a = "fp32", "stream"_a = 0, "y = x w^T + b (b may be None), written into y (float32).");
+      "precision"_a = "fp32", "activation"_a = "none", "stream"_a = 0,
+      "y = x w^T + b (b may be None), written into y (float32); activation 'relu' (fp32 only): y = max(0, x w^T + b) "
+      "in the GEMM's last pass.");
 
   m.def(
       "linear_backward_data",

@@ -2,6 +2,8 @@
 //
 // Math (xp = x zero-padded by `pad`, Cg = C/groups, Kg = K/groups, g(k) = k / Kg):
 //   forward  y[n,k,p,q]  = b[k] + sum_{c<Cg,r<R,s<S} w[k,c,r,s] * xp[n, g*Cg+c, p*st+r, q*st+s]
+//            and with `relu` (the fused epilogue) y = max(0, that), applied to the FP32 value
+//            stored otherwise (tile::epilogue), so it equals relu_forward of the unfused y bit for bit
 //   data     dx[n,c,h,w] = sum_{k in g(c), r, s : h+pad-r = p*st, w+pad-s = q*st, p<P, q<Q}
 //                          dy[n,k,p,q] * w[k, c-g*Cg, r, s]
 //   filter   dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * xp[n, g*Cg+c, p*st+r, q*st+s]
@@ -61,7 +63,7 @@ using namespace tile;
 
 // ============================ version 1: direct loops ======================================
 __global__ void conv_fwd_v1(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-                            float* __restrict__ y, Geo d) {
+                            float* __restrict__ y, Geo d, bool relu) {
   const int64_t total = int64_t(d.N) * d.K * d.PQ;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -81,7 +83,7 @@ __global__ void conv_fwd_v1(const float* __restrict__ x, const float* __restrict
         }
       }
     }
-    y[idx] = acc + (b ? b[k] : 0.0f);
+    y[idx] = epilogue(acc + (b ? b[k] : 0.0f), relu);
   }
 }
 
@@ -179,7 +181,7 @@ struct Im2colSrc {
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     conv_fwd_v2(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-                float* __restrict__ y, Geo d, bool vec_w) {
+                float* __restrict__ y, Geo d, bool vec_w, bool relu) {
   __shared__ __align__(16) float As[2 * Cfg::A_TILE];
   __shared__ __align__(16) float Bs[2 * Cfg::B_TILE];
   const int t = threadIdx.x, tx = t % Cfg::TX, ty = t / Cfg::TX;
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
       const int m = m0 + row_of<Cfg>(ty, i);
       if (m < d.Kg) {
         const int k = g * d.Kg + m;
-        yc[int64_t(k) * d.PQ] = acc[i][j] + (b ? b[k] : 0.0f);
+        yc[int64_t(k) * d.PQ] = epilogue(acc[i][j] + (b ? b[k] : 0.0f), relu);
       }
     }
   }
@@ -407,11 +409,12 @@ __global__ void conv_bias_v2(const float* __restrict__ dy, float* __restrict__ d
   }
 
 template <class Cfg>
-void launch_fwd_v2(const float* x, const float* w, const float* b, float* y, const Geo& d, cudaStream_t stream) {
+void launch_fwd_v2(const float* x, const float* w, const float* b, float* y, const Geo& d, bool relu,
+                   cudaStream_t stream) {
   const bool vec_w = aligned16(w) && d.CRS % 4 == 0;
   const dim3 grid(ceil_div(d.NPQ, Cfg::BN), ceil_div(d.Kg, Cfg::BM), unsigned(d.groups));
   auto conv_fwd_v2_tiled = conv_fwd_v2<Cfg>;
-  LAUNCH(conv_fwd_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, x, w, b, y, d, vec_w);
+  LAUNCH(conv_fwd_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, x, w, b, y, d, vec_w, relu);
 }
 
 template <class Cfg>
@@ -496,15 +499,16 @@ void launch_fwd_tc(const void* x, const void* w, const float* b, float* y, const
 }  // namespace
 
 void conv2d_forward(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int version,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, bool relu) {
   version = pick_version("conv2d_forward", version, kConvVersions, 2);
   const Geo d = make_geo(s);
   if (d.N == 0) return;
   if (version == 1) {
-    LAUNCH(conv_fwd_v1, dim3(grid_stride_blocks(int64_t(d.NPQ) * d.K, 256)), dim3(256), 0, stream, x, w, b, y, d);
+    LAUNCH(conv_fwd_v1, dim3(grid_stride_blocks(int64_t(d.NPQ) * d.K, 256)), dim3(256), 0, stream, x, w, b, y, d,
+           relu);
     return;
   }
-  CONV_WITH_TILE(d.Kg, launch_fwd_v2, x, w, b, y, d, stream)
+  CONV_WITH_TILE(d.Kg, launch_fwd_v2, x, w, b, y, d, relu, stream)
 }
 
 void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b, float* y, const ConvShape& s,

@@ -21,9 +21,11 @@ struct ConvShape {
   int N, C, H, W, K, R, S, stride, pad, groups, P, Q;
 };
 
-// y = conv(x, w) + b (b may be null). version 1: direct loops; 2: implicit GEMM; 0: the best.
+// y = conv(x, w) + b (b may be null); with `relu`, y = max(0, conv(x, w) + b) in the kernel's
+// epilogue, bit for bit relu_forward of the unfused y (every version). version 1: direct loops;
+// 2: implicit GEMM; 0: the best.
 void conv2d_forward(const float* x, const float* w, const float* b, float* y, const ConvShape& s, int version,
-                    cudaStream_t stream);
+                    cudaStream_t stream, bool relu = false);
 
 // Numbered versions of conv2d_forward_tc and of the tensor-core backward (conv_tc.cuh): 1..kConvTcVersions.
 inline constexpr int kConvTcVersions = 1;

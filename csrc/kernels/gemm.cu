@@ -2,7 +2,9 @@
 // fc8 4096->1000), with the transposes their backward pass needs, plus column sums (bias
 // gradient) and the split-K second pass shared with conv.cu.
 //
-// Math:    C[m, n] = sum_k op(A)[m, k] * op(B)[k, n] (+ bias[n]), FP32 FFMA, k ascending per
+// Math:    C[m, n] = act(sum_k op(A)[m, k] * op(B)[k, n] (+ bias[n])), act = max(0, .) when the
+//          caller fuses a ReLU (tile::epilogue, in the last pass: the tile's store or the split-K
+//          reduce), else the identity. FP32 FFMA, k ascending per
 //          thread (version 1) or per k-tile/split (version 2). For a linear layer with
 //          x (N, I), w (O, I), dy (N, O):
 //            forward   y  = x w^T + b     gemm(no, trans_b)   M=N, N=O, K=I
@@ -40,7 +42,8 @@ using namespace tile;
 
 // ---- version 1: one thread per output ---------------------------------------------------
 __global__ void gemm_v1(bool ta, bool tb, int M, int N, int K, const float* __restrict__ A, int lda,
-                        const float* __restrict__ B, int ldb, float* __restrict__ C, const float* __restrict__ bias) {
+                        const float* __restrict__ B, int ldb, float* __restrict__ C, const float* __restrict__ bias,
+                        bool relu) {
   const int n = blockIdx.x * blockDim.x + threadIdx.x;
   const int m = blockIdx.y * blockDim.y + threadIdx.y;
   if (m >= M || n >= N) return;
@@ -50,7 +53,7 @@ __global__ void gemm_v1(bool ta, bool tb, int M, int N, int K, const float* __re
     const float b = tb ? B[int64_t(n) * ldb + k] : B[int64_t(k) * ldb + n];
     s = fmaf(a, b, s);
   }
-  C[int64_t(m) * N + n] = s + (bias ? bias[n] : 0.0f);
+  C[int64_t(m) * N + n] = epilogue(s + (bias ? bias[n] : 0.0f), relu);
 }
 
 // ---- version 2: tiled, register-blocked, split-K ----------------------------------------
@@ -58,7 +61,7 @@ template <class Cfg, bool TA, bool TB>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     gemm_v2(int M, int N, int K, const float* __restrict__ A, int lda, const float* __restrict__ B, int ldb,
             float* __restrict__ C, const float* __restrict__ bias, float* __restrict__ work, bool vec_a, bool vec_b,
-            bool vec_c) {
+            bool vec_c, bool relu) {
   __shared__ __align__(16) float As[2 * Cfg::A_TILE];
   __shared__ __align__(16) float Bs[2 * Cfg::B_TILE];
   const int t = threadIdx.x, tx = t % Cfg::TX, ty = t / Cfg::TX;
@@ -74,7 +77,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
 
   float* out = splits > 1 ? work + int64_t(split) * M * N : C;
   const float* bs = splits > 1 ? nullptr : bias;
-  store_tile<Cfg>(out, N, M, N, m0, n0, tx, ty, acc, bs, vec_c);
+  store_tile<Cfg>(out, N, M, N, m0, n0, tx, ty, acc, bs, vec_c, relu && splits == 1);
 }
 
 // ---- column sums -------------------------------------------------------------------------
@@ -105,34 +108,35 @@ __global__ void column_sums_v2(const float* __restrict__ X, float* __restrict__ 
 }
 
 __global__ void splitk_reduce_kernel(const float* __restrict__ work, int splits, int64_t n, float* __restrict__ out,
-                                     const float* __restrict__ bias, int bias_len) {
+                                     const float* __restrict__ bias, int bias_len, bool relu) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float s = 0.0f;
     for (int k = 0; k < splits; ++k) s += work[int64_t(k) * n + i];
-    out[i] = s + (bias ? bias[i % bias_len] : 0.0f);
+    out[i] = epilogue(s + (bias ? bias[i % bias_len] : 0.0f), relu);
   }
 }
 
 // ---- dispatch ------------------------------------------------------------------------------
 template <class Cfg, bool TA, bool TB>
 void launch_v2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, const float* bias,
-               float* work, int splits, cudaStream_t stream) {
+               float* work, int splits, bool relu, cudaStream_t stream) {
   const bool vec_a = aligned16(A) && lda % 4 == 0 && (TA || K % 4 == 0);
   const bool vec_b = aligned16(B) && ldb % 4 == 0 && (!TB || K % 4 == 0);
   float* out = splits > 1 ? work : C;
   const bool vec_c = aligned16(out) && N % 4 == 0;
   const dim3 grid(ceil_div(N, Cfg::BN), ceil_div(M, Cfg::BM), unsigned(splits));
   auto kernel = gemm_v2<Cfg, TA, TB>;
-  LAUNCH(kernel, grid, dim3(Cfg::THREADS), 0, stream, M, N, K, A, lda, B, ldb, C, bias, work, vec_a, vec_b, vec_c);
+  LAUNCH(kernel, grid, dim3(Cfg::THREADS), 0, stream, M, N, K, A, lda, B, ldb, C, bias, work, vec_a, vec_b, vec_c,
+         relu);
 }
 
 template <class Cfg>
 void launch_v2_trans(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
-                     const float* bias, float* work, int splits, cudaStream_t stream) {
-  if (!ta && !tb) launch_v2<Cfg, false, false>(M, N, K, A, lda, B, ldb, C, bias, work, splits, stream);
-  else if (!ta && tb) launch_v2<Cfg, false, true>(M, N, K, A, lda, B, ldb, C, bias, work, splits, stream);
-  else if (ta && !tb) launch_v2<Cfg, true, false>(M, N, K, A, lda, B, ldb, C, bias, work, splits, stream);
-  else launch_v2<Cfg, true, true>(M, N, K, A, lda, B, ldb, C, bias, work, splits, stream);
+                     const float* bias, float* work, int splits, bool relu, cudaStream_t stream) {
+  if (!ta && !tb) launch_v2<Cfg, false, false>(M, N, K, A, lda, B, ldb, C, bias, work, splits, relu, stream);
+  else if (!ta && tb) launch_v2<Cfg, false, true>(M, N, K, A, lda, B, ldb, C, bias, work, splits, relu, stream);
+  else if (ta && !tb) launch_v2<Cfg, true, false>(M, N, K, A, lda, B, ldb, C, bias, work, splits, relu, stream);
+  else launch_v2<Cfg, true, true>(M, N, K, A, lda, B, ldb, C, bias, work, splits, relu, stream);
 }
 
 }  // namespace
@@ -185,12 +189,14 @@ SplitPlan gemm_plan(int M, int N, int K, int version, int splits) {
 }
 
 void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
-          const float* bias, float* work, int64_t work_floats, int version, int splits, cudaStream_t stream) {
+          const float* bias, float* work, int64_t work_floats, int version, int splits, cudaStream_t stream,
+          bool relu) {
   version = pick_version("gemm", version, kGemmVersions, 2);
   if (M <= 0 || N <= 0) return;
   if (version == 1) {
     const dim3 block(16, 16);
-    LAUNCH(gemm_v1, dim3(ceil_div(N, 16), ceil_div(M, 16)), block, 0, stream, ta, tb, M, N, K, A, lda, B, ldb, C, bias);
+    LAUNCH(gemm_v1, dim3(ceil_div(N, 16), ceil_div(M, 16)), block, 0, stream, ta, tb, M, N, K, A, lda, B, ldb, C, bias,
+           relu);
     return;
   }
   const SplitPlan plan = gemm_plan(M, N, K, version, splits);
@@ -199,18 +205,19 @@ void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const 
                                 std::to_string(plan.workspace) + " needed");
   switch (pick_tile(M, false)) {
     case Tile::k8:  // not picked: gemm has no T8 kernels
-    case Tile::k32: launch_v2_trans<T32>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, stream); break;
-    case Tile::k64: launch_v2_trans<T64>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, stream); break;
-    case Tile::k128: launch_v2_trans<T128>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, stream); break;
+    case Tile::k32: launch_v2_trans<T32>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, relu, stream); break;
+    case Tile::k64: launch_v2_trans<T64>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, relu, stream); break;
+    case Tile::k128: launch_v2_trans<T128>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, relu, stream); break;
   }
-  if (plan.splits > 1) splitk_reduce(work, plan.splits, int64_t(M) * N, C, bias, N, stream);
+  if (plan.splits > 1) splitk_reduce(work, plan.splits, int64_t(M) * N, C, bias, N, stream, relu);
 }
 
 void splitk_reduce(const float* work, int splits, int64_t n, float* out, const float* bias, int bias_len,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, bool relu) {
   if (n <= 0) return;
   const int64_t blocks = std::min<int64_t>((n + 255) / 256, 4096);
-  LAUNCH(splitk_reduce_kernel, dim3(unsigned(blocks)), dim3(256), 0, stream, work, splits, n, out, bias, bias_len);
+  LAUNCH(splitk_reduce_kernel, dim3(unsigned(blocks)), dim3(256), 0, stream, work, splits, n, out, bias, bias_len,
+         relu);
 }
 
 void column_sums(const float* X, float* out, int rows, int cols, int version, cudaStream_t stream) {

@@ -35,10 +35,14 @@ SplitPlan gemm_plan(int M, int N, int K, int version, int splits);
 //   op(A)[m, k] = trans_a ? A[k * lda + m] : A[m * lda + k]
 //   op(B)[k, n] = trans_b ? B[n * ldb + k] : B[k * ldb + n]
 // `work` holds at least gemm_plan(M, N, K, version, splits).workspace floats.
+// With `relu`, C = max(0, that) in the last pass's epilogue (the tile's store, or splitk_reduce
+// when the reduction is split), bit for bit relu_forward of the unfused C (a linear layer
+// followed by a ReLU).
 // version 1: one thread per output; version 2: shared-memory tiles, register blocking,
 // float4 loads, split-K; version 0: the best (2).
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
-          const float* bias, float* work, int64_t work_floats, int version, int splits, cudaStream_t stream);
+          const float* bias, float* work, int64_t work_floats, int version, int splits, cudaStream_t stream,
+          bool relu = false);
 
 // ---- tensor cores (gemm_tc.cu) -------------------------------------------------------------
 // The precision of a product's inputs: FP32 (gemm above), TF32 (FP32 in memory, rounded with
@@ -64,9 +68,10 @@ void gemm_tc(Precision p, bool trans_a, bool trans_b, int M, int N, int K, const
 void column_sums(const float* X, float* out, int rows, int cols, int version, cudaStream_t stream);
 
 // out[i] = sum_{s < splits} work[s * n + i] (+ bias[i % bias_len] when bias is not null),
-// summed in split order: the second pass of every split reduction.
+// summed in split order: the second pass of every split reduction; `relu` takes max(0, .) of
+// each sum as gemm's fused ReLU does.
 void splitk_reduce(const float* work, int splits, int64_t n, float* out, const float* bias, int bias_len,
-                   cudaStream_t stream);
+                   cudaStream_t stream, bool relu = false);
 
 // Multiprocessor count of the current device (the emu build reports its OS threads).
 int device_sm_count();

@@ -317,13 +317,21 @@ __device__ __forceinline__ void mainloop(LA& la, LB& lb, int ktiles, float* As, 
   }
 }
 
+// ---- the fused activation of a forward epilogue --------------------------------------------
+// The value a forward stores: v = acc + bias, rounded once to FP32 by the add, then, when
+// `relu`, fmaxf(v, 0): the same operation on the same FP32 value as relu_forward (relu.cu)
+// applied to the unfused output, so the fused output is bit for bit the unfused one.
+__device__ __forceinline__ float epilogue(float v, bool relu) { return relu ? fmaxf(v, 0.0f) : v; }
+
 // ---- the epilogue: a thread's micro-tile into a row-major C ----------------------------------
-// out[m * ld + n] = acc + (bias ? bias[n] : 0) for this thread's rows m = m0 + row_of(ty, i) < M
-// and columns n = n0 + col_of(tx, j) < N; float4 stores where `vec` promises that out and ld
-// allow them (out 16-byte aligned, ld % 4 == 0): col_of(tx, 4b .. 4b+3) are 4 consecutive columns.
+// out[m * ld + n] = act(acc + (bias ? bias[n] : 0)) for this thread's rows m = m0 + row_of(ty, i) < M
+// and columns n = n0 + col_of(tx, j) < N, act = fused_relu when `relu`, else the identity; float4
+// stores where `vec` promises that out and ld allow them (out 16-byte aligned, ld % 4 == 0):
+// col_of(tx, 4b .. 4b+3) are 4 consecutive columns.
 template <class Cfg>
 __device__ __forceinline__ void store_tile(float* out, int ld, int M, int N, int m0, int n0, int tx, int ty,
-                                           const float (&acc)[Cfg::TM][Cfg::TN], const float* bias, bool vec) {
+                                           const float (&acc)[Cfg::TM][Cfg::TN], const float* bias, bool vec,
+                                           bool relu = false) {
 #pragma unroll
   for (int i = 0; i < Cfg::TM; ++i) {
     const int m = m0 + row_of<Cfg>(ty, i);
@@ -334,7 +342,7 @@ __device__ __forceinline__ void store_tile(float* out, int ld, int M, int N, int
       const int n = n0 + col_of<Cfg>(tx, 4 * jb);
       float v[4];
 #pragma unroll
-      for (int l = 0; l < 4; ++l) v[l] = acc[i][4 * jb + l] + (bias && n + l < N ? bias[n + l] : 0.0f);
+      for (int l = 0; l < 4; ++l) v[l] = epilogue(acc[i][4 * jb + l] + (bias && n + l < N ? bias[n + l] : 0.0f), relu);
       if (vec && n + 3 < N) {
         *reinterpret_cast<float4*>(row + n) = make_float4(v[0], v[1], v[2], v[3]);
       } else {
