@@ -200,8 +200,15 @@ class Layer:
         self.__dict__.pop("_cache", None)
 
 
+def _fused(flag, ctx):
+    """Whether a conv/linear + ReLU pair marked by `_pair_relus` fuses in this forward: at fp32 only (the
+    tensor-core kernels have no fused epilogue; there the ReLU layer runs relu_forward)."""
+    return flag and ctx["precision"] == "fp32"
+
+
 class Conv2d(Layer):
     params = ("weight", "bias")
+    fuse_relu = False  # set by _pair_relus: the forward also applies the next layer's ReLU
 
     @property
     def tower_rule(self):
@@ -216,8 +223,9 @@ class Conv2d(Layer):
         self._precision = ctx["precision"]
         if train:
             self._cache = x
-        return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride,
-                                 padding=self.padding, groups=self.groups, precision=self._precision)
+        return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                                 groups=self.groups, precision=self._precision,
+                                 activation="relu" if _fused(self.fuse_relu, ctx) else "none")
 
     def backward(self, be, dy, need_dx=True):
         dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
@@ -229,6 +237,7 @@ class Conv2d(Layer):
 class Linear(Layer):
     params = ("weight", "bias")
     tower_rule = "gather_in"
+    fuse_relu = False  # as Conv2d's
 
     def __init__(self, name, in_f, out_f):
         self.name = name
@@ -239,7 +248,8 @@ class Linear(Layer):
         self._precision = ctx["precision"]
         if train:
             self._cache = x
-        return be.linear_forward(x, self.weight, self.bias, precision=self._precision)
+        return be.linear_forward(x, self.weight, self.bias, precision=self._precision,
+                                 activation="relu" if _fused(self.fuse_relu, ctx) else "none")
 
     def backward(self, be, dy):
         dx, self.grad_weight, self.grad_bias = be.linear_backward(dy, self._cache, self.weight,
@@ -254,17 +264,22 @@ class ReLU(Layer):
     y.shape[1:], one entry per unit: channel x row x column, or feature) whether the unit's output
     was > 0 for some example of the batch. It only reads y: no computed value changes. Off by
     default, and then it costs nothing.
+
+    `fused` (set by _pair_relus when a Conv2d or Linear precedes it): at fp32 that layer's forward
+    already applied max(0, .) in its kernel's epilogue, bit for bit relu_forward, so this layer only
+    keeps y for its backward and the tracking.
     """
 
     track = False
     active = None
+    fused = False
     tower_rule = "any"
 
     def __init__(self, name):
         self.name = name
 
     def forward(self, be, x, train, ctx):
-        y = be.relu_forward(x)
+        y = x if _fused(self.fused, ctx) else be.relu_forward(x)
         if train:
             self._cache = y
             if self.track and y.shape[0]:
@@ -282,6 +297,14 @@ class ReLU(Layer):
 
     def backward(self, be, dy):
         return be.relu_backward(dy, self._cache)
+
+
+def _pair_relus(layers, on):
+    """Marks each Conv2d or Linear followed by a ReLU to compute that ReLU in its own forward (`fuse_relu`)
+    and the ReLU to pass its input through (`fused`); on=False unmarks them (the separate ReLU pass)."""
+    for a, b in zip(layers, layers[1:]):
+        if isinstance(a, (Conv2d, Linear)) and isinstance(b, ReLU):
+            a.fuse_relu = b.fused = bool(on)
 
 
 class Tanh(Layer):
@@ -486,6 +509,7 @@ class AlexNet:
         L += [Linear("fc6", ch["conv5"] * p5 * p5, ch["fc6"]), act(6), Dropout("drop6", dropout, 0),
               Linear("fc7", ch["fc6"], ch["fc7"]), act(7), Dropout("drop7", dropout, 1),
               Linear("fc8", ch["fc7"], self.num_classes)]
+        _pair_relus(L, True)
         return L
 
     # -- parameters ---------------------------------------------------------
@@ -575,6 +599,14 @@ class AlexNet:
             return
         self.momentum = {n: be.asarray(np.array(state[n], dtype=self.dtype, copy=True), dtype=self.dtype)
                          for n in self.parameter_shapes()}
+
+    def fuse_relus(self, on=True):
+        """Compute each ReLU in the forward of the conv or linear layer before it (on, the default; at fp32)
+        or as its own pass (off): the same bits either way, the fused forward skips a read and a write of
+        each activation."""
+        _pair_relus(self.layers, on)
+        for tower in (self._split.towers if self._split is not None else ()):
+            _pair_relus(tower, on)
 
     # -- activity (alexnet_cuda.health) ---------------------------------------
 
