@@ -68,14 +68,10 @@ def conv_hyper(fn, stride, padding, groups):
             integer(fn, "groups", groups, minimum=1))
 
 
-def activation(fn, activation, precision="fp32"):
-    """The activation fused into a conv2d/linear forward ("none" or "relu"), checked; "relu" at fp32
-    only (the tensor-core kernels have no fused epilogue: run relu_forward after them)."""
+def activation(fn, activation):
+    """The activation fused into a conv2d/linear forward ("none" or "relu"), checked."""
     if not isinstance(activation, str) or activation not in FUSED_ACTIVATIONS:
         raise ValueError(f"{fn}: activation must be one of {', '.join(FUSED_ACTIVATIONS)}, got {activation!r}")
-    if activation != "none" and precision != "fp32":
-        raise ValueError(f"{fn}: activation={activation!r} is fused only at precision fp32, got {precision!r} "
-                         "(the tensor-core kernels have no fused epilogue); run relu_forward on the output instead")
     return activation
 
 

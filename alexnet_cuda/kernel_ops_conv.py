@@ -38,11 +38,11 @@ class ConvOps:
     def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0, precision="fp32",
                        activation="none"):
         """y (float32); precision tf32 or bf16 runs the tensor-core forward (x, w as in linear_forward);
-        activation "relu" (fp32) fuses max(0, .) into every version's epilogue."""
+        activation "relu" fuses max(0, .) into every version's epilogue."""
         fn = "conv2d_forward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
-        activation = _activation(fn, activation, check_precision(fn, precision))
+        activation = _activation(fn, activation)
         x, w = self._operands(fn, precision, x, w)
         geo = dict(stride=stride, padding=padding, groups=groups, precision=precision)
         y = self._empty(self._mod.conv2d_forward_check(x, w, b, **geo))
@@ -75,11 +75,11 @@ class ConvOps:
     # ---- linear ---------------------------------------------------------------------------
     def linear_forward(self, x, w, b, *, version=0, precision="fp32", activation="none"):
         """y = x w^T + b (float32). precision tf32: float32 x, w on tensor cores; bf16: x, w
-        BF16 (uint16 bits, ml_dtypes bfloat16, or float32 rounded here). activation "relu" (fp32):
+        BF16 (uint16 bits, ml_dtypes bfloat16, or float32 rounded here). activation "relu":
         max(0, y) in the GEMM's last pass."""
         fn = "linear_forward"
         version = _version(fn, version)
-        activation = _activation(fn, activation, check_precision(fn, precision))
+        activation = _activation(fn, activation)
         x, w = self._operands(fn, precision, x, w)
         plan = self._mod.linear_check(x, w, b, None, version=version, precision=precision)["forward"]
         y = self._empty((x.shape[0], w.shape[0]))

@@ -200,12 +200,6 @@ class Layer:
         self.__dict__.pop("_cache", None)
 
 
-def _fused(flag, ctx):
-    """Whether a conv/linear + ReLU pair marked by `_pair_relus` fuses in this forward: at fp32 only (the
-    tensor-core kernels have no fused epilogue; there the ReLU layer runs relu_forward)."""
-    return flag and ctx["precision"] == "fp32"
-
-
 class Conv2d(Layer):
     params = ("weight", "bias")
     fuse_relu = False  # set by _pair_relus: the forward also applies the next layer's ReLU
@@ -225,7 +219,7 @@ class Conv2d(Layer):
             self._cache = x
         return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
                                  groups=self.groups, precision=self._precision,
-                                 activation="relu" if _fused(self.fuse_relu, ctx) else "none")
+                                 activation="relu" if self.fuse_relu else "none")
 
     def backward(self, be, dy, need_dx=True):
         dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
@@ -249,7 +243,7 @@ class Linear(Layer):
         if train:
             self._cache = x
         return be.linear_forward(x, self.weight, self.bias, precision=self._precision,
-                                 activation="relu" if _fused(self.fuse_relu, ctx) else "none")
+                                 activation="relu" if self.fuse_relu else "none")
 
     def backward(self, be, dy):
         dx, self.grad_weight, self.grad_bias = be.linear_backward(dy, self._cache, self.weight,
@@ -265,8 +259,8 @@ class ReLU(Layer):
     was > 0 for some example of the batch. It only reads y: no computed value changes. Off by
     default, and then it costs nothing.
 
-    `fused` (set by _pair_relus when a Conv2d or Linear precedes it): at fp32 that layer's forward
-    already applied max(0, .) in its kernel's epilogue, bit for bit relu_forward, so this layer only
+    `fused` (set by _pair_relus when a Conv2d or Linear precedes it): that layer's forward already
+    applied max(0, .) in its kernel's epilogue, bit for bit relu_forward, so this layer only
     keeps y for its backward and the tracking.
     """
 
@@ -279,7 +273,7 @@ class ReLU(Layer):
         self.name = name
 
     def forward(self, be, x, train, ctx):
-        y = x if _fused(self.fused, ctx) else be.relu_forward(x)
+        y = x if self.fused else be.relu_forward(x)
         if train:
             self._cache = y
             if self.track and y.shape[0]:
@@ -601,8 +595,8 @@ class AlexNet:
                          for n in self.parameter_shapes()}
 
     def fuse_relus(self, on=True):
-        """Compute each ReLU in the forward of the conv or linear layer before it (on, the default; at fp32)
-        or as its own pass (off): the same bits either way, the fused forward skips a read and a write of
+        """Compute each ReLU in the forward of the conv or linear layer before it (on, the default) or as its
+        own pass (off): the same bits either way, the fused forward skips a read and a write of
         each activation."""
         _pair_relus(self.layers, on)
         for tower in (self._split.towers if self._split is not None else ()):

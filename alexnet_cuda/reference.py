@@ -195,12 +195,12 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32", 
     x (N,C,H,W), w (K,Cg,R,S), b (K,) or None -> y (N,K,P,Q) with
     P = (H + 2*padding - R)//stride + 1 and Q likewise. At ``precision`` tf32 or
     bf16, x and w are rounded first (alexnet_cuda.precision), as the tensor-core kernels do.
-    ``activation="relu"`` (fp32 only) returns relu_forward(y), bit for bit: the ReLU fused into
-    the kernels' epilogue.
+    ``activation="relu"`` returns relu_forward(y), bit for bit: the ReLU fused into the kernels'
+    epilogue (at every precision: the max of the FP32 output).
     """
     fn = "conv2d_forward"
     stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
-    activation = _activation(fn, activation, check_precision(fn, precision))
+    activation = _activation(fn, activation)
     K, Cg, R, S = w.shape
     _bias(fn, b, K, ("x", x))
     x, w = _rounded(fn, precision, x, w)
@@ -281,10 +281,10 @@ def linear_forward(x, w, b, *, precision="fp32", activation="none"):
     """Fully connected layer: y[n,o] = sum_i x[n,i] * w[o,i] + b[o],
     i.e. y = x @ w.T + b. x (N,I), w (O,I), b (O,) or None -> y (N,O).
     At ``precision`` tf32 or bf16, x and w are rounded first (the bias is not).
-    ``activation="relu"`` (fp32 only) returns relu_forward(y), as conv2d_forward's."""
+    ``activation="relu"`` returns relu_forward(y), as conv2d_forward's."""
     fn = "linear_forward"
     _linear_args(fn, x, w)
-    activation = _activation(fn, activation, check_precision(fn, precision))
+    activation = _activation(fn, activation)
     _bias(fn, b, w.shape[0], ("x", x))
     x, w = _rounded(fn, precision, x, w)
     y = x @ w.T

@@ -1,4 +1,4 @@
-"""The ReLU fused into the FP32 conv2d and linear forward (``activation="relu"``; issue 11, item 3).
+"""The ReLU fused into the conv2d and linear forward (``activation="relu"``; issue 11, item 3).
 
 The fused output is max(0, acc + b) taken on the FP32 value the unfused kernel stores, with the
 same fmaxf as relu_forward (tile::epilogue, csrc/kernels/gemm_tile.cuh). So for every numbered
@@ -12,7 +12,12 @@ version, every conv/linear case of tests/test_kernels_conv.py, and every emu fib
 
 Each case asserts that the unfused output has negative entries, so a fused path that skipped
 the ReLU fails. The split-K path of linear (the ReLU applied in splitk_reduce) runs with forced
-splits. activation="relu" at tf32/bf16 is refused with a ValueError (no fused tensor-core epilogue).
+splits.
+
+The tensor-core forwards (tf32, bf16) fuse it the same way (tile::epilogue on the FP32 accumulator
+plus bias): fused == relu_forward(unfused) bit for bit, every version, in every fiber order; the
+unfused tensor-core output is held to its reference by tests/test_kernels_tensor_cores.py, and the
+1-Lipschitz ReLU carries that bound over.
 """
 from __future__ import annotations
 
@@ -148,8 +153,7 @@ def _forward_call(be, op, act, precision):
 @pytest.mark.parametrize("act, precision, pattern", [
     ("tanh", "fp32", r"activation must be one of none, relu, got 'tanh'"),
     (None, "fp32", r"activation must be one of none, relu, got None"),
-    ("relu", "tf32", r"activation='relu' is fused only at precision fp32, got 'tf32'"),
-    ("relu", "bf16", r"activation='relu' is fused only at precision fp32, got 'bf16'"),
+    ("sigmoid", "bf16", r"activation must be one of none, relu, got 'sigmoid'"),
 ])
 def test_fused_activation_bad_arguments(any_backend, op, act, precision, pattern):
     """The same ValueError on every backend (alexnet_cuda.checks.activation)."""
@@ -157,7 +161,7 @@ def test_fused_activation_bad_arguments(any_backend, op, act, precision, pattern
         _forward_call(any_backend, op, act, precision)()
 
 
-def test_bindings_refuse_unknown_or_tensor_core_activation(kernel_backend):
+def test_bindings_refuse_an_unknown_activation(kernel_backend):
     """The extension checks activation itself (a caller that skips the Python layer)."""
     be, m = kernel_backend, kernel_backend._mod
     x = be.xp.ones((1, 2, 5, 5), dtype=np.float32)
@@ -165,10 +169,68 @@ def test_bindings_refuse_unknown_or_tensor_core_activation(kernel_backend):
     y = be.xp.empty((1, 3, 3, 3), dtype=np.float32)
     with pytest.raises(ValueError, match="conv2d_forward: activation must be none or relu, got 'sigmoid'"):
         m.conv2d_forward(x, w, None, y, activation="sigmoid")
-    with pytest.raises(ValueError, match="conv2d_forward: activation='relu' is fused only at precision fp32"):
-        m.conv2d_forward(x, w, None, y, activation="relu", precision="tf32")
     a, wl, yl = (be.xp.ones(s, dtype=np.float32) for s in ((2, 4), (3, 4), (2, 3)))
     with pytest.raises(ValueError, match="linear_forward: activation must be none or relu, got 'RELU'"):
         m.linear_forward(a, wl, None, yl, activation="RELU")
-    with pytest.raises(ValueError, match="linear_forward: activation='relu' is fused only at precision fp32"):
-        m.linear_forward(a, wl, None, yl, activation="relu", precision="tf32")
+
+
+TC_CONV_CASES = ["conv1_11x11_s4", "conv2_5x5_p2_g2", "odd_k130", "groups3"]
+
+
+def tc_versions(be, op, precision):
+    return [0] + be.versions(f"{op}_{precision}")
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("case", TC_CONV_CASES, ids=TC_CONV_CASES)
+def test_conv2d_fused_relu_tensor_cores(kernel_backend, emu_order, precision, case):
+    be = kernel_backend
+    x, w, b, geo, _ = _conv_case(case)
+    X, Wt, B = on(be, x), on(be, w), on(be, b)
+    for v in tc_versions(be, "conv2d_forward", precision):
+        kw = dict(version=v, precision=precision, **geo)
+        _check_fused(be, f"{case} {precision} v{v}", be.conv2d_forward(X, Wt, B, activation="relu", **kw),
+                     be.conv2d_forward(X, Wt, B, **kw))
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("case", LINEAR_RELU_CASES, ids=LINEAR_RELU_CASES)
+def test_linear_fused_relu_tensor_cores(kernel_backend, emu_order, precision, case):
+    be = kernel_backend
+    X, Wt, B = (on(be, a) for a in _linear_case(case))
+    for v in tc_versions(be, "linear_forward", precision):
+        kw = dict(version=v, precision=precision)
+        _check_fused(be, f"{case} {precision} v{v}", be.linear_forward(X, Wt, B, activation="relu", **kw),
+                     be.linear_forward(X, Wt, B, **kw))
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_linear_fused_relu_tensor_cores_split_k(kernel_backend, precision):
+    """gemm_tc's split reduction: the ReLU in splitk_reduce."""
+    from alexnet_cuda.precision import bf16_bits
+    be, m = kernel_backend, kernel_backend._mod
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((37, 1030)).astype(np.float32), rng.standard_normal((70, 1030)).astype(np.float32)
+    X, Wt = (be.asarray(bf16_bits(a) if precision == "bf16" else a) for a in (x, w))
+    B = be.asarray(rng.standard_normal(70).astype(np.float32))
+    kw = dict(version=1, splits=3, precision=precision)
+    plan = m.linear_check(X, Wt, B, None, **kw)["forward"]
+    assert plan["splits"] > 1
+    work = be.xp.empty(plan["workspace"], dtype=np.float32)
+    ys = {}
+    for act in ("none", "relu"):
+        ys[act] = be.xp.empty((37, 70), dtype=np.float32)
+        m.linear_forward(X, Wt, B, ys[act], work, activation=act, **kw)
+    _check_fused(be, f"{precision} splits", ys["relu"], ys["none"])
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_reference_fused_relu_at_reduced_precision(precision):
+    x, w, b, geo, _ = _conv_case("conv2_5x5_p2_g2")
+    plain = ref.conv2d_forward(x, w, b, precision=precision, **geo)
+    assert (plain < 0).any()
+    np.testing.assert_array_equal(ref.conv2d_forward(x, w, b, precision=precision, activation="relu", **geo),
+                                  ref.relu_forward(plain))
+    xl, wl, bl = _linear_case("odd_k130")
+    np.testing.assert_array_equal(ref.linear_forward(xl, wl, bl, precision=precision, activation="relu"),
+                                  ref.relu_forward(ref.linear_forward(xl, wl, bl, precision=precision)))

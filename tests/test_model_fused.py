@@ -3,9 +3,8 @@
 Each Conv2d or Linear followed by a ReLU (conv1..conv5, fc6, fc7) computes the ReLU in its kernel's
 epilogue (activation="relu"), bit for bit relu_forward of its plain output, so the fused model and the
 unfused one (fuse_relus(False)) must agree exactly: logits, losses, the ReLU activity masks and the
-weights after a few SGD steps, on numpy and emu. The fused model must also skip relu_forward (the
-separate pass is what the fusion removes); at tf32 the tensor-core kernels have no fused epilogue, so
-the ReLU layers run relu_forward there.
+weights after a few SGD steps, on numpy and emu, at fp32 and on the tensor-core kernels (tf32). The
+fused model must also skip relu_forward (the separate pass is what the fusion removes).
 """
 import numpy as np
 import pytest
@@ -90,15 +89,14 @@ def test_fused_towers_on_two_devices(monkeypatch):
         np.testing.assert_array_equal(fused[3][k], unfused[3][k], err_msg=k)
 
 
-def test_fused_model_at_tf32_runs_the_relu_pass(monkeypatch):
-    """At tf32 the conv/linear kernels are the tensor-core ones (no fused epilogue): the ReLU layers
-    compute the ReLU, and the model is the unfused one bit for bit."""
-    if "emu" not in available_backends():
-        pytest.skip("no emu backend built")
-    calls = _count_relu_calls(monkeypatch, get_backend("emu"))
-    fused = _run("emu", True, steps=1, precision="tf32")
-    assert len(calls) == 2 * 7
-    unfused = _run("emu", False, steps=1, precision="tf32")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_model_at_tf32(backend, monkeypatch):
+    """At tf32 the conv/linear kernels are the tensor-core ones, with the same fused epilogue."""
+    calls = _count_relu_calls(monkeypatch, get_backend(backend))
+    fused = _run(backend, True, steps=2, precision="tf32")
+    assert calls == []
+    unfused = _run(backend, False, steps=2, precision="tf32")
+    assert len(calls) == 3 * 7
     np.testing.assert_array_equal(fused[0], unfused[0])
     for k in fused[3]:
         np.testing.assert_array_equal(fused[3][k], unfused[3][k], err_msg=k)

@@ -96,12 +96,9 @@ kernels::Precision precision_arg(const char* op, const std::string& p) {
 }
 
 // The activation argument of conv2d_forward and linear_forward: "none" or "relu" (fused into
-// the FP32 kernels' epilogue; true for relu). The tensor-core kernels have no fused epilogue yet.
-bool activation_arg(const char* op, const std::string& a, kernels::Precision p) {
+// the kernels' epilogue at every precision; true for relu).
+bool activation_arg(const char* op, const std::string& a) {
   if (a != "none" && a != "relu") value_error(op, "activation must be none or relu, got '" + a + "'");
-  if (a == "relu" && p != kernels::Precision::kFP32)
-    value_error(op, "activation='relu' is fused only at precision fp32 (the tensor-core kernels have no fused "
-                    "epilogue); run relu_forward on the output instead");
   return a == "relu";
 }
 
@@ -207,7 +204,7 @@ void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, 
                   as_stream(stream), relu);
   else
     kernels::gemm_tc(p, ta, tb, M, N, K, A.ptr, lda, B.ptr, ldb, C.f32(), b, wk, WK.numel(), version, splits,
-                     as_stream(stream));
+                     as_stream(stream), relu);
 }
 
 }  // namespace
@@ -247,7 +244,7 @@ void bind_conv(py::module_& m) {
          int version, const std::string& precision, const std::string& activation, uintptr_t stream) {
         const char* op = "conv2d_forward";
         const kernels::Precision p = precision_arg(op, precision);
-        const bool relu = activation_arg(op, activation, p);
+        const bool relu = activation_arg(op, activation);
         Array B;
         ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B, p);
         Array Y = output(y, op, "y", {DType::F32}, 4);
@@ -259,13 +256,13 @@ void bind_conv(py::module_& m) {
         if (p == kernels::Precision::kFP32)
           kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), bp, Y.f32(), in.s, version, as_stream(stream), relu);
         else
-          kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.f32(), in.s, version, as_stream(stream));
+          kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.f32(), in.s, version, as_stream(stream), relu);
       },
       "x"_a, "w"_a, "b"_a, "y"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
       "precision"_a = "fp32", "activation"_a = "none", "stream"_a = 0,
       "y = conv2d(x, w) + b (b may be None), written into y (float32). precision: fp32, tf32 (float32 x, w on "
-      "tensor cores) or bf16 (uint16 BF16 x, w). activation 'relu' (fp32 only): y = max(0, conv2d(x, w) + b) in "
-      "the kernel's epilogue.");
+      "tensor cores) or bf16 (uint16 BF16 x, w). activation 'relu': y = max(0, conv2d(x, w) + b) in the "
+      "kernel's epilogue.");
 
   m.def(
       "conv2d_backward_check",
@@ -386,7 +383,7 @@ void bind_conv(py::module_& m) {
          const std::string& precision, const std::string& activation, uintptr_t stream) {
         const char* op = "linear_forward";
         const kernels::Precision p = precision_arg(op, precision);
-        const bool relu = activation_arg(op, activation, p);
+        const bool relu = activation_arg(op, activation);
         LinIn in = linear_inputs(op, x, w, p);
         Array B = optional_bias(op, b, in.O, "one per output feature");
         Array Y = output(y, op, "y", {DType::F32}, 2);
@@ -396,8 +393,8 @@ void bind_conv(py::module_& m) {
       },
       "x"_a, "w"_a, "b"_a, "y"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
       "precision"_a = "fp32", "activation"_a = "none", "stream"_a = 0,
-      "y = x w^T + b (b may be None), written into y (float32); activation 'relu' (fp32 only): y = max(0, x w^T + b) "
-      "in the GEMM's last pass.");
+      "y = x w^T + b (b may be None), written into y (float32); activation 'relu': y = max(0, x w^T + b) in the "
+      "GEMM's last pass.");
 
   m.def(
       "linear_backward_data",

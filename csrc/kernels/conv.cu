@@ -39,7 +39,7 @@
 //   of version 2's forward on tc_tile.cuh (mma.sync, 64 x 64 x 32 block tiles, 128 threads);
 //   A = w dense, B = im2col(x) gathered with a division per element (no mixed-radix counter
 //   yet). TF32 rounds x and w with cvt.rna as it stages them; BF16 reads bf16 x and w.
-//   Accumulation FP32, y FP32. The backward directions on tensor cores: conv_tc.cu.
+//   Accumulation FP32, y FP32; `relu` fused as in versions 1 and 2. The backward directions on tensor cores: conv_tc.cu.
 // Threads: v1 256 per block over the output; v2 grid (ceil(N/BN), ceil(M/BM), z), the
 //   config's THREADS per block.
 // Constraints: x, y and w each hold fewer than 2^31 elements (32-bit offsets; checked).
@@ -471,7 +471,7 @@ struct Im2colTc {
 template <Precision P>
 __global__ void __launch_bounds__(tc::kThreads)
     conv_fwd_tc_v1(const typename tc::Tc<P>::In* __restrict__ x, const typename tc::Tc<P>::In* __restrict__ w,
-                   const float* __restrict__ b, float* __restrict__ y, Geo d) {
+                   const float* __restrict__ b, float* __restrict__ y, Geo d, bool relu) {
   using In = typename tc::Tc<P>::In;
   __shared__ __align__(16) typename tc::Tc<P>::S As[tc::kBM * tc::Tc<P>::LDS];
   __shared__ __align__(16) typename tc::Tc<P>::S Bs[tc::kBN * tc::Tc<P>::LDS];
@@ -484,16 +484,18 @@ __global__ void __launch_bounds__(tc::kThreads)
     const int m = m0 + dm, n = n0 + dn;
     if (m >= d.Kg || n >= d.NPQ) return;
     const int img = n / d.PQ, pq = n - img * d.PQ, k = g * d.Kg + m;
-    y[int64_t(img) * d.KPQ + int64_t(k) * d.PQ + pq] = v + (b ? b[k] : 0.0f);
+    y[int64_t(img) * d.KPQ + int64_t(k) * d.PQ + pq] = epilogue(v + (b ? b[k] : 0.0f), relu);
   });
 }
 
 template <Precision P>
-void launch_fwd_tc(const void* x, const void* w, const float* b, float* y, const Geo& d, cudaStream_t stream) {
+void launch_fwd_tc(const void* x, const void* w, const float* b, float* y, const Geo& d, bool relu,
+                   cudaStream_t stream) {
   using In = typename tc::Tc<P>::In;
   const dim3 grid(ceil_div(d.NPQ, tc::kBN), ceil_div(d.Kg, tc::kBM), unsigned(d.groups));
   auto kernel = conv_fwd_tc_v1<P>;
-  LAUNCH(kernel, grid, dim3(tc::kThreads), 0, stream, static_cast<const In*>(x), static_cast<const In*>(w), b, y, d);
+  LAUNCH(kernel, grid, dim3(tc::kThreads), 0, stream, static_cast<const In*>(x), static_cast<const In*>(w), b, y, d,
+         relu);
 }
 
 }  // namespace
@@ -512,13 +514,13 @@ void conv2d_forward(const float* x, const float* w, const float* b, float* y, co
 }
 
 void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b, float* y, const ConvShape& s,
-                       int version, cudaStream_t stream) {
+                       int version, cudaStream_t stream, bool relu) {
   if (p == Precision::kFP32) throw std::invalid_argument("conv2d_forward_tc: fp32 runs on conv2d_forward");
   version = pick_version("conv2d_forward_tc", version, kConvTcVersions, 1);
   const Geo d = make_geo(s);
   if (d.N == 0) return;
-  if (p == Precision::kTF32) launch_fwd_tc<Precision::kTF32>(x, w, b, y, d, stream);
-  else launch_fwd_tc<Precision::kBF16>(x, w, b, y, d, stream);
+  if (p == Precision::kTF32) launch_fwd_tc<Precision::kTF32>(x, w, b, y, d, relu, stream);
+  else launch_fwd_tc<Precision::kBF16>(x, w, b, y, d, relu, stream);
 }
 
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,

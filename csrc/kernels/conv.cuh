@@ -31,9 +31,9 @@ void conv2d_forward(const float* x, const float* w, const float* b, float* y, co
 inline constexpr int kConvTcVersions = 1;
 
 // conv2d_forward on tensor cores at p (kTF32: x, w float; kBF16: x, w uint16 BF16 bit
-// patterns); b and y float. version 1: mma.sync implicit GEMM; 0: the best (1).
+// patterns); b and y float; `relu` as conv2d_forward's. version 1: mma.sync implicit GEMM; 0: the best (1).
 void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b, float* y, const ConvShape& s,
-                       int version, cudaStream_t stream);
+                       int version, cudaStream_t stream, bool relu = false);
 
 // dx = the gradient of the forward pass with respect to x (every element written).
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,

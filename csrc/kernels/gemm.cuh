@@ -57,11 +57,11 @@ SplitPlan gemm_tc_plan(int M, int N, int K, int version, int splits);
 
 // gemm() on tensor cores at precision p (kTF32 or kBF16): A and B are float (TF32) or uint16
 // BF16 bit patterns (BF16); C, bias and work are float. `work` holds at least
-// gemm_tc_plan(...).workspace floats. version 1: mma.sync tiles of 64 x 64 x 32, split-K;
-// version 0: the best (1).
+// gemm_tc_plan(...).workspace floats; `relu` as gemm's. version 1: mma.sync tiles of 64 x 64 x 32,
+// split-K; version 0: the best (1).
 void gemm_tc(Precision p, bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B,
              int ldb, float* C, const float* bias, float* work, int64_t work_floats, int version, int splits,
-             cudaStream_t stream);
+             cudaStream_t stream, bool relu = false);
 
 // out[c] = sum_r X[r * cols + c] (column sums, e.g. a linear layer's bias gradient), in a fixed order.
 // version 1: one thread per column; version 2: 32 x 8 thread blocks with a shared-memory combine.

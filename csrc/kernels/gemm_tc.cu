@@ -2,7 +2,8 @@
 // gemm.cu's FP32 versions (forward y = x w^T + b, data dx = dy w, weight dw = dy^T x, with
 // the same transposes and the same split-K), on mma.sync through common/mma_sync.h.
 //
-// Math:    C[m, n] = sum_k op(A)[m, k] * op(B)[k, n] (+ bias[n]), op as in gemm.cuh.
+// Math:    C[m, n] = sum_k op(A)[m, k] * op(B)[k, n] (+ bias[n]), op as in gemm.cuh; with `relu`,
+//          max(0, that) in the last pass (tile::epilogue, as gemm.cu).
 //          TF32: A and B are FP32 in memory; each element is rounded with cvt.rna.tf32.f32
 //          when it is staged into shared memory. BF16: A and B are BF16 in memory (uint16
 //          bit patterns), staged as they are. Products are exact in FP32, accumulation is
@@ -36,7 +37,7 @@ template <Precision P, bool TA, bool TB>
 __global__ void __launch_bounds__(kThreads)
     gemm_tc_v1(int M, int N, int K, const typename Tc<P>::In* __restrict__ A, int lda,
                const typename Tc<P>::In* __restrict__ B, int ldb, float* __restrict__ C,
-               const float* __restrict__ bias, float* __restrict__ work) {
+               const float* __restrict__ bias, float* __restrict__ work, bool relu) {
   using In = typename Tc<P>::In;
   __shared__ __align__(16) typename Tc<P>::S As[kBM * Tc<P>::LDS];
   __shared__ __align__(16) typename Tc<P>::S Bs[kBN * Tc<P>::LDS];
@@ -53,27 +54,27 @@ __global__ void __launch_bounds__(kThreads)
   const float* bs = splits > 1 ? nullptr : bias;
   tc_store(acc, [&](int dm, int dn, float v) {
     const int m = m0 + dm, n = n0 + dn;
-    if (m < M && n < N) out[int64_t(m) * N + n] = v + (bs ? bs[n] : 0.0f);
+    if (m < M && n < N) out[int64_t(m) * N + n] = tile::epilogue(v + (bs ? bs[n] : 0.0f), relu && splits == 1);
   });
 }
 
 template <Precision P, bool TA, bool TB>
 void launch_tc(int M, int N, int K, const void* A, int lda, const void* B, int ldb, float* C, const float* bias,
-               float* work, int splits, cudaStream_t stream) {
+               float* work, int splits, bool relu, cudaStream_t stream) {
   using In = typename Tc<P>::In;
   const dim3 grid(ceil_div(N, kBN), ceil_div(M, kBM), unsigned(splits));
   auto kernel = gemm_tc_v1<P, TA, TB>;
   LAUNCH(kernel, grid, dim3(kThreads), 0, stream, M, N, K, static_cast<const In*>(A), lda,
-         static_cast<const In*>(B), ldb, C, bias, work);
+         static_cast<const In*>(B), ldb, C, bias, work, relu);
 }
 
 template <Precision P>
 void launch_tc_trans(bool ta, bool tb, int M, int N, int K, const void* A, int lda, const void* B, int ldb, float* C,
-                     const float* bias, float* work, int splits, cudaStream_t stream) {
-  if (!ta && !tb) launch_tc<P, false, false>(M, N, K, A, lda, B, ldb, C, bias, work, splits, stream);
-  else if (!ta && tb) launch_tc<P, false, true>(M, N, K, A, lda, B, ldb, C, bias, work, splits, stream);
-  else if (ta && !tb) launch_tc<P, true, false>(M, N, K, A, lda, B, ldb, C, bias, work, splits, stream);
-  else launch_tc<P, true, true>(M, N, K, A, lda, B, ldb, C, bias, work, splits, stream);
+                     const float* bias, float* work, int splits, bool relu, cudaStream_t stream) {
+  if (!ta && !tb) launch_tc<P, false, false>(M, N, K, A, lda, B, ldb, C, bias, work, splits, relu, stream);
+  else if (!ta && tb) launch_tc<P, false, true>(M, N, K, A, lda, B, ldb, C, bias, work, splits, relu, stream);
+  else if (ta && !tb) launch_tc<P, true, false>(M, N, K, A, lda, B, ldb, C, bias, work, splits, relu, stream);
+  else launch_tc<P, true, true>(M, N, K, A, lda, B, ldb, C, bias, work, splits, relu, stream);
 }
 
 int tc_slots() {
@@ -101,7 +102,7 @@ SplitPlan gemm_tc_plan(int M, int N, int K, int version, int splits) {
 
 void gemm_tc(Precision p, bool ta, bool tb, int M, int N, int K, const void* A, int lda, const void* B, int ldb,
              float* C, const float* bias, float* work, int64_t work_floats, int version, int splits,
-             cudaStream_t stream) {
+             cudaStream_t stream, bool relu) {
   if (p == Precision::kFP32) throw std::invalid_argument("gemm_tc: fp32 runs on gemm(), not on tensor cores");
   version = pick_version("gemm_tc", version, kGemmTcVersions, 1);
   if (M <= 0 || N <= 0) return;
@@ -110,10 +111,10 @@ void gemm_tc(Precision p, bool ta, bool tb, int M, int N, int K, const void* A, 
     throw std::invalid_argument("gemm_tc: the workspace holds " + std::to_string(work_floats) + " floats, " +
                                 std::to_string(plan.workspace) + " needed");
   if (p == Precision::kTF32)
-    launch_tc_trans<Precision::kTF32>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, stream);
+    launch_tc_trans<Precision::kTF32>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, relu, stream);
   else
-    launch_tc_trans<Precision::kBF16>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, stream);
-  if (plan.splits > 1) splitk_reduce(work, plan.splits, int64_t(M) * N, C, bias, N, stream);
+    launch_tc_trans<Precision::kBF16>(ta, tb, M, N, K, A, lda, B, ldb, C, bias, work, plan.splits, relu, stream);
+  if (plan.splits > 1) splitk_reduce(work, plan.splits, int64_t(M) * N, C, bias, N, stream, relu);
 }
 
 }  // namespace alexnet::kernels
