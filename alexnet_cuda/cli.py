@@ -158,16 +158,12 @@ def _cmd_train(args):
     src = args.data
     if src is None:  # the built-in set; rank 0 of a data-parallel job renders it first
         world = distributed.world()
-        src = world.rank0_first(lambda: train.builtin_data(preset, log=_log if world.writer else _quiet))
+        src = world.rank0_first(lambda: train.builtin_data(preset, log=_log if world.writer else None))
     cfg = train.default_config(preset=preset, backend=backend, data=str(src), out=args.out or f"runs/alexnet-{preset}",
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            seed=args.seed, workers=args.workers, patience=args.patience, schedule=args.schedule,
                            init=args.init, devices=args.devices, precision=args.precision, **variant_config(args))
     return train.train(cfg, log=_log)
-
-
-def _quiet(*args, **kw):
-    pass
 
 
 def _without_gpus(argv):
