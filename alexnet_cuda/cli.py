@@ -14,12 +14,11 @@ from pathlib import Path
 
 from . import __version__, ablate, data, distributed, evaluate, gradcheck, timing, train, visualize
 from .backends import cuda_unusable_reason, default_backend_name
-from .cliargs import (add_backend_argument, add_devices_argument, dropout_probability, non_negative_int,
-                      positive_float, positive_int)
+from .cliargs import (add_backend_argument, add_devices_argument, add_precision_argument, dropout_probability,
+                      non_negative_int, positive_float, positive_int)
 from .errors import (EXIT_INTERRUPTED, EXIT_USAGE, AlexNetError, BackendError, DivergedError, TrainError,
                      TrainingInterrupted)
 from .model import ACTIVATIONS, INITS, POOLS, PRESETS
-from .precision import PRECISIONS
 from .runfolder import CHECKPOINT
 
 __all__ = ["main", "build_parser"]
@@ -56,10 +55,7 @@ def _train_arguments(t):
                    help="full: the paper's network at 227x227; small: quarter width at 67x67 "
                         "(default: full on cuda, small otherwise)")
     t.add_argument("--init", choices=INITS, help="weight init (default: the preset's; 'paper' is the paper's)")
-    t.add_argument("--precision", choices=PRECISIONS,
-                   help="products of the convolutions and the linear layers, forward and backward: fp32 "
-                        "(default), tf32 or bf16 (tensor cores on cuda, rounding on the CPU backends; storage "
-                        "stays fp32)")
+    add_precision_argument(t, "fp32")
     add_backend_argument(t)
     add_devices_argument(t)
     t.add_argument("--seed", type=int, help="seed of the init, the batches and dropout (default 0)")
@@ -227,6 +223,7 @@ def _eval_arguments(e):
     e.add_argument("--batch-size", type=positive_int, help="images per batch (default 256, ten-crop 32)")
     add_backend_argument(e)
     add_devices_argument(e)
+    add_precision_argument(e, "the precision the run trained at")
 
 
 def _cmd_eval(args):
@@ -236,7 +233,7 @@ def _cmd_eval(args):
     on first use; train/ is not needed) or of a prepared folder, with the centre crop or the paper's
     ten patches."""
     evaluate.evaluate(args.checkpoint, args.data, ten_crop=args.ten_crop, batch_size=args.batch_size, backend=args.backend,
-             log=_log, devices=args.devices)
+             log=_log, devices=args.devices, precision=args.precision)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .backends import BACKENDS
+from .precision import PRECISIONS
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "dropout_probability", "add_backend_argument",
            "add_devices_argument"]
@@ -59,3 +60,11 @@ def add_backend_argument(p):
                    help="cuda (our kernels on the GPU), emu (the same kernels on the CPU) or numpy (the NumPy "
                         "reference); default: ALEXNET_CUDA_BACKEND if set, else cuda when a usable GPU is "
                         "present, else numpy")
+
+
+def add_precision_argument(p, default):
+    """--precision (alexnet_cuda.precision.PRECISIONS); `default` says in words what None means."""
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32, tf32 (the convolutions' and linear layers' products on tensor cores with TF32 "
+                        "inputs) or bf16 (BF16 products, activations and their gradients stored in BF16; FP32 "
+                        f"weights, update and reductions); on the CPU backends by rounding; default: {default}")

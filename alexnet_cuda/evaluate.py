@@ -59,11 +59,12 @@ def evaluate_model(model, loader, *, stop=None, world=None):
     return (n - c1) / n, (n - c5) / n, n
 
 
-def evaluate(checkpoint, data=None, *, ten_crop=False, batch_size=None, backend=None, log=print, devices=None):
-    """Top-1/top-5 error of `checkpoint` on `data`'s val split (the model on `devices`, AlexNet's
-    argument); returns a dict and logs one line."""
+def evaluate(checkpoint, data=None, *, ten_crop=False, batch_size=None, backend=None, log=print, devices=None,
+             precision=None):
+    """Top-1/top-5 error of `checkpoint` on `data`'s val split (the model on `devices` at `precision`,
+    AlexNet's arguments; precision None: the one it trained at); returns a dict and logs one line."""
     be = resolve_backend(backend)
-    model, info = model_from_checkpoint(checkpoint, backend=be, devices=devices)
+    model, info = model_from_checkpoint(checkpoint, backend=be, devices=devices, precision=precision)
     cfg = info["config"]
     data = trained_data(cfg, data)
     check_classes(cfg, list_classes(data, "val"), data, model.num_classes)  # before preparing anything
@@ -73,8 +74,9 @@ def evaluate(checkpoint, data=None, *, ten_crop=False, batch_size=None, backend=
                         mean=info["mean"])
     top1, top5, n = evaluate_model(model, loader)
     mode = "ten-crop" if ten_crop else "centre crop"
-    log(f"eval: {n} val images of {data}, {mode}, backend {be.name}: top-1 error {top1:.2%}, top-5 error {top5:.2%}")
-    return {"top1_err": top1, "top5_err": top5, "images": n, "ten_crop": bool(ten_crop)}
+    log(f"eval: {n} val images of {data}, {mode}, backend {be.name}, precision {model.precision}: top-1 error "
+        f"{top1:.2%}, top-5 error {top5:.2%}")
+    return {"top1_err": top1, "top5_err": top5, "images": n, "ten_crop": bool(ten_crop), "precision": model.precision}
 
 
 def predict(checkpoint, images, *, top=5, backend=None, on_error=None):

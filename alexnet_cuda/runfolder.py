@@ -152,12 +152,13 @@ def split_tensors(tensors):
     return weights, momentum, tensors.get("data.mean")
 
 
-def model_from_checkpoint(path, backend=None, devices=None):
+def model_from_checkpoint(path, backend=None, devices=None, precision=None):
     """(model with the checkpoint's weights, info) for eval, predict and the pictures; info["mean"]
     is the training mean image (None in a checkpoint without one). `devices`: AlexNet's (any count:
-    the checkpoint holds the full arrays)."""
+    the checkpoint holds the full arrays). `precision`: AlexNet's; None: the one the run trained at."""
     tensors, info = load_checkpoint(path)
-    model = AlexNet(backend=backend, devices=devices, **info["model"])
+    precision = precision or info["config"].get("precision", "fp32")
+    model = AlexNet(backend=backend, devices=devices, precision=precision, **info["model"])
     weights, _, info["mean"] = split_tensors(tensors)
     try:
         model.load_state_dict(weights)

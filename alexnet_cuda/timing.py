@@ -7,8 +7,9 @@ parameters is one more row. The numbers are medians over `repeats` steps after `
 
 When PyTorch is importable, the same layers (same shapes, groups, LRN constants, pooling, dropout)
 are timed the same way in PyTorch on the matching device (the GPU for the cuda backend, the CPU
-otherwise), float32 with TF32 off and cudnn.benchmark on, and the ratio ours / PyTorch is printed.
-benchmarks/bench_train.py prints the same table below its end-to-end numbers.
+otherwise), cudnn.benchmark on, at the model's precision (`torch_precision`: fp32 with TF32 off, tf32
+with TF32 on, bf16 under autocast(bfloat16), PyTorch's mixed precision), and the ratio ours / PyTorch is
+printed. benchmarks/bench_train.py prints the same table below its end-to-end numbers.
 """
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ import time
 import numpy as np
 
 from .backends import resolve_backend
-from .cliargs import add_backend_argument, non_negative_int, positive_int
+from .cliargs import add_backend_argument, add_precision_argument, non_negative_int, positive_int
 from .model import LRN, PRESETS, Conv2d, Dropout, Flatten, Linear, MaxPool, ReLU, from_preset
 
-__all__ = ["time_step", "time_torch_layers", "format_table", "add_arguments", "run"]
+__all__ = ["time_step", "time_torch_layers", "torch_precision", "format_table", "add_arguments", "run"]
 
 
 class _Clock:
@@ -106,15 +107,29 @@ def _torch_module(layer, in_shape):
     return getattr(nn, type(layer).__name__, lambda: None)()  # e.g. nn.Tanh for a Tanh layer
 
 
+def torch_precision(precision, device):
+    """Set PyTorch up for `precision` on `device` ("cuda" or "cpu"): TF32 allowed only at tf32,
+    cudnn.benchmark on; returns the context a forward runs in (autocast(bfloat16) at bf16, PyTorch's
+    mixed precision, else a no-op)."""
+    import contextlib
+
+    import torch
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.benchmark = True
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def time_torch_layers(model, batch_size, *, repeats=5, warmup=1, seed=0):
     """{(layer, direction): ms} of the same layers in PyTorch, each timed alone on inputs of the shapes
-    they have in `model`; on the GPU when the model's backend is cuda, else on the CPU."""
+    they have in `model`; on the GPU when the model's backend is cuda, else on the CPU; at the model's
+    precision (torch_precision)."""
     import torch
     dev = torch.device("cuda" if model.backend.name == "cuda" else "cpu")
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cudnn.benchmark = True
+    amp = torch_precision(model.precision, dev.type)
     clock = _Clock(torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))
     gen = torch.Generator().manual_seed(seed)
     shape = (batch_size, 3, model.input_size, model.input_size)
@@ -127,10 +142,12 @@ def time_torch_layers(model, batch_size, *, repeats=5, warmup=1, seed=0):
         if mod is None:
             continue
         mod = mod.to(dev).train()
-        x = torch.randn(shape, generator=gen).to(dev).requires_grad_(idx > 0)
+        # under autocast the layers after conv1 get BF16 activations, as in a mixed-precision network
+        dtype = torch.bfloat16 if model.precision == "bf16" and idx > 0 else torch.float32
+        x = torch.randn(shape, generator=gen).to(dev, dtype).requires_grad_(idx > 0)
         fw, bw = [], []
         for r in range(warmup + repeats):
-            y, ms_f = clock(lambda: mod(x))
+            y, ms_f = clock(lambda: _amp_call(amp, mod, x))
             gy = torch.ones_like(y)
             _, ms_b = clock(lambda: y.backward(gy))
             if r >= warmup:
@@ -141,6 +158,11 @@ def time_torch_layers(model, batch_size, *, repeats=5, warmup=1, seed=0):
         out[(layer.name, "backward")] = statistics.median(bw)
         shape = tuple(y.shape)
     return out
+
+
+def _amp_call(amp, mod, x):
+    with amp():
+        return mod(x)
 
 
 def format_table(rows, torch_note=None):
@@ -177,6 +199,7 @@ def add_arguments(p):
     p.add_argument("--repeats", type=positive_int, default=5, help="timed steps; the median is printed (default 5)")
     p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch even when it is importable")
+    add_precision_argument(p, "fp32")
 
 
 def run(args, log=print):
@@ -185,8 +208,9 @@ def run(args, log=print):
     preset = args.preset or ("full" if be.name == "cuda" else "small")
     bs = args.batch_size or PRESETS[preset]["batch_size"]
     classes = args.classes or (1000 if preset == "full" else 10)
-    model = from_preset(preset, classes, backend=be)
-    log(f"time: {model!r}, batch {bs}, {args.repeats} timed step(s) after {args.warmup} warm-up")
+    model = from_preset(preset, classes, backend=be, precision=args.precision or "fp32")
+    log(f"time: {model!r}, precision {model.precision}, batch {bs}, {args.repeats} timed step(s) after "
+        f"{args.warmup} warm-up")
     rows = time_step(model, bs, repeats=args.repeats, warmup=args.warmup)
     note = None
     if args.no_torch:

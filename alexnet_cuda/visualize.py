@@ -825,9 +825,10 @@ def _wrapped_legend(c, y, items):
     return y + c.LEGEND_H
 
 
-def comparison_image(curves, *, ylabel, target=None, note=None, bands=None, size=COMPARISON_SIZE):
+def comparison_image(curves, *, ylabel, target=None, note=None, bands=None, size=COMPARISON_SIZE, percent=True):
     """One panel of error curves against epochs, one line per run: `curves` is [(name, [(epoch, value or
-    None), ...]), ...] with values in 0..1 (drawn as %), coloured by COMPARISON_COLORS in order.
+    None), ...]), ...] with values in 0..1 (drawn as %; percent=False: any values >= 0, such as a loss,
+    drawn as they are), coloured by COMPARISON_COLORS in order.
     `bands` (optional, by name): [(epoch, lo, hi), ...] drawn as thin vertical bars (the seeds' range).
     `target` draws a dashed horizontal line at that error, `note` a line of text above the panel."""
     records = [{"epoch": e} for _, pts in curves for e, _ in pts]
@@ -840,15 +841,18 @@ def comparison_image(curves, *, ylabel, target=None, note=None, bands=None, size
     y = _wrapped_legend(c, y, [(n, col) for (n, _), col in zip(curves, colors)])
     h = size[1] - y - c.BOTTOM
     vals = [v for _, pts in curves for _, v in pts if v is not None]
-    top, ticks, dec = _linear_ticks(min(1.0, max(vals)) if vals and max(vals) > 0 else 1.0)
+    hi = max(vals) if vals and max(vals) > 0 else 1.0
+    top, ticks, dec = _linear_ticks(min(1.0, hi) if percent else hi)
     Y = lambda v: y + h - h * v / top  # noqa: E731
-    c.frame(y, h, [(v, f"{v * 100:.{max(0, dec - 2)}f}%") for v in ticks], ylabel, Y)
+    label = (lambda v: f"{v * 100:.{max(0, dec - 2)}f}%") if percent else (lambda v: f"{v:.{dec}f}")  # noqa: E731
+    c.frame(y, h, [(v, label(v)) for v in ticks], ylabel, Y)
     if target is not None and 0 <= target <= top:
         x = c.x0
         while x < c.x1:
             c.cv.line([(x, Y(target)), (min(x + 6, c.x1), Y(target))], _MUTED, 1.5)
             x += 10
-        c.cv.text(c.x1 - 4, Y(target) - 3, f"{target:.0%}", c.FS, _MUTED, align="right", valign="bottom")
+        c.cv.text(c.x1 - 4, Y(target) - 3, f"{target:.0%}" if percent else f"{target:g}", c.FS, _MUTED,
+                  align="right", valign="bottom")
     for (name, pts), col in zip(curves, colors):
         for e, lo, hi in (bands or {}).get(name, ()):
             c.cv.line([(c.X(e), Y(min(lo, top))), (c.X(e), Y(min(hi, top)))], col, 1)

@@ -2,17 +2,21 @@
 full model (the paper's two-tower AlexNet, 227x227, 1000 classes) at batch 128, on our cuda
 backend and on the same network in PyTorch, in one run on one card.
 
-PyTorch side: float32, TF32 off (torch.backends.cuda.matmul.allow_tf32 = False,
-torch.backends.cudnn.allow_tf32 = False), cudnn.benchmark = True; the same layers
+`--precision fp32` (default): both sides float32, TF32 off (torch.backends.cuda.matmul.allow_tf32 =
+False, torch.backends.cudnn.allow_tf32 = False); `tf32`: ours with --precision tf32, PyTorch with TF32
+on; `bf16`: ours with --precision bf16 (BF16 storage and tensor-core products), PyTorch under
+autocast(bfloat16), its mixed precision (FP32 weights and update, no loss scaling needed for BF16).
+PyTorch runs twice, NCHW and channels_last, and the ratio is against the faster of the two.
+cudnn.benchmark = True; the same layers
 (groups=2 in conv2/4/5, LRN with the paper's alpha (PyTorch divides alpha by size, so it
 gets alpha*size), max-pool 3/2, dropout 0.5 on fc6/fc7), the same initial weights, SGD
 with momentum 0.9 and weight decay 5e-4 on weights only. Both sides read the loss back
 every step (as the trainer does) and keep the batch on the device (no host copies timed).
 
-    python benchmarks/bench_train.py [--steps 20] [--warmup 5] [--batch-size 128]
+    python benchmarks/bench_train.py [--precision fp32|tf32|bf16] [--steps 20] [--warmup 5] [--batch-size 128]
 
-Writes benchmarks/results/bench_train.json and .md (card, driver, date, commit): images/s
-of both and the ratio ours/PyTorch. Without a usable GPU it prints why and exits with
+Writes benchmarks/results/bench_train.json and .md (bench_train_tf32 / bench_train_bf16 for the other
+precisions; card, driver, date, commit): images/s of both and the ratio ours/PyTorch. Without a usable GPU it prints why and exits with
 status 2; without torch it measures ours only and says PyTorch was not measured.
 """
 from __future__ import annotations
@@ -64,10 +68,10 @@ def torch_alexnet(state, num_classes, device):
     return net.to(device)
 
 
-def bench_ours(x, y, steps, warmup, lr):
+def bench_ours(x, y, steps, warmup, lr, precision):
     from alexnet_cuda import AlexNet, get_backend
     be = get_backend("cuda")
-    model = AlexNet(num_classes=1000, backend=be, seed=0)
+    model = AlexNet(num_classes=1000, backend=be, seed=0, precision=precision)
     xd, yd = be.asarray(x), be.asarray(y, dtype=np.int64)
     for _ in range(warmup):
         model.train_step(xd, yd, lr)
@@ -79,23 +83,25 @@ def bench_ours(x, y, steps, warmup, lr):
     return x.shape[0] * steps / dt, dt / steps * 1e3, losses
 
 
-def bench_torch(state, x, y, steps, warmup, lr):
+def bench_torch(state, x, y, steps, warmup, lr, precision, channels_last):
     import torch
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
+
+    from alexnet_cuda.timing import torch_precision
+    amp = torch_precision(precision, "cuda")
     dev = torch.device("cuda")
-    net = torch_alexnet(state, 1000, dev).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = torch_alexnet(state, 1000, dev).to(memory_format=fmt).train()
     decay = [p for n, p in net.named_parameters() if n.endswith("weight")]
     no_decay = [p for n, p in net.named_parameters() if n.endswith("bias")]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
                           lr=lr, momentum=0.9)
-    xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+    xt, yt = torch.from_numpy(x).to(dev).contiguous(memory_format=fmt), torch.from_numpy(y).to(dev)
     lossf = torch.nn.CrossEntropyLoss()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = lossf(net(xt), yt)
+        with amp():
+            loss = lossf(net(xt), yt)
         loss.backward()
         opt.step()
         return loss.item()
@@ -110,12 +116,36 @@ def bench_torch(state, x, y, steps, warmup, lr):
     return x.shape[0] * steps / dt, dt / steps * 1e3, losses, torch.__version__
 
 
+TORCH_SETTING = {"fp32": "float32, TF32 off", "tf32": "float32, TF32 on",
+                 "bf16": "autocast(bfloat16), FP32 weights"}
+
+
+def _with_torch(rows, x, y, args, ours_losses):
+    """PyTorch's rows (NCHW and channels_last) before ours, every ratio against the faster; and a note."""
+    from alexnet_cuda import AlexNet
+    state = AlexNet(num_classes=1000, backend="numpy", seed=0).state_dict()
+    theirs, first = [], None
+    for cl in (False, True):
+        ips, ms, losses, tv = bench_torch(state, x, y, args.steps, args.warmup, args.lr, args.precision, cl)
+        theirs.append({"impl": f"PyTorch {tv} (cuDNN, {TORCH_SETTING[args.precision]}, "
+                               f"{'channels_last' if cl else 'NCHW'}, benchmark on)", "ms_per_step": ms,
+                       "images_per_sec": ips})
+        first = first if first is not None else losses[0]
+    best = max(r["images_per_sec"] for r in theirs)
+    rows = theirs + rows
+    for r in rows:
+        r["ratio_vs_pytorch"] = r["images_per_sec"] / best
+    return rows, (f"ratio_vs_pytorch: images/s over the faster PyTorch layout. First losses: ours "
+                  f"{ours_losses[0]:.4f}, PyTorch {first:.4f} (same init weights; dropout masks differ).")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     args = ap.parse_args(argv)
 
     from common import require_gpu, write_results
@@ -125,10 +155,12 @@ def main(argv=None):
     x = (rng.standard_normal((args.batch_size, 3, 227, 227)) * 50).astype(np.float32)
     y = rng.integers(0, 1000, args.batch_size).astype(np.int64)
 
-    ours_ips, ours_ms, ours_losses = bench_ours(x, y, args.steps, args.warmup, args.lr)
-    rows = [{"impl": "alexnet-cuda (ours)", "ms_per_step": ours_ms, "images_per_sec": ours_ips}]
-    notes = [f"Full model (60.97 M parameters), batch {args.batch_size}, 227x227, float32; "
-             f"{args.warmup} warm-up steps, {args.steps} timed; loss read back every step."]
+    ours_ips, ours_ms, ours_losses = bench_ours(x, y, args.steps, args.warmup, args.lr, args.precision)
+    rows = [{"impl": f"alexnet-cuda (ours, --precision {args.precision})", "ms_per_step": ours_ms,
+             "images_per_sec": ours_ips}]
+    notes = [f"Full model (60.97 M parameters), batch {args.batch_size}, 227x227, precision {args.precision} "
+             f"({TORCH_SETTING[args.precision]} on PyTorch's side); {args.warmup} warm-up steps, {args.steps} timed; "
+             "loss read back every step."]
     try:
         import torch
         if not torch.cuda.is_available():
@@ -137,32 +169,26 @@ def main(argv=None):
         notes.append(f"PyTorch not measured: {e}.")
         print(f"bench_train: PyTorch not measured ({e})")
     else:
-        from alexnet_cuda import AlexNet
-        state = AlexNet(num_classes=1000, backend="numpy", seed=0).state_dict()
-        t_ips, t_ms, t_losses, tv = bench_torch(state, x, y, args.steps, args.warmup, args.lr)
-        rows.insert(0, {"impl": f"PyTorch {tv} (cuDNN, TF32 off, benchmark on)", "ms_per_step": t_ms,
-                        "images_per_sec": t_ips})
-        for r in rows:
-            r["ratio_vs_pytorch"] = r["images_per_sec"] / t_ips
-        notes.append(f"First losses: ours {ours_losses[0]:.4f}, PyTorch {t_losses[0]:.4f} (same init weights; "
-                     "dropout masks differ).")
+        rows, note = _with_torch(rows, x, y, args, ours_losses)
+        notes.append(note)
     cols = ["impl", "ms_per_step", "images_per_sec"] + (["ratio_vs_pytorch"] if "ratio_vs_pytorch" in rows[0]
                                                          else [])
-    md = write_results("bench_train", rows, cols, title="End-to-end training step (batch 128, full model)",
-                       notes=notes)
+    name = "bench_train" if args.precision == "fp32" else f"bench_train_{args.precision}"
+    md = write_results(name, rows, cols, title=f"End-to-end training step (batch {args.batch_size}, full model, "
+                       f"{args.precision})", notes=notes)
     print(md)
-    print(per_layer_table(args.batch_size))
+    print(per_layer_table(args.batch_size, args.precision))
     return 0
 
 
-def per_layer_table(batch_size):
+def per_layer_table(batch_size, precision="fp32"):
     """The table of `alexnet-cuda time` (alexnet_cuda.timing): each layer alone, ours and PyTorch's;
     written to results/bench_train_layers.md."""
     from alexnet_cuda import AlexNet, get_backend
     from alexnet_cuda.timing import format_table, time_step, time_torch_layers
 
     from common import RESULTS, card_info, commit
-    model = AlexNet(num_classes=1000, backend=get_backend("cuda"), seed=0)
+    model = AlexNet(num_classes=1000, backend=get_backend("cuda"), seed=0, precision=precision)
     rows = time_step(model, batch_size)
     note = None
     try:
@@ -174,8 +200,9 @@ def per_layer_table(batch_size):
             r["torch_ms"] = theirs.get((r["layer"], r["direction"]))
     table = format_table(rows, note)
     meta = card_info()
-    (RESULTS / "bench_train_layers.md").write_text(
-        f"# Each layer of a training step alone (batch {batch_size}, full model, FP32)\n\nCard: {meta['card']} "
+    name = "bench_train_layers" if precision == "fp32" else f"bench_train_layers_{precision}"
+    (RESULTS / f"{name}.md").write_text(
+        f"# Each layer of a training step alone (batch {batch_size}, full model, {precision})\n\nCard: {meta['card']} "
         f"(driver {meta['driver']}), commit {commit()}; `alexnet-cuda time` prints the same table.\n\n"
         f"```\n{table}\n```\n")
     return table

@@ -4,7 +4,8 @@
 #      (if pip cannot build here, a direct CMake build into build/device, used through
 #      ALEXNET_CUDA_EXT_DIR, so the rest of the check still runs; the summary says which)
 #   2. the cuda backend's tests (-k cuda; the numpy and emu ones run in CI)
-#   3. every benchmark script (bench_data and bench_storage are CPU benchmarks: skipped),
+#   3. every benchmark script (bench_data and bench_storage are CPU benchmarks: skipped; bench_train
+#      at fp32, bf16 and tf32; precision_curve: the full preset's first 1000 steps at fp32 and bf16),
 #      bench_dataparallel (needs NCCL: pip install nvidia-nccl-cu13 if cupy cannot load it) and
 #      feed_check.py (the pinned-memory upload of the next batch: equal batches, ms per batch)
 #   4. with DEVICE_CHECK_TRAIN=1: the full preset's no-argument `alexnet-cuda train` (built-in
@@ -72,7 +73,9 @@ ALEXNET_CUDA_SYNC=1 step tests 150 "$PY" -m pytest -q -p no:cacheprovider -o add
 # card runs); DEVICE_CHECK_BENCH=0 skips them
 [ "${DEVICE_CHECK_BENCH:-1}" = 0 ] && log "benchmarks skipped (DEVICE_CHECK_BENCH=0)" || {
 step bench_train 60 "$PY" benchmarks/bench_train.py
+step bench_train_bf16 60 "$PY" benchmarks/bench_train.py --precision bf16
 step time_full 40 "$PY" -m alexnet_cuda time --backend cuda --preset full
+step time_full_bf16 40 "$PY" -m alexnet_cuda time --backend cuda --preset full --precision bf16
 # one epoch of the small preset on the built-in set through each training path only a card runs
 train_paths() {
   cd "$OUT" && export ALEXNET_CUDA_CACHE="$OUT/cache-small" || return 1
@@ -92,6 +95,9 @@ step bench_linear_tf32 30 "$PY" benchmarks/bench_linear.py --precision tf32 --ve
 step bench_linear_bf16 30 "$PY" benchmarks/bench_linear.py --precision bf16 --versions 1
 step bench_conv_tf32 40 "$PY" benchmarks/bench_conv.py --precision tf32 --versions 1
 step bench_conv_bf16 40 "$PY" benchmarks/bench_conv.py --precision bf16 --versions 1
+# the first 1000 steps of the full preset at fp32 and bf16 on the same batches (built-in data at 256)
+step precision_curve 200 bash -c "ALEXNET_CUDA_CACHE='$OUT/cache' '$PY' benchmarks/precision_curve.py --backend cuda"
+step bench_train_tf32 60 "$PY" benchmarks/bench_train.py --precision tf32
 step bench_dataparallel 40 "$PY" benchmarks/bench_dataparallel.py
 step bench_transfer 60 "$PY" benchmarks/bench_transfer.py
 step feed_check 40 "$PY" benchmarks/feed_check.py
@@ -120,5 +126,6 @@ else
   log "compute-sanitizer not found"
 fi
 log "done"
+rm -rf "$OUT/cache" "$OUT/cache-small"  # rendered and prepared images: not results
 # one archive of everything, for transports that bring back only a few files
 tar czf "$OUT/device_check.tgz" -C "$OUT" --exclude device_check.tgz . 2>/dev/null || true

@@ -57,6 +57,28 @@ def test_eval_and_predict(trained, raw_data, capsys):
     assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 100) < 0.1
 
 
+def test_eval_precision_defaults_to_the_runs_and_can_be_chosen(trained, tmp_path, capsys):
+    import shutil
+
+    from alexnet_cuda import evaluate
+    from alexnet_cuda.runfolder import model_from_checkpoint
+    out, _ = trained
+    ck = out / "checkpoint.safetensors"
+    assert model_from_checkpoint(ck)[0].precision == json.loads((out / "config.json").read_text())["precision"]
+    assert cli.main(["eval", "--checkpoint", str(ck), "--precision", "bf16"]) == 0
+    assert "precision bf16" in capsys.readouterr().out.strip().splitlines()[-1]
+    # a checkpoint that trained at bf16 evaluates at bf16 unless told otherwise
+    copy = tmp_path / "bf16run"
+    shutil.copytree(out, copy)
+    from alexnet_cuda import checkpoint as ckpt
+    tensors, meta = ckpt.load_file(copy / "checkpoint.safetensors")
+    cfg = json.loads(meta["config"])
+    cfg["precision"] = "bf16"
+    ckpt.save_file(tensors, copy / "checkpoint.safetensors", {**meta, "config": json.dumps(cfg)})
+    assert model_from_checkpoint(copy / "checkpoint.safetensors")[0].precision == "bf16"
+    assert evaluate.evaluate(copy / "checkpoint.safetensors", precision="fp32", log=lambda *a: None)["precision"] == "fp32"
+
+
 def test_user_errors_exit_2_without_traceback(tmp_path, capsys, trained):
     assert cli.main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
                      "--backend", "numpy"]) == 2

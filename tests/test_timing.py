@@ -38,3 +38,10 @@ def test_time_command(capsys):
                      "--no-torch"]) == 0
     out = capsys.readouterr().out
     assert "conv1      forward" in out and "sgd        update" in out and "PyTorch not timed (--no-torch)" in out
+
+
+def test_time_command_at_bf16(capsys):
+    assert cli.main(["time", "--backend", "numpy", "--batch-size", "2", "--repeats", "1", "--warmup", "0",
+                     "--no-torch", "--precision", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "precision bf16" in out and "conv1      forward" in out

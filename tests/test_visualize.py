@@ -201,3 +201,12 @@ def test_cli_dispatch(tiny_run, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["conv1_filters.png", "curves.png", "neighbours.png",
                                                      "predictions.png"]
     assert "wrote" in capsys.readouterr().out
+
+
+def test_comparison_image_draws_plain_values_above_one():
+    """percent=False (a loss curve, benchmarks/precision_curve.py): values above 1 are drawn, not clipped at 100%."""
+    curves = [("fp32", [(0.5, 2.3), (1.0, 1.2)]), ("bf16", [(0.5, 2.31), (1.0, 1.25)])]
+    img = np.asarray(V.comparison_image(curves, ylabel="training loss", percent=False))
+    as_pct = np.asarray(V.comparison_image(curves, ylabel="training loss"))
+    assert img.shape == as_pct.shape and img.ndim == 3
+    assert not np.array_equal(img, as_pct)     # another axis: 0..3 instead of 0..100%
