@@ -65,6 +65,22 @@ __global__ void transfer_backward_v1(const T* __restrict__ peer, const T* __rest
 }
 
 // ---- version 2 (all counts in vectors of four elements) ----------------------------
+// v + u by element in FP32; BF16: widened, added, rounded once.
+__device__ __forceinline__ float4 add4(float4 v, const float4& u) {
+  v.x += u.x;
+  v.y += u.y;
+  v.z += u.z;
+  v.w += u.w;
+  return v;
+}
+__device__ __forceinline__ uint2 add4(const uint2& v, const uint2& u) {
+  float a[4], b[4];
+  storage::Vec4<uint16_t>::widen(v, a);
+  storage::Vec4<uint16_t>::widen(u, b);
+  for (int e = 0; e < 4; ++e) a[e] += b[e];
+  return storage::Vec4<uint16_t>::narrow(a);
+}
+
 template <class T>
 __global__ void transfer_forward_v2(const T* __restrict__ src, T* __restrict__ dst, int64_t rows, int64_t width4,
                                     int64_t src_width4, int64_t src_off4, int64_t dst_width4, int64_t off4) {
@@ -82,18 +98,14 @@ __global__ void transfer_backward_v2(const T* __restrict__ peer, const T* __rest
                                      int64_t rows, int64_t width4, int64_t src_width4, int64_t off4) {
   using V = typename storage::Vec4<T>::type;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const int64_t in0 = r * src_width4 + off4, out0 = r * width4;  // this row's first vector in peer/local, out
+    const V* p = reinterpret_cast<const V*>(peer) + r * src_width4 + off4;
+    const V* l = local ? reinterpret_cast<const V*>(local) + r * src_width4 + off4 : nullptr;
+    V* o = reinterpret_cast<V*>(out) + r * width4;
     for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < width4;
          k += int64_t(gridDim.x) * blockDim.x) {
-      if (local) {
-        float v[4], u[4];
-        storage::load4(peer, in0 + k, v);
-        storage::load4(local, in0 + k, u);
-        for (int e = 0; e < 4; ++e) v[e] += u[e];
-        storage::store4(out, out0 + k, v);
-      } else {
-        reinterpret_cast<V*>(out)[out0 + k] = reinterpret_cast<const V*>(peer)[in0 + k];
-      }
+      V v = p[k];  // without local: copied as it is
+      if (l) v = add4(v, l[k]);
+      o[k] = v;
     }
   }
 }
