@@ -6,12 +6,21 @@
 `record_event`, `wait_event`: one device, 0, on numpy; the kernel backends' own are in
 alexnet_cuda.kernel_ops). `OPS` lists the ops each backend
 implements with the reference's signatures (the kernel backends add ``version=``).
+
+BF16 storage (docs/design.md, "Reduced precision"): `bf16_dtype` is the dtype of a BF16 array on the
+backend (``ml_dtypes.bfloat16`` on numpy and emu; ``uint16`` bit patterns on cuda, where cupy has no
+bfloat16), `is_bf16(a)` tells one apart, `to_bf16` / `from_bf16` convert (round to nearest even / exact).
+The memory-bound ops (relu, tanh, dropout, maxpool, lrn, transfer) take all-FP32 or all-BF16
+activation arguments and return the same storage.
 """
 from __future__ import annotations
 
 import contextlib
 
+import ml_dtypes
 import numpy as np
+
+from .precision import bf16_bits, from_bf16_bits
 
 __all__ = ["Backend", "OPS"]
 
@@ -51,6 +60,25 @@ class Backend:
 
     def synchronize(self):
         pass
+
+    # ---- BF16 storage -----------------------------------------------------------------------
+    bf16_dtype = np.dtype(ml_dtypes.bfloat16)
+
+    def is_bf16(self, a):
+        """True when `a` is a BF16 array of this backend (its dtype is `bf16_dtype`)."""
+        return getattr(a, "dtype", None) == self.bf16_dtype
+
+    def to_bf16(self, a):
+        """The BF16 array of this backend holding the float32 array `a` rounded to nearest even (NaN
+        stays NaN, overflow goes to infinity)."""
+        return self.asarray(bf16_bits(a), dtype=np.uint16).view(self.bf16_dtype)
+
+    def from_bf16(self, a):
+        """The float32 array of this backend holding the values of the BF16 array `a` (exact)."""
+        if not self.is_bf16(a):
+            raise TypeError(f"from_bf16: a must be a BF16 array ({self.bf16_dtype}) of the {self.name} backend, "
+                            f"got {getattr(a, 'dtype', type(a).__name__)}")
+        return self.asarray(from_bf16_bits(a.view(np.uint16)), dtype=np.float32)
 
     def device_count(self):
         return 1

@@ -13,6 +13,11 @@ numpy array is host memory that every emu device may read. `use_device(d)` makes
 block (cupy.cuda.Device on cuda); `device_of(a)` says where an array lives. The extension checks
 that each argument lives on the current device and raises ValueError naming it and both devices.
 
+BF16 storage: the memory-bound ops (relu, tanh, dropout, maxpool, lrn, transfer) run on FP32 or BF16
+activations; their outputs follow the storage of the first activation argument (`_like`), and a BF16
+numpy array (emu) goes to the binding as its uint16 view (`_bits`), which checks that every activation
+argument has the one storage (TypeError naming the op and the argument otherwise).
+
 The ops are grouped in mixins by kernel family:
     ElementwiseOps      relu, tanh, reduce_sum               (this file)
     TransferOps         transfer_forward/backward            (this file; where towers meet)
@@ -29,6 +34,7 @@ from . import checks
 from .contract import Backend
 from .kernel_ops_conv import ConvOps
 from .kernel_ops_layers import LayerOps
+from .precision import as_bf16_bits
 
 
 class KernelOpsBase(Backend):
@@ -36,6 +42,8 @@ class KernelOpsBase(Backend):
 
     def __init__(self, name, module, xp):
         self.name, self._mod, self.xp = name, module, xp
+        if name == "cuda":
+            self.bf16_dtype = np.dtype(np.uint16)  # cupy has no bfloat16: the bit patterns
 
     def versions(self, op):
         """The numbered kernel versions of `op` that this build has (tests run them all)."""
@@ -130,6 +138,21 @@ class KernelOpsBase(Backend):
         """An output shaped like x; a non-array x gets a dummy and the binding rejects x."""
         return self._empty(getattr(x, "shape", (0,)), dtype)
 
+    def _like(self, storage, shape=None):
+        """(out, bits): a new output of `shape` (default: storage's) in the storage of the array `storage`:
+        BF16 when it is BF16, else float32. `out` is what the op returns, `bits` what the binding writes."""
+        shape = getattr(storage, "shape", (0,)) if shape is None else shape
+        if not self.is_bf16(storage):
+            out = self._empty(shape)
+            return out, out
+        bits = self._empty(shape, np.uint16)
+        return bits.view(self.bf16_dtype), bits
+
+    def _bits(self, a):
+        """What the binding takes for an array argument a: a BF16 array as uint16 bit patterns (a no-copy
+        view of an ml_dtypes.bfloat16 array), anything else as it is (the binding checks its dtype)."""
+        return as_bf16_bits(a) if self.is_bf16(a) else a
+
     def synchronize(self):
         self._mod.synchronize()
 
@@ -141,13 +164,14 @@ class KernelOpsBase(Backend):
 
 class ElementwiseOps:
     def _activation(self, name, x, version):
-        y = self._empty_like(x)
-        getattr(self._mod, f"{name}_forward")(x, y, version=version, stream=self._stream())
+        y, y_bits = self._like(x)
+        getattr(self._mod, f"{name}_forward")(self._bits(x), y_bits, version=version, stream=self._stream())
         return y
 
     def _activation_grad(self, name, dy, y, version):
-        dx = self._empty_like(dy)
-        getattr(self._mod, f"{name}_backward")(dy, y, dx, version=version, stream=self._stream())
+        dx, dx_bits = self._like(dy)
+        getattr(self._mod, f"{name}_backward")(self._bits(dy), self._bits(y), dx_bits, version=version,
+                                                stream=self._stream())
         return dx
 
     def relu_forward(self, x, *, version=0):
@@ -184,8 +208,9 @@ class TransferOps:
         offset = checks.integer(fn, "offset", offset, minimum=0)
         src_offset = checks.integer(fn, "src_offset", src_offset, minimum=0)
         channels = -1 if channels is None else checks.integer(fn, "channels", channels, minimum=0)
-        self._mod.transfer_forward(src, dst, offset=offset, src_offset=src_offset, channels=channels,
-                                   src_device=self._device_arg(src), version=version, stream=self._stream())
+        self._mod.transfer_forward(self._bits(src), self._bits(dst), offset=offset, src_offset=src_offset,
+                                   channels=channels, src_device=self._device_arg(src), version=version,
+                                   stream=self._stream())
         return dst
 
     def transfer_backward(self, grad, *, offset, channels, local=None, version=0):
@@ -194,9 +219,10 @@ class TransferOps:
         offset = checks.integer(fn, "offset", offset, minimum=0)
         channels = checks.integer(fn, "channels", channels, minimum=0)
         shape = getattr(grad, "shape", (0, 0))
-        out = self._empty(shape[:1] + (channels,) + tuple(shape[2:]))
-        self._mod.transfer_backward(grad, local, out, offset=offset, peer_device=self._device_arg(grad),
-                                    version=version, stream=self._stream())
+        out, out_bits = self._like(grad, shape[:1] + (channels,) + tuple(shape[2:]))
+        self._mod.transfer_backward(self._bits(grad), None if local is None else self._bits(local), out_bits,
+                                    offset=offset, peer_device=self._device_arg(grad), version=version,
+                                    stream=self._stream())
         return out
 
 

@@ -7,6 +7,9 @@ TypeError/ValueError with the same message on every backend; arrays are checked 
 binding (dtype, ndim, shape, contiguity, device) before anything is launched. Outputs and
 workspaces are allocated here with the backend's array module and passed in.
 
+BF16 storage: LRN, max-pooling and dropout take all-FP32 or all-BF16 activations (x, y, dy; LRN's
+scale is float32 and dropout's mask uint8 either way) and return their storage (kernel_ops `_like`).
+
 Labels out of range: the binding scans the labels on the device (one tiny kernel, one
 4-byte copy back and a stream synchronization) and raises ValueError before the op's
 kernels run. softmax_cross_entropy and topk_correct therefore synchronize the stream once
@@ -26,16 +29,16 @@ class LayerOps:
         """(y, scale); ``alpha_scaled=True`` applies alpha/size to the sum (cuda-convnet, Caffe,
         PyTorch) instead of the paper's alpha."""
         size, a, beta, k = checks.lrn_params("lrn_forward", size, alpha, beta, k, alpha_scaled)
-        y, scale = self._empty_like(x), self._empty_like(x)
-        self._mod.lrn_forward(x, y, scale, size=size, alpha=a, beta=beta, k=k, version=version,
+        (y, y_bits), scale = self._like(x), self._empty_like(x)
+        self._mod.lrn_forward(self._bits(x), y_bits, scale, size=size, alpha=a, beta=beta, k=k, version=version,
                               stream=self._stream())
         return y, scale
 
     def lrn_backward(self, dy, x, y, scale, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False, version=0):
         size, a, beta, k = checks.lrn_params("lrn_backward", size, alpha, beta, k, alpha_scaled)
-        dx = self._empty_like(x)
-        self._mod.lrn_backward(dy, x, y, scale, dx, size=size, alpha=a, beta=beta, version=version,
-                               stream=self._stream())
+        dx, dx_bits = self._like(x)
+        self._mod.lrn_backward(self._bits(dy), self._bits(x), self._bits(y), self._bits(scale), dx_bits, size=size,
+                               alpha=a, beta=beta, version=version, stream=self._stream())
         return dx
 
     # ---- max pooling --------------------------------------------------------------------
@@ -50,14 +53,16 @@ class LayerOps:
 
     def maxpool_forward(self, x, *, size=3, stride=2, version=0):
         size, stride, out = self._pooled("maxpool_forward", x, size, stride)
-        y = self._empty(out)
-        self._mod.maxpool_forward(x, y, size=size, stride=stride, version=version, stream=self._stream())
+        y, y_bits = self._like(x, out)
+        self._mod.maxpool_forward(self._bits(x), y_bits, size=size, stride=stride, version=version,
+                                  stream=self._stream())
         return y
 
     def maxpool_backward(self, dy, x, y, *, size=3, stride=2, version=0):
         size, stride, _ = self._pooled("maxpool_backward", x, size, stride)
-        dx = self._empty_like(x)
-        self._mod.maxpool_backward(dy, x, y, dx, size=size, stride=stride, version=version, stream=self._stream())
+        dx, dx_bits = self._like(x)
+        self._mod.maxpool_backward(self._bits(dy), self._bits(x), self._bits(y), dx_bits, size=size, stride=stride,
+                                   version=version, stream=self._stream())
         return dx
 
     # ---- dropout ------------------------------------------------------------------------
@@ -69,15 +74,16 @@ class LayerOps:
         seed = checks.u64(fn, "seed", seed)
         offset = checks.u64(fn, "offset", offset)
         start = checks.u64(fn, "start", start)
-        y, mask = self._empty_like(x), self._empty_like(x, np.uint8)
-        self._mod.dropout_forward(x, y, mask, p=p, seed=seed, offset=offset, start=start, version=version,
-                                  stream=self._stream())
+        (y, y_bits), mask = self._like(x), self._empty_like(x, np.uint8)
+        self._mod.dropout_forward(self._bits(x), y_bits, mask, p=p, seed=seed, offset=offset, start=start,
+                                  version=version, stream=self._stream())
         return y, mask
 
     def dropout_backward(self, dy, mask, *, p=0.5, version=0):
         p = checks.probability("dropout_backward", "p", p)
-        dx = self._empty_like(dy)
-        self._mod.dropout_backward(dy, mask, dx, p=p, version=version, stream=self._stream())
+        dx, dx_bits = self._like(dy)
+        self._mod.dropout_backward(self._bits(dy), self._bits(mask), dx_bits, p=p, version=version,
+                                   stream=self._stream())
         return dx
 
     # ---- loss and metric ----------------------------------------------------------------

@@ -9,6 +9,11 @@ Conventions shared by every function here:
   linear weights (out, in).
 * Outputs have the dtype of the inputs; every float input of one call must
   share that dtype.
+* BF16 storage: the memory-bound ops (relu, tanh, lrn, maxpool, dropout,
+  transfer) also take ``ml_dtypes.bfloat16`` activations, all of them or none
+  (``_bf16_storage``): the op runs in float32 on the widened values and rounds
+  each activation output once to BF16 (nearest even); LRN's ``scale`` stays
+  float32, dropout's mask uint8.
 * Arguments are checked before anything is computed or written. A wrong
   Python type or dtype raises ``TypeError``; a wrong value, shape, ndim or
   layout raises ``ValueError``. The message starts with the function name and
@@ -21,15 +26,18 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 
+import ml_dtypes
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .checks import activation as _activation, conv_hyper, integer as _int, lrn_params as _lrn_params, probability as _prob, real as _real
 from .checks import u64 as _u64
-from .precision import check_precision, round_to
+from .precision import check_precision, round_to, to_bf16
 
 __all__ = [
     "conv2d_forward",
@@ -57,6 +65,7 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_BF16 = np.dtype(ml_dtypes.bfloat16)
 _LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
@@ -84,6 +93,42 @@ def _array(fn, name, a, *, ndim=None, dtypes=_FLOAT_DTYPES, like=None):
     if not a.flags.c_contiguous:
         raise ValueError(f"{fn}: {name} must be C-contiguous (use numpy.ascontiguousarray)")
     return a
+
+
+def _bf16_storage(*names, keep=()):
+    """Decorator: BF16 storage for a memory-bound op whose activation arguments are ``names``.
+
+    When one of them is a bfloat16 array, every one given must be (else TypeError naming it, before
+    anything is computed); the op then runs on their float32 values (exact) and each float32 array it
+    returns is rounded once to BF16, except the outputs numbered in ``keep`` (LRN's scale). So the BF16
+    op is round_bf16(the float32 op on the widened inputs), bit for bit. Float inputs run unchanged."""
+    def wrap(op):
+        sig = inspect.signature(op)
+        fn = op.__name__
+
+        @functools.wraps(op)
+        def run(*args, **kwargs):
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError:  # a wrong call: the op's own message
+                return op(*args, **kwargs)
+            given = [n for n in names if bound.arguments.get(n) is not None]
+            bf16 = [n for n in given if getattr(bound.arguments[n], "dtype", None) == _BF16]
+            if not bf16:
+                return op(*args, **kwargs)
+            for n in given:
+                a = bound.arguments[n]
+                if getattr(a, "dtype", None) != _BF16:
+                    raise TypeError(f"{fn}: {n} has dtype {getattr(a, 'dtype', type(a).__name__)}, expected bfloat16 "
+                                    f"(the storage of {bf16[0]}: all activation arguments or none are BF16)")
+            for n in given:
+                bound.arguments[n] = _array(fn, n, bound.arguments[n], dtypes=(_BF16,)).astype(np.float32)
+            out = op(*bound.args, **bound.kwargs)
+            if isinstance(out, tuple):
+                return tuple(o if i in keep or o.dtype != np.float32 else to_bf16(o) for i, o in enumerate(out))
+            return to_bf16(out)
+        return run
+    return wrap
 
 
 def _shape(fn, name, a, expected, why=""):
@@ -310,12 +355,14 @@ def linear_backward(dy, x, w, *, precision="fp32"):
 # ReLU
 # ---------------------------------------------------------------------------
 
+@_bf16_storage("x")
 def relu_forward(x):
     """y = max(0, x), elementwise, any shape."""
     _array("relu_forward", "x", x)
     return np.maximum(x, x.dtype.type(0))
 
 
+@_bf16_storage("dy", "y")
 def relu_backward(dy, y):
     """dx = dy where y > 0, else 0 (y is the forward output)."""
     fn = "relu_backward"
@@ -329,12 +376,14 @@ def relu_backward(dy, y):
 # tanh (the saturating unit the paper's Figure 1 compares ReLU with)
 # ---------------------------------------------------------------------------
 
+@_bf16_storage("x")
 def tanh_forward(x):
     """y = tanh(x), elementwise, any shape."""
     _array("tanh_forward", "x", x)
     return np.tanh(x)
 
 
+@_bf16_storage("dy", "y")
 def tanh_backward(dy, y):
     """dx = dy * (1 - y^2), y the forward output; computed as dy * ((1 - y) * (1 + y)), the kernels'
     order (1 - y is exact where y nears +-1)."""
@@ -366,6 +415,7 @@ def _lrn_check_x(fn, x):
     _array(fn, "x", x, ndim=4)
 
 
+@_bf16_storage("x", keep=(1,))
 def lrn_forward(x, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False):
     """Local response normalization across channels (paper §3.3).
 
@@ -391,6 +441,7 @@ def lrn_forward(x, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False):
     return y, scale
 
 
+@_bf16_storage("dy", "x", "y")
 def lrn_backward(dy, x, y, scale, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False):
     """Gradient of ``lrn_forward`` (same hyper-parameters, same ``a``):
 
@@ -415,6 +466,7 @@ def lrn_backward(dy, x, y, scale, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha
 # Max pooling
 # ---------------------------------------------------------------------------
 
+@_bf16_storage("x")
 def maxpool_forward(x, *, size=3, stride=2):
     """Max pooling without padding (paper §3.4 overlapping pooling: 3/2).
 
@@ -428,6 +480,7 @@ def maxpool_forward(x, *, size=3, stride=2):
     return np.ascontiguousarray(_windows(x, size, size, stride).max(axis=(4, 5)))
 
 
+@_bf16_storage("dy", "x", "y")
 def maxpool_backward(dy, x, y, *, size=3, stride=2):
     """Gradient of ``maxpool_forward``.
 
@@ -583,6 +636,7 @@ def _dropout_scale(dtype, p):
     return dtype.type(1.0 / (1.0 - p))
 
 
+@_bf16_storage("x")
 def dropout_forward(x, *, p=0.5, seed, offset=0, start=0):
     """Inverted dropout (paper §4.2, scaled at training time instead of test):
 
@@ -598,6 +652,7 @@ def dropout_forward(x, *, p=0.5, seed, offset=0, start=0):
     return x * mask * _dropout_scale(x.dtype, p), mask
 
 
+@_bf16_storage("dy")
 def dropout_backward(dy, mask, *, p=0.5):
     """Gradient of ``dropout_forward``: dx = (dy * mask) * scale."""
     fn = "dropout_backward"
@@ -720,10 +775,10 @@ def _tower_slice(fn, name, a, cat_name, cat, offset):
 
 def transfer_forward(src, dst, *, offset, src_offset=0, channels=None):
     """dst[:, offset:offset + channels] = src[:, src_offset:src_offset + channels] (channels None: the rest
-    of src), in place; returns dst. On the kernel backends src may live on a peer device (read over peer
-    access)."""
+    of src), in place; returns dst. float32, float64 or BF16 (a copy: the elements as they are). On the
+    kernel backends src may live on a peer device (read over peer access)."""
     fn = "transfer_forward"
-    _array(fn, "src", src)
+    _array(fn, "src", src, dtypes=_FLOAT_DTYPES + (_BF16,))   # a copy: BF16 storage as it is
     _array(fn, "dst", dst, like=("src", src))
     src_offset = _int(fn, "src_offset", src_offset, minimum=0)
     channels = src.shape[1] - src_offset if channels is None else _int(fn, "channels", channels, minimum=0)
@@ -736,6 +791,7 @@ def transfer_forward(src, dst, *, offset, src_offset=0, channels=None):
     return dst
 
 
+@_bf16_storage("grad", "local")
 def transfer_backward(grad, *, offset, channels, local=None):
     """grad[:, offset:offset + channels] (+ local[:, offset:offset + channels]): a tower's share of the
     gradient of a concatenated input, summed over the devices that read it."""

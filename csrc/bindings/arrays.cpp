@@ -203,6 +203,15 @@ void expect_same_dtype(const Array& a, const Array& b) {
     throw py::type_error(a.op + ": " + b.name + " is " + dtype_name(b.dtype) + " but " + a.name + " is " + dtype_name(a.dtype));
 }
 
+DType expect_storage(const Array& lead, std::initializer_list<const Array*> others) {
+  auto storage = [](DType d) { return std::string(d == DType::U16 ? "uint16 (BF16 storage)" : dtype_name(d)); };
+  for (const Array* a : others)
+    if (!a->name.empty() && a->dtype != lead.dtype)  // (an absent optional argument has no name)
+      throw py::type_error(lead.op + ": " + a->name + " is " + storage(a->dtype) + " but " + lead.name + " is " +
+                           storage(lead.dtype) + ": the activation arguments must all be float32 or all BF16");
+  return lead.dtype;
+}
+
 void expect_no_overlap(const Array& a, const Array& b) {
   if (!a.ptr || !b.ptr) return;
   const char* a0 = static_cast<const char*>(a.ptr);

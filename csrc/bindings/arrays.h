@@ -72,6 +72,21 @@ void expect_no_overlap(const Array& a, const Array& b);
 // expect_no_overlap(*o, *a) for every output o and every array a of `others` that is not o itself.
 void expect_no_overlap(std::initializer_list<const Array*> outs, std::initializer_list<const Array*> others);
 
+// Storage of the activation-like arguments of a memory-bound op (common/storage.cuh): read them
+// with the dtypes kStorageDTypes (float32, or uint16 holding BF16 bits), then expect_storage(lead,
+// {&others...}): TypeError naming the op and the first argument whose dtype differs from lead's
+// (all float32 or all BF16; nothing mixed). Returns the storage.
+inline constexpr std::initializer_list<DType> kStorageDTypes{DType::F32, DType::U16};
+DType expect_storage(const Array& lead, std::initializer_list<const Array*> others);
+// f(T{}) with T the element type of storage d: float (F32) or uint16_t (U16, BF16 bits).
+template <class F>
+void with_storage(DType d, F&& f) {
+  if (d == DType::U16)
+    f(uint16_t{});
+  else
+    f(float{});
+}
+
 [[noreturn]] void value_error(const std::string& op, const std::string& msg);
 
 inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }

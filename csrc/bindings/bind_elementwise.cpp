@@ -9,11 +9,10 @@ using namespace pybind11::literals;
 
 namespace {
 
-using Forward = void (*)(const float*, float*, int64_t, int, cudaStream_t);
-using Backward = void (*)(const float*, const float*, float*, int64_t, int, cudaStream_t);
-
 // <name>_forward(x, y) and <name>_backward(dy, y, dx) of an elementwise activation (relu, tanh):
-// float32 arrays of one shape, y and dx written in place.
+// arrays of one shape and one storage (float32, or uint16 BF16 bits), y and dx written in place.
+// forward / backward: generic lambdas over the launchers (one name, an overload per storage).
+template <class Forward, class Backward>
 void bind_activation(py::module_& m, const std::string& name, Forward forward, Backward backward,
                      const char* forward_doc, const char* backward_doc) {
   const std::string fwd = name + "_forward", bwd = name + "_backward";
@@ -21,24 +20,32 @@ void bind_activation(py::module_& m, const std::string& name, Forward forward, B
       fwd.c_str(),
       [fwd, forward](py::handle x, py::handle y, int version, uintptr_t stream) {
         const char* op = fwd.c_str();
-        Array X = input(x, op, "x", {DType::F32});
-        Array Y = output(y, op, "y", {DType::F32});
+        Array X = input(x, op, "x", kStorageDTypes);
+        Array Y = output(y, op, "y", kStorageDTypes);
+        const DType st = expect_storage(X, {&Y});
         expect_same_shape(X, Y);
         py::gil_scoped_release nogil;
-        forward(X.f32(), Y.f32(), X.numel(), version, as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          forward(X.as<T>(), Y.as<T>(), X.numel(), version, as_stream(stream));
+        });
       },
       "x"_a, "y"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, forward_doc);
   m.def(
       bwd.c_str(),
       [bwd, backward](py::handle dy, py::handle y, py::handle dx, int version, uintptr_t stream) {
         const char* op = bwd.c_str();
-        Array DY = input(dy, op, "dy", {DType::F32});
-        Array Y = input(y, op, "y", {DType::F32});
-        Array DX = output(dx, op, "dx", {DType::F32});
+        Array DY = input(dy, op, "dy", kStorageDTypes);
+        Array Y = input(y, op, "y", kStorageDTypes);
+        Array DX = output(dx, op, "dx", kStorageDTypes);
+        const DType st = expect_storage(DY, {&Y, &DX});
         expect_same_shape(DY, Y);
         expect_same_shape(DY, DX);
         py::gil_scoped_release nogil;
-        backward(DY.f32(), Y.f32(), DX.f32(), DY.numel(), version, as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          backward(DY.as<T>(), Y.as<T>(), DX.as<T>(), DY.numel(), version, as_stream(stream));
+        });
       },
       "dy"_a, "y"_a, "dx"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, backward_doc);
 }
@@ -50,10 +57,14 @@ void bind_elementwise(py::module_& m) {
   register_versions({"tanh_forward", "tanh_backward"}, kernels::kTanhVersions);
   register_versions({"reduce_sum"}, kernels::kReduceVersions);
 
-  bind_activation(m, "relu", kernels::relu_forward, kernels::relu_backward, "y = max(0, x). y is written in place.",
-                  "dx = dy where y > 0, else 0.");
-  bind_activation(m, "tanh", kernels::tanh_forward, kernels::tanh_backward, "y = tanh(x). y is written in place.",
-                  "dx = dy * (1 - y^2), y the forward's output.");
+  bind_activation(
+      m, "relu", [](auto... a) { kernels::relu_forward(a...); }, [](auto... a) { kernels::relu_backward(a...); },
+      "y = max(0, x) (float32, or BF16 as uint16 bits). y is written in place.",
+      "dx = dy where y > 0, else 0 (one storage: float32 or BF16).");
+  bind_activation(
+      m, "tanh", [](auto... a) { kernels::tanh_forward(a...); }, [](auto... a) { kernels::tanh_backward(a...); },
+      "y = tanh(x) (float32, or BF16 as uint16 bits; FP32 math, one rounding). y is written in place.",
+      "dx = dy * (1 - y^2), y the forward's output (one storage: float32 or BF16).");
 
   m.attr("REDUCE_WORKSPACE") = kernels::kReduceMaxBlocks;
   m.def(

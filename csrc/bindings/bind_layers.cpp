@@ -1,5 +1,7 @@
 // LRN, max-pooling, dropout, softmax cross-entropy, SGD and top-k: argument checks and
-// dispatch to the launchers. Outputs (and workspaces) are allocated by Python and passed
+// dispatch to the launchers. LRN, max-pooling and dropout take FP32 or BF16 storage (uint16
+// bits) for their activation arguments, one storage per call (expect_storage; LRN's scale is
+// float32, dropout's mask uint8 either way). Outputs (and workspaces) are allocated by Python and passed
 // in; every check below runs before anything is launched or written, except the label
 // range check, which scans the labels on the device first (kernels::first_bad_label, one
 // 4-byte copy back) and raises ValueError before the op's own kernels are launched, so a
@@ -98,9 +100,10 @@ void bind_layers(py::module_& m) {
       [](py::handle x, py::handle y, py::handle scale, int size, double alpha, double beta, double k, int version,
          uintptr_t stream) {
         const char* op = "lrn_forward";
-        Array X = input(x, op, "x", {DType::F32}, 4);
-        Array Y = output(y, op, "y", {DType::F32});
+        Array X = input(x, op, "x", kStorageDTypes, 4);
+        Array Y = output(y, op, "y", kStorageDTypes);
         Array S = output(scale, op, "scale", {DType::F32});
+        const DType st = expect_storage(X, {&Y});
         expect_same_shape(X, Y);
         expect_same_shape(X, S);
         expect_no_overlap({&Y, &S}, {&X, &Y, &S});
@@ -109,49 +112,62 @@ void bind_layers(py::module_& m) {
         finite(op, "beta", beta);
         finite(op, "k", k);
         py::gil_scoped_release nogil;
-        kernels::lrn_forward(X.f32(), Y.f32(), S.f32(), X.dim(0), X.dim(1), X.dim(2) * X.dim(3), size, alpha, beta, k,
-                             version, as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          kernels::lrn_forward(X.as<T>(), Y.as<T>(), S.f32(), X.dim(0), X.dim(1), X.dim(2) * X.dim(3), size, alpha,
+                               beta, k, version, as_stream(stream));
+        });
       },
       "x"_a, "y"_a, "scale"_a, py::kw_only(), "size"_a = 5, "alpha"_a = 1e-4, "beta"_a = 0.75, "k"_a = 2.0,
       "version"_a = 0, "stream"_a = 0,
       "scale = k + alpha * (window sum of x^2), y = x * scale^-beta; alpha is the coefficient applied to the sum "
-      "(divide by size first for the alpha/n convention). y and scale are written in place.");
+      "(divide by size first for the alpha/n convention). x, y float32 or BF16 (uint16 bits); scale float32. y and "
+      "scale are written in place.");
 
   m.def(
       "lrn_backward",
       [](py::handle dy, py::handle x, py::handle y, py::handle scale, py::handle dx, int size, double alpha,
          double beta, int version, uintptr_t stream) {
         const char* op = "lrn_backward";
-        Array X = input(x, op, "x", {DType::F32}, 4);
-        Array DY = input(dy, op, "dy", {DType::F32}, 4);
-        Array Y = input(y, op, "y", {DType::F32}, 4);
+        Array X = input(x, op, "x", kStorageDTypes, 4);
+        Array DY = input(dy, op, "dy", kStorageDTypes, 4);
+        Array Y = input(y, op, "y", kStorageDTypes, 4);
         Array S = input(scale, op, "scale", {DType::F32}, 4);
-        Array DX = output(dx, op, "dx", {DType::F32});
+        Array DX = output(dx, op, "dx", kStorageDTypes);
+        const DType st = expect_storage(X, {&DY, &Y, &DX});
         for (const Array* a : {&DY, &Y, &S, &DX}) expect_same_shape(X, *a);
         expect_no_overlap({&DX}, {&X, &DY, &Y, &S});
         check_lrn_size(op, size);
         finite(op, "alpha", alpha);
         finite(op, "beta", beta);
         py::gil_scoped_release nogil;
-        kernels::lrn_backward(DY.f32(), X.f32(), Y.f32(), S.f32(), DX.f32(), X.dim(0), X.dim(1), X.dim(2) * X.dim(3),
-                              size, alpha, beta, version, as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          kernels::lrn_backward(DY.as<T>(), X.as<T>(), Y.as<T>(), S.f32(), DX.as<T>(), X.dim(0), X.dim(1),
+                                X.dim(2) * X.dim(3), size, alpha, beta, version, as_stream(stream));
+        });
       },
       "dy"_a, "x"_a, "y"_a, "scale"_a, "dx"_a, py::kw_only(), "size"_a = 5, "alpha"_a = 1e-4, "beta"_a = 0.75,
-      "version"_a = 0, "stream"_a = 0, "Gradient of lrn_forward; dx is written in place.");
+      "version"_a = 0, "stream"_a = 0,
+      "Gradient of lrn_forward (dy, x, y, dx one storage: float32 or BF16; scale float32); dx is written in place.");
 
   // ---- max pooling -----------------------------------------------------------------------
   m.def(
       "maxpool_forward",
       [](py::handle x, py::handle y, int size, int stride, int version, uintptr_t stream) {
         const char* op = "maxpool_forward";
-        Array X = input(x, op, "x", {DType::F32}, 4);
+        Array X = input(x, op, "x", kStorageDTypes, 4);
         auto [P, Q] = pool_out(op, X, size, stride);
-        Array Y = output(y, op, "y", {DType::F32}, 4);
+        Array Y = output(y, op, "y", kStorageDTypes, 4);
+        const DType st = expect_storage(X, {&Y});
         expect_shape(Y, {X.dim(0), X.dim(1), P, Q}, "(the pooled shape of x)");
         expect_no_overlap(Y, X);
         py::gil_scoped_release nogil;
-        kernels::maxpool_forward(X.f32(), Y.f32(), X.dim(0), X.dim(1), X.dim(2), X.dim(3), size, stride, version,
-                                 as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          kernels::maxpool_forward(X.as<T>(), Y.as<T>(), X.dim(0), X.dim(1), X.dim(2), X.dim(3), size, stride, version,
+                                   as_stream(stream));
+        });
       },
       "x"_a, "y"_a, py::kw_only(), "size"_a = 3, "stride"_a = 2, "version"_a = 0, "stream"_a = 0,
       "y = max over size x size windows of x at the given stride (no padding); y is written in place.");
@@ -161,19 +177,23 @@ void bind_layers(py::module_& m) {
       [](py::handle dy, py::handle x, py::handle y, py::handle dx, int size, int stride, int version,
          uintptr_t stream) {
         const char* op = "maxpool_backward";
-        Array X = input(x, op, "x", {DType::F32}, 4);
+        Array X = input(x, op, "x", kStorageDTypes, 4);
         auto [P, Q] = pool_out(op, X, size, stride);
-        Array Y = input(y, op, "y", {DType::F32}, 4);
-        Array DY = input(dy, op, "dy", {DType::F32}, 4);
-        Array DX = output(dx, op, "dx", {DType::F32});
+        Array Y = input(y, op, "y", kStorageDTypes, 4);
+        Array DY = input(dy, op, "dy", kStorageDTypes, 4);
+        Array DX = output(dx, op, "dx", kStorageDTypes);
+        const DType st = expect_storage(X, {&Y, &DY, &DX});
         const std::vector<int64_t> pooled{X.dim(0), X.dim(1), P, Q};
         expect_shape(Y, pooled, "(the shape of maxpool_forward's output)");
         expect_shape(DY, pooled, "(the shape of maxpool_forward's output)");
         expect_same_shape(X, DX);
         expect_no_overlap({&DX}, {&X, &DY, &Y});
         py::gil_scoped_release nogil;
-        kernels::maxpool_backward(DY.f32(), X.f32(), DX.f32(), X.dim(0), X.dim(1), X.dim(2), X.dim(3), size, stride,
-                                  version, as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          kernels::maxpool_backward(DY.as<T>(), X.as<T>(), DX.as<T>(), X.dim(0), X.dim(1), X.dim(2), X.dim(3), size,
+                                    stride, version, as_stream(stream));
+        });
       },
       "dy"_a, "x"_a, "y"_a, "dx"_a, py::kw_only(), "size"_a = 3, "stride"_a = 2, "version"_a = 0, "stream"_a = 0,
       "dx: each dy to the first maximum (row-major) of its window in x, overlaps accumulated; written in place.");
@@ -184,35 +204,43 @@ void bind_layers(py::module_& m) {
       [](py::handle x, py::handle y, py::handle mask, double p, uint64_t seed, uint64_t offset, uint64_t start,
          int version, uintptr_t stream) {
         const char* op = "dropout_forward";
-        Array X = input(x, op, "x", {DType::F32});
-        Array Y = output(y, op, "y", {DType::F32});
+        Array X = input(x, op, "x", kStorageDTypes);
+        Array Y = output(y, op, "y", kStorageDTypes);
         Array M = output(mask, op, "mask", {DType::U8});
+        const DType st = expect_storage(X, {&Y});
         expect_same_shape(X, Y);
         expect_same_shape(X, M);
         expect_no_overlap({&Y, &M}, {&X, &Y, &M});
         check_prob(op, p);
         py::gil_scoped_release nogil;
-        kernels::dropout_forward(X.f32(), Y.f32(), M.as<uint8_t>(), X.numel(), p, seed, offset, start, version,
-                                 as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          kernels::dropout_forward(X.as<T>(), Y.as<T>(), M.as<uint8_t>(), X.numel(), p, seed, offset, start, version,
+                                   as_stream(stream));
+        });
       },
       "x"_a, "y"_a, "mask"_a, py::kw_only(), "p"_a = 0.5, "seed"_a, "offset"_a = 0, "start"_a = 0, "version"_a = 0,
       "stream"_a = 0,
       "Inverted dropout: mask (uint8) from Philox-4x32-10 keyed by (seed, offset, start + element index), "
-      "y = x * mask / (1 - p). y and mask are written in place.");
+      "y = x * mask / (1 - p) (x, y float32 or BF16 as uint16 bits). y and mask are written in place.");
 
   m.def(
       "dropout_backward",
       [](py::handle dy, py::handle mask, py::handle dx, double p, int version, uintptr_t stream) {
         const char* op = "dropout_backward";
-        Array DY = input(dy, op, "dy", {DType::F32});
+        Array DY = input(dy, op, "dy", kStorageDTypes);
         Array M = input(mask, op, "mask", {DType::U8});
-        Array DX = output(dx, op, "dx", {DType::F32});
+        Array DX = output(dx, op, "dx", kStorageDTypes);
+        const DType st = expect_storage(DY, {&DX});
         expect_same_shape(DY, M);
         expect_same_shape(DY, DX);
         expect_no_overlap({&DX}, {&DY, &M});
         check_prob(op, p);
         py::gil_scoped_release nogil;
-        kernels::dropout_backward(DY.f32(), M.as<uint8_t>(), DX.f32(), DY.numel(), p, version, as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          kernels::dropout_backward(DY.as<T>(), M.as<uint8_t>(), DX.as<T>(), DY.numel(), p, version, as_stream(stream));
+        });
       },
       "dy"_a, "mask"_a, "dx"_a, py::kw_only(), "p"_a = 0.5, "version"_a = 0, "stream"_a = 0,
       "dx = dy * mask / (1 - p); dx is written in place.");

@@ -1,7 +1,8 @@
 // The transfer kernels where towers meet (kernels/transfer.cu). Arrays are (N, C, H, W) maps or
-// (N, F) features; `offset` counts channels (features). The peer-side array is checked against
-// the device it is said to live on (`src_device` / `peer_device`, -1: the current one), every other
-// array against the current device; the kernel itself needs peer access to read another device.
+// (N, F) features, all float32 or all BF16 (uint16 bits; expect_storage); `offset` counts channels
+// (features). The peer-side array is checked against the device it is said to live on
+// (`src_device` / `peer_device`, -1: the current one), every other array against the current
+// device; the kernel itself needs peer access to read another device.
 #include "bindings/arrays.h"
 #include "kernels/transfer.cuh"
 
@@ -36,8 +37,9 @@ void bind_transfer(py::module_& m) {
       [](py::handle src, py::handle dst, int64_t offset, int64_t src_offset, int64_t channels, int src_device,
          int version, uintptr_t stream) {
         const char* op = "transfer_forward";
-        Array S = input(src, op, "src", {DType::F32}, -1, src_device);
-        Array D = output(dst, op, "dst", {DType::F32});
+        Array S = input(src, op, "src", kStorageDTypes, -1, src_device);
+        Array D = output(dst, op, "dst", kStorageDTypes);
+        const DType st = expect_storage(S, {&D});
         if (S.ndim() != 2 && S.ndim() != 4) value_error(op, "src must be (N, C, H, W) or (N, F), got shape " + S.shape_str());
         if (channels < 0) channels = S.dim(1) - src_offset;
         if (src_offset < 0 || channels < 0 || src_offset + channels > S.dim(1))
@@ -48,8 +50,11 @@ void bind_transfer(py::module_& m) {
         const int64_t hw = check_slice(piece, D, offset);
         expect_no_overlap(D, S);
         py::gil_scoped_release nogil;
-        kernels::transfer_forward(S.f32(), D.f32(), S.dim(0), channels * hw, S.dim(1) * hw, src_offset * hw,
-                                  D.dim(1) * hw, offset * hw, version, as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          kernels::transfer_forward(S.as<T>(), D.as<T>(), S.dim(0), channels * hw, S.dim(1) * hw, src_offset * hw,
+                                    D.dim(1) * hw, offset * hw, version, as_stream(stream));
+        });
       },
       "src"_a, "dst"_a, py::kw_only(), "offset"_a, "src_offset"_a = 0, "channels"_a = -1,
       "src_device"_a = kCurrentDevice, "version"_a = 0, "stream"_a = 0,
@@ -61,19 +66,23 @@ void bind_transfer(py::module_& m) {
       [](py::handle peer, py::handle local, py::handle out, int64_t offset, int peer_device, int version,
          uintptr_t stream) {
         const char* op = "transfer_backward";
-        Array P = input(peer, op, "grad", {DType::F32}, -1, peer_device);
+        Array P = input(peer, op, "grad", kStorageDTypes, -1, peer_device);
         Array L;
         if (!local.is_none()) {
-          L = input(local, op, "local", {DType::F32});
+          L = input(local, op, "local", kStorageDTypes);
           expect_same_shape(P, L);
         }
-        Array O = output(out, op, "out", {DType::F32});
+        Array O = output(out, op, "out", kStorageDTypes);
+        const DType st = expect_storage(P, {&L, &O});
         const int64_t hw = check_slice(O, P, offset);
         expect_no_overlap({&O}, {&P, &L});
         py::gil_scoped_release nogil;
-        kernels::transfer_backward(P.f32(), L.ptr ? L.f32() : nullptr, O.f32(), O.dim(0),
-                                   O.numel() / (O.dim(0) ? O.dim(0) : 1), P.dim(1) * hw, offset * hw, version,
-                                   as_stream(stream));
+        with_storage(st, [&](auto t) {
+          using T = decltype(t);
+          kernels::transfer_backward(P.as<T>(), L.ptr ? L.as<T>() : nullptr, O.as<T>(), O.dim(0),
+                                     O.numel() / (O.dim(0) ? O.dim(0) : 1), P.dim(1) * hw, offset * hw, version,
+                                     as_stream(stream));
+        });
       },
       "grad"_a, "local"_a, "out"_a, py::kw_only(), "offset"_a, "peer_device"_a = kCurrentDevice, "version"_a = 0,
       "stream"_a = 0,

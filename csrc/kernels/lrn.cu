@@ -9,7 +9,11 @@
 //          accumulated from the lowest channel up, k, a, beta and 2*a*beta rounded to float
 //          from doubles on the host. scale is therefore bitwise the reference's; y and dx
 //          differ only through powf (CUDA: at most 2 ulp).
-// Layout:  x, y, scale, dy, dx: (N, C, H, W) float32, contiguous; HW = H * W.
+// Storage: x, y, dy, dx FP32, or BF16 (uint16 bits, T = uint16_t; common/storage.cuh): widened on
+//          load, every operation above in FP32 on the widened values, y and dx rounded once on
+//          store. scale is always FP32 (the saved sum; a reduction stays FP32). So the BF16 op is
+//          round_bf16(the FP32 op on the widened inputs) up to powf's ulps before the rounding.
+// Layout:  x, y, scale, dy, dx: (N, C, H, W), contiguous; HW = H * W.
 // Threads:
 // version 1: one thread per output element (n, c, h, w), grid-stride; the window is read
 //            straight from global memory (size loads per output, 3*size in the backward;
@@ -23,13 +27,15 @@
 //            Halo rows are re-read per chunk (2*half/32 extra loads, from L2). Needs
 //            min(half, C-1) <= 32 (shared memory (32 + 2*32) * 32 floats at most); the
 //            dispatcher falls back to version 1 beyond that.
-// Memory: forward reads 4 and writes 8 bytes per element; backward reads 16, writes 4.
+// Memory: forward reads 4 and writes 8 bytes per element; backward reads 16, writes 4 (FP32;
+//         BF16: 2 and 6, 10 and 2). Version 2 stages widened floats for both storages.
 #include "kernels/lrn.cuh"
 
 #include <stdexcept>
 #include <string>
 
 #include "common/launch.h"
+#include "common/storage.cuh"
 
 namespace alexnet::kernels {
 namespace {
@@ -50,22 +56,24 @@ struct LrnParams {
 };
 
 // ---- version 1: one thread per element ------------------------------------------------
-__global__ void lrn_forward_v1(const float* __restrict__ x, float* __restrict__ y, float* __restrict__ scale,
-                               int64_t n, LrnParams P) {
+template <class T>
+__global__ void lrn_forward_v1(const T* __restrict__ x, T* __restrict__ y, float* __restrict__ scale, int64_t n,
+                               LrnParams P) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int c = int((i / P.HW) % P.C);
-    const float* col = x + (i - int64_t(c) * P.HW);  // channel 0 of this pixel
+    const T* col = x + (i - int64_t(c) * P.HW);  // channel 0 of this pixel
     const int lo = max(c - P.half, 0), hi = min(c + P.half, P.C - 1);
     float s = 0.0f;
-    for (int cc = lo; cc <= hi; ++cc) s = __fadd_rn(s, sq(col[int64_t(cc) * P.HW]));
+    for (int cc = lo; cc <= hi; ++cc) s = __fadd_rn(s, sq(storage::load(col, int64_t(cc) * P.HW)));
     const float sc = __fadd_rn(P.k, __fmul_rn(P.a, s));
     scale[i] = sc;
-    y[i] = __fmul_rn(x[i], powf(sc, P.neg_beta));
+    storage::store(y, i, __fmul_rn(storage::load(x, i), powf(sc, P.neg_beta)));
   }
 }
 
-__global__ void lrn_backward_v1(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ y,
-                                const float* __restrict__ scale, float* __restrict__ dx, int64_t n, LrnParams P) {
+template <class T>
+__global__ void lrn_backward_v1(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ y,
+                                const float* __restrict__ scale, T* __restrict__ dx, int64_t n, LrnParams P) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int c = int((i / P.HW) % P.C);
     const int64_t col = i - int64_t(c) * P.HW;
@@ -73,28 +81,31 @@ __global__ void lrn_backward_v1(const float* __restrict__ dy, const float* __res
     float cross = 0.0f;
     for (int cc = lo; cc <= hi; ++cc) {
       const int64_t j = col + int64_t(cc) * P.HW;
-      cross = __fadd_rn(cross, __fmul_rn(dy[j], y[j]) / scale[j]);
+      cross = __fadd_rn(cross, __fmul_rn(storage::load(dy, j), storage::load(y, j)) / scale[j]);
     }
-    dx[i] = fsub_rn(__fmul_rn(dy[i], powf(scale[i], P.neg_beta)), __fmul_rn(__fmul_rn(P.coef, x[i]), cross));
+    storage::store(dx, i,
+                   fsub_rn(__fmul_rn(storage::load(dy, i), powf(scale[i], P.neg_beta)),
+                           __fmul_rn(__fmul_rn(P.coef, storage::load(x, i)), cross)));
   }
 }
 
 // ---- version 2: shared-memory tiles over channel chunks ----------------------------------
 // Block b: image n = b / tiles, pixels [p0, p0 + 32) with p0 = (b % tiles) * 32.
 // Shared: stage[r][tx], r = channel - (c0 - half), r < 32 + 2*half.
-__global__ void __launch_bounds__(kThreads) lrn_forward_v2(const float* __restrict__ x, float* __restrict__ y,
+template <class T>
+__global__ void __launch_bounds__(kThreads) lrn_forward_v2(const T* __restrict__ x, T* __restrict__ y,
                                                            float* __restrict__ scale, int64_t tiles, LrnParams P) {
   DYNAMIC_SHARED(float, stage);
   const int tx = threadIdx.x % kTilePix, ty = threadIdx.x / kTilePix;
   const int64_t nimg = blockIdx.x / tiles;
   const int64_t p = (blockIdx.x % tiles) * kTilePix + tx;
   const bool in = p < P.HW;
-  const float* xn = x + nimg * P.C * P.HW + p;
+  const T* xn = x + nimg * P.C * P.HW + p;
   const int rows = kChunk + 2 * P.half;
   for (int c0 = 0; c0 < P.C; c0 += kChunk) {
     for (int r = ty; r < rows; r += kTileRows) {
       const int cc = c0 - P.half + r;
-      stage[r * kTilePix + tx] = in && cc >= 0 && cc < P.C ? xn[int64_t(cc) * P.HW] : 0.0f;
+      stage[r * kTilePix + tx] = in && cc >= 0 && cc < P.C ? storage::load(xn, int64_t(cc) * P.HW) : 0.0f;
     }
     __syncthreads();
     for (int co = ty; co < kChunk && c0 + co < P.C; co += kTileRows) {
@@ -105,16 +116,18 @@ __global__ void __launch_bounds__(kThreads) lrn_forward_v2(const float* __restri
       if (in) {
         const int64_t i = int64_t(c0 + co) * P.HW;
         scale[nimg * P.C * P.HW + p + i] = sc;
-        y[nimg * P.C * P.HW + p + i] = __fmul_rn(stage[(co + P.half) * kTilePix + tx], powf(sc, P.neg_beta));
+        storage::store(y, nimg * P.C * P.HW + p + i,
+                       __fmul_rn(stage[(co + P.half) * kTilePix + tx], powf(sc, P.neg_beta)));
       }
     }
     __syncthreads();  // the next chunk overwrites stage
   }
 }
 
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-    lrn_backward_v2(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ y,
-                    const float* __restrict__ scale, float* __restrict__ dx, int64_t tiles, LrnParams P) {
+    lrn_backward_v2(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ y,
+                    const float* __restrict__ scale, T* __restrict__ dx, int64_t tiles, LrnParams P) {
   DYNAMIC_SHARED(float, stage);
   const int tx = threadIdx.x % kTilePix, ty = threadIdx.x / kTilePix;
   const int64_t nimg = blockIdx.x / tiles;
@@ -128,7 +141,7 @@ __global__ void __launch_bounds__(kThreads)
       float t = 0.0f;
       if (in && cc >= 0 && cc < P.C) {
         const int64_t j = base + int64_t(cc) * P.HW;
-        t = __fmul_rn(dy[j], y[j]) / scale[j];
+        t = __fmul_rn(storage::load(dy, j), storage::load(y, j)) / scale[j];
       }
       stage[r * kTilePix + tx] = t;
     }
@@ -138,7 +151,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int d = 0; d < P.size; ++d) cross = __fadd_rn(cross, stage[(co + d) * kTilePix + tx]);
       if (in) {
         const int64_t i = base + int64_t(c0 + co) * P.HW;
-        dx[i] = fsub_rn(__fmul_rn(dy[i], powf(scale[i], P.neg_beta)), __fmul_rn(__fmul_rn(P.coef, x[i]), cross));
+        storage::store(dx, i,
+                       fsub_rn(__fmul_rn(storage::load(dy, i), powf(scale[i], P.neg_beta)),
+                               __fmul_rn(__fmul_rn(P.coef, storage::load(x, i)), cross)));
       }
     }
     __syncthreads();
@@ -169,37 +184,57 @@ int pick(const char* op, int version, const LrnParams& P) {
   return version;
 }
 
-}  // namespace
-
-void lrn_forward(const float* x, float* y, float* scale, int64_t N, int64_t C, int64_t HW, int size, double a,
-                 double beta, double k, int version, cudaStream_t stream) {
+template <class T>
+void forward(const T* x, T* y, float* scale, int64_t N, int64_t C, int64_t HW, int size, double a, double beta,
+             double k, int version, cudaStream_t stream) {
   const LrnParams P = params("lrn_forward", C, HW, size, a, beta, k);
   version = pick("lrn_forward", version, P);
   const int64_t n = N * C * HW;
   if (n == 0) return;
   if (version == 1) {
-    LAUNCH(lrn_forward_v1, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, x, y, scale, n, P);
+    LAUNCH(lrn_forward_v1<T>, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, x, y, scale, n, P);
   } else {
     const int64_t tiles = (HW + kTilePix - 1) / kTilePix;
     const size_t smem = size_t(kChunk + 2 * P.half) * kTilePix * sizeof(float);
-    LAUNCH(lrn_forward_v2, dim3(unsigned(N * tiles)), dim3(kThreads), smem, stream, x, y, scale, tiles, P);
+    LAUNCH(lrn_forward_v2<T>, dim3(unsigned(N * tiles)), dim3(kThreads), smem, stream, x, y, scale, tiles, P);
   }
 }
 
-void lrn_backward(const float* dy, const float* x, const float* y, const float* scale, float* dx, int64_t N, int64_t C,
-                  int64_t HW, int size, double a, double beta, int version, cudaStream_t stream) {
+template <class T>
+void backward(const T* dy, const T* x, const T* y, const float* scale, T* dx, int64_t N, int64_t C, int64_t HW,
+              int size, double a, double beta, int version, cudaStream_t stream) {
   const LrnParams P = params("lrn_backward", C, HW, size, a, beta, 0.0);
   version = pick("lrn_backward", version, P);
   const int64_t n = N * C * HW;
   if (n == 0) return;
   if (version == 1) {
-    LAUNCH(lrn_backward_v1, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, dy, x, y, scale, dx, n,
-           P);
+    LAUNCH(lrn_backward_v1<T>, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, dy, x, y, scale, dx,
+           n, P);
   } else {
     const int64_t tiles = (HW + kTilePix - 1) / kTilePix;
     const size_t smem = size_t(kChunk + 2 * P.half) * kTilePix * sizeof(float);
-    LAUNCH(lrn_backward_v2, dim3(unsigned(N * tiles)), dim3(kThreads), smem, stream, dy, x, y, scale, dx, tiles, P);
+    LAUNCH(lrn_backward_v2<T>, dim3(unsigned(N * tiles)), dim3(kThreads), smem, stream, dy, x, y, scale, dx, tiles,
+           P);
   }
+}
+
+}  // namespace
+
+void lrn_forward(const float* x, float* y, float* scale, int64_t N, int64_t C, int64_t HW, int size, double a,
+                 double beta, double k, int version, cudaStream_t stream) {
+  forward(x, y, scale, N, C, HW, size, a, beta, k, version, stream);
+}
+void lrn_forward(const uint16_t* x, uint16_t* y, float* scale, int64_t N, int64_t C, int64_t HW, int size, double a,
+                 double beta, double k, int version, cudaStream_t stream) {
+  forward(x, y, scale, N, C, HW, size, a, beta, k, version, stream);
+}
+void lrn_backward(const float* dy, const float* x, const float* y, const float* scale, float* dx, int64_t N, int64_t C,
+                  int64_t HW, int size, double a, double beta, int version, cudaStream_t stream) {
+  backward(dy, x, y, scale, dx, N, C, HW, size, a, beta, version, stream);
+}
+void lrn_backward(const uint16_t* dy, const uint16_t* x, const uint16_t* y, const float* scale, uint16_t* dx, int64_t N,
+                  int64_t C, int64_t HW, int size, double a, double beta, int version, cudaStream_t stream) {
+  backward(dy, x, y, scale, dx, N, C, HW, size, a, beta, version, stream);
 }
 
 }  // namespace alexnet::kernels

@@ -9,7 +9,12 @@
 //          first maximum is (h, w). No atomics; the additions go in the reference's order
 //          (r ascending, then s, i.e. p descending, then q descending), so dx is bitwise the
 //          reference's.
-// Layout:  x, dx (N, C, H, W); y, dy (N, C, P, Q); float32, contiguous; a plane is one (n, c).
+// Storage: x, y, dy, dx FP32, or BF16 (uint16 bits, T = uint16_t; common/storage.cuh): values are
+//          widened on load and compared / added in FP32; y is one of the inputs (exact in BF16);
+//          dx is accumulated in FP32 over the overlapping windows and rounded once on store, so
+//          the BF16 op is round_bf16(the FP32 op on the widened inputs), bitwise. Version 2 stages
+//          the widened values (shared memory holds floats for both storages: one plan).
+// Layout:  x, dx (N, C, H, W); y, dy (N, C, P, Q); contiguous; a plane is one (n, c).
 // Threads:
 // version 1: forward: one thread per output, the window read from global memory (neighbours
 //            share inputs through the caches). Backward: one thread per input pixel; for each
@@ -26,8 +31,8 @@
 //            shared memory. Small planes (13x13) are packed several to a block so that a
 //            block has >= 256 outputs. Needs size * W floats (+ two rows of Q) to fit in the
 //            budget (W <= 2048 for size 3); the dispatcher falls back to version 1 otherwise.
-// Memory: forward reads 4 bytes per input and writes 4 per output; backward reads x and dy
-//         and writes dx once each (version 2).
+// Memory: forward reads 4 bytes per input and writes 4 per output (2 and 2 in BF16); backward
+//         reads x and dy and writes dx once each (version 2).
 #include "kernels/pool.cuh"
 
 #include <algorithm>
@@ -35,6 +40,7 @@
 #include <string>
 
 #include "common/launch.h"
+#include "common/storage.cuh"
 
 namespace alexnet::kernels {
 namespace {
@@ -49,12 +55,14 @@ struct PoolGeom {
 
 // The window's maximum and the row-major offset r*size+s of its first occurrence (a NaN
 // wins over numbers, the first NaN over later ones: np.max / np.argmax semantics).
-__device__ __forceinline__ float window_first_max(const float* __restrict__ win, int row_stride, int size, int& arg) {
-  float m = win[0];
+// win: global memory of storage T (version 1) or the staged floats (version 2).
+template <class T>
+__device__ __forceinline__ float window_first_max(const T* __restrict__ win, int row_stride, int size, int& arg) {
+  float m = storage::load(win, 0);
   arg = 0;
   for (int r = 0; r < size; ++r)
     for (int s = 0; s < size; ++s) {
-      const float v = win[r * row_stride + s];
+      const float v = storage::load(win, r * row_stride + s);
       if (v > m || (v != v && m == m)) {
         m = v;
         arg = r * size + s;
@@ -70,24 +78,26 @@ __device__ __forceinline__ void covering(int h, int size, int stride, int P, int
 }
 
 // ---- version 1 ------------------------------------------------------------------------
-__global__ void maxpool_forward_v1(const float* __restrict__ x, float* __restrict__ y, PoolGeom G) {
+template <class T>
+__global__ void maxpool_forward_v1(const T* __restrict__ x, T* __restrict__ y, PoolGeom G) {
   const int64_t n = G.NC * G.P * G.Q;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int q = int(i % G.Q), p = int((i / G.Q) % G.P);
     const int64_t plane = i / (int64_t(G.P) * G.Q);
+    const T* win = x + plane * G.H * G.W + int64_t(p) * G.stride * G.W + q * G.stride;
     int arg;
-    y[i] = window_first_max(x + plane * G.H * G.W + int64_t(p) * G.stride * G.W + q * G.stride, G.W, G.size, arg);
+    storage::store(y, i, window_first_max(win, G.W, G.size, arg));
   }
 }
 
-__global__ void maxpool_backward_v1(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ dx,
-                                    PoolGeom G) {
+template <class T>
+__global__ void maxpool_backward_v1(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx, PoolGeom G) {
   const int64_t n = G.NC * G.H * G.W;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int w = int(i % G.W), h = int((i / G.W) % G.H);
     const int64_t plane = i / (int64_t(G.H) * G.W);
-    const float* xp = x + plane * G.H * G.W;
-    const float* dyp = dy + plane * G.P * G.Q;
+    const T* xp = x + plane * G.H * G.W;
+    const T* dyp = dy + plane * G.P * G.Q;
     int plo, phi, qlo, qhi;
     covering(h, G.size, G.stride, G.P, plo, phi);
     covering(w, G.size, G.stride, G.Q, qlo, qhi);
@@ -96,17 +106,19 @@ __global__ void maxpool_backward_v1(const float* __restrict__ dy, const float* _
       for (int q = qhi; q >= qlo; --q) {
         int arg;
         window_first_max(xp + p * G.stride * G.W + q * G.stride, G.W, G.size, arg);
-        if (p * G.stride + arg / G.size == h && q * G.stride + arg % G.size == w) acc += dyp[p * G.Q + q];
+        if (p * G.stride + arg / G.size == h && q * G.stride + arg % G.size == w)
+          acc += storage::load(dyp, p * G.Q + q);
       }
-    dx[i] = acc;
+    storage::store(dx, i, acc);
   }
 }
 
 // ---- version 2 ------------------------------------------------------------------------
 // Block b: plane group g = b / bands (planes g*planes ...), band = b % bands.
 // Forward band: output rows [band*TP, +TP), input rows [band*TP*stride, +(TP-1)*stride+size).
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-    maxpool_forward_v2(const float* __restrict__ x, float* __restrict__ y, PoolGeom G, int planes, int TP, int bands) {
+    maxpool_forward_v2(const T* __restrict__ x, T* __restrict__ y, PoolGeom G, int planes, int TP, int bands) {
   DYNAMIC_SHARED(float, stage);
   const int64_t plane0 = int64_t(blockIdx.x / bands) * planes;
   const int p0 = (blockIdx.x % bands) * TP;
@@ -118,7 +130,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int e = threadIdx.x; e < npl * rows * G.W; e += kThreads) {
     const int pl = e / (rows * G.W), rc = e % (rows * G.W);
-    stage[pl * rows_max * G.W + rc] = x[(plane0 + pl) * HW + int64_t(p0) * G.stride * G.W + rc];
+    stage[pl * rows_max * G.W + rc] = storage::load(x, (plane0 + pl) * HW + int64_t(p0) * G.stride * G.W + rc);
   }
   __syncthreads();
   for (int e = threadIdx.x; e < npl * np * G.Q; e += kThreads) {
@@ -126,15 +138,16 @@ __global__ void __launch_bounds__(kThreads)
     int arg;
     const float m =
         window_first_max(stage + pl * rows_max * G.W + pp * G.stride * G.W + q * G.stride, G.W, G.size, arg);
-    y[(plane0 + pl) * G.P * G.Q + int64_t(p0 + pp) * G.Q + q] = m;
+    storage::store(y, (plane0 + pl) * G.P * G.Q + int64_t(p0 + pp) * G.Q + q, m);
   }
 }
 
 // Backward band: input rows [h0, h0 + TH). Windows touching it: [plo, phi]; their input rows
 // [plo*stride, phi*stride + size) and dy rows are staged. Shared layout per plane:
 //   xs[rows_max][W] | dys[np_max][Q] | args[np_max][Q] (int, plane-flat index of the first max)
-__global__ void __launch_bounds__(kThreads) maxpool_backward_v2(const float* __restrict__ dy, const float* __restrict__ x,
-                                                                float* __restrict__ dx, PoolGeom G, int planes, int TH,
+template <class T>
+__global__ void __launch_bounds__(kThreads) maxpool_backward_v2(const T* __restrict__ dy, const T* __restrict__ x,
+                                                                T* __restrict__ dx, PoolGeom G, int planes, int TH,
                                                                 int bands, int rows_max, int np_max) {
   DYNAMIC_SHARED(float, stage);
   const int64_t plane0 = int64_t(blockIdx.x / bands) * planes;
@@ -154,11 +167,11 @@ __global__ void __launch_bounds__(kThreads) maxpool_backward_v2(const float* __r
   if (np > 0) {
     for (int e = threadIdx.x; e < npl * rows * G.W; e += kThreads) {
       const int pl = e / (rows * G.W), rc = e % (rows * G.W);
-      stage[pl * per_plane + rc] = x[(plane0 + pl) * HW + int64_t(xh0) * G.W + rc];
+      stage[pl * per_plane + rc] = storage::load(x, (plane0 + pl) * HW + int64_t(xh0) * G.W + rc);
     }
     for (int e = threadIdx.x; e < npl * np * G.Q; e += kThreads) {
       const int pl = e / (np * G.Q), rc = e % (np * G.Q);
-      stage[pl * per_plane + rows_max * G.W + rc] = dy[(plane0 + pl) * PQ + int64_t(plo) * G.Q + rc];
+      stage[pl * per_plane + rows_max * G.W + rc] = storage::load(dy, (plane0 + pl) * PQ + int64_t(plo) * G.Q + rc);
     }
   }
   __syncthreads();
@@ -184,7 +197,7 @@ __global__ void __launch_bounds__(kThreads) maxpool_backward_v2(const float* __r
     for (int p = hi; p >= lo; --p)
       for (int q = qhi; q >= qlo; --q)
         if (args[(p - plo) * G.Q + q] == me) acc += dys[(p - plo) * G.Q + q];
-    dx[(plane0 + pl) * HW + int64_t(h) * G.W + w] = acc;
+    storage::store(dx, (plane0 + pl) * HW + int64_t(h) * G.W + w, acc);
   }
 }
 
@@ -249,10 +262,9 @@ BwdPlan plan_backward(const PoolGeom& G) {
   return {false, 0, 0, 0, 0, 0};
 }
 
-}  // namespace
-
-void maxpool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride,
-                     int version, cudaStream_t stream) {
+template <class T>
+void forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride, int version,
+             cudaStream_t stream) {
   const PoolGeom G = geometry("maxpool_forward", N, C, H, W, size, stride);
   const FwdPlan plan = plan_forward(G);
   // Version 0 is version 1: on an H200 (2026-11-26, benchmarks/results/bench_layers.md) it ran
@@ -264,19 +276,20 @@ void maxpool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, 
                                 " (the band does not fit in shared memory); use version 1");
   if (G.NC == 0) return;
   if (version == 1) {
-    LAUNCH(maxpool_forward_v1, dim3(grid_stride_blocks(G.NC * G.P * G.Q, kThreads)), dim3(kThreads), 0, stream, x, y,
-           G);
+    LAUNCH(maxpool_forward_v1<T>, dim3(grid_stride_blocks(G.NC * G.P * G.Q, kThreads)), dim3(kThreads), 0, stream, x,
+           y, G);
   } else {
     const int rows_max = (plan.TP - 1) * G.stride + G.size;
     const size_t smem = size_t(plan.planes) * rows_max * G.W * sizeof(float);
     const int64_t blocks = cdiv(G.NC, plan.planes) * plan.bands;
-    LAUNCH(maxpool_forward_v2, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, x, y, G, plan.planes, plan.TP,
+    LAUNCH(maxpool_forward_v2<T>, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, x, y, G, plan.planes, plan.TP,
            plan.bands);
   }
 }
 
-void maxpool_backward(const float* dy, const float* x, float* dx, int64_t N, int64_t C, int64_t H, int64_t W, int size,
-                      int stride, int version, cudaStream_t stream) {
+template <class T>
+void backward(const T* dy, const T* x, T* dx, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride,
+              int version, cudaStream_t stream) {
   const PoolGeom G = geometry("maxpool_backward", N, C, H, W, size, stride);
   const BwdPlan plan = plan_backward(G);
   version = pick_version("maxpool_backward", version, kPoolVersions, plan.ok ? 2 : 1);
@@ -284,15 +297,34 @@ void maxpool_backward(const float* dy, const float* x, float* dx, int64_t N, int
     throw std::invalid_argument("maxpool_backward: version 2 needs a band of rows to fit in shared memory; use version 1");
   if (G.NC == 0) return;
   if (version == 1) {
-    LAUNCH(maxpool_backward_v1, dim3(grid_stride_blocks(G.NC * G.H * G.W, kThreads)), dim3(kThreads), 0, stream, dy,
-           x, dx, G);
+    LAUNCH(maxpool_backward_v1<T>, dim3(grid_stride_blocks(G.NC * G.H * G.W, kThreads)), dim3(kThreads), 0, stream,
+           dy, x, dx, G);
   } else {
     const size_t per_plane = size_t(plan.rows_max) * G.W + 2 * size_t(plan.np_max) * G.Q;
     const size_t smem = size_t(plan.planes) * per_plane * sizeof(float);
     const int64_t blocks = cdiv(G.NC, plan.planes) * plan.bands;
-    LAUNCH(maxpool_backward_v2, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, dy, x, dx, G, plan.planes,
+    LAUNCH(maxpool_backward_v2<T>, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, dy, x, dx, G, plan.planes,
            plan.TH, plan.bands, plan.rows_max, plan.np_max);
   }
+}
+
+}  // namespace
+
+void maxpool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride,
+                     int version, cudaStream_t stream) {
+  forward(x, y, N, C, H, W, size, stride, version, stream);
+}
+void maxpool_forward(const uint16_t* x, uint16_t* y, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride,
+                     int version, cudaStream_t stream) {
+  forward(x, y, N, C, H, W, size, stride, version, stream);
+}
+void maxpool_backward(const float* dy, const float* x, float* dx, int64_t N, int64_t C, int64_t H, int64_t W, int size,
+                      int stride, int version, cudaStream_t stream) {
+  backward(dy, x, dx, N, C, H, W, size, stride, version, stream);
+}
+void maxpool_backward(const uint16_t* dy, const uint16_t* x, uint16_t* dx, int64_t N, int64_t C, int64_t H, int64_t W,
+                      int size, int stride, int version, cudaStream_t stream) {
+  backward(dy, x, dx, N, C, H, W, size, stride, version, stream);
 }
 
 }  // namespace alexnet::kernels

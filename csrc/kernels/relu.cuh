@@ -6,8 +6,12 @@
 namespace alexnet::kernels {
 // Numbered versions of relu_forward and relu_backward: 1..kReluVersions (common/launch.h).
 inline constexpr int kReluVersions = 2;
-// y = max(0, x) over n elements. version 0 = the dispatcher's choice.
+// y = max(0, x) over n elements of FP32 or BF16 storage (uint16_t: BF16 bits; the math
+// in FP32, one rounding on store; common/storage.cuh). version 0 = the dispatcher's choice.
 void relu_forward(const float* x, float* y, int64_t n, int version, cudaStream_t stream);
+void relu_forward(const uint16_t* x, uint16_t* y, int64_t n, int version, cudaStream_t stream);
 // dx = dy where y > 0, else 0.
 void relu_backward(const float* dy, const float* y, float* dx, int64_t n, int version, cudaStream_t stream);
+void relu_backward(const uint16_t* dy, const uint16_t* y, uint16_t* dx, int64_t n, int version,
+                   cudaStream_t stream);
 }  // namespace alexnet::kernels

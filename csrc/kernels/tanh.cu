@@ -5,16 +5,17 @@
 //          and the expression has no multiply-add a compiler could contract, so every build rounds
 //          it as the NumPy reference does (bitwise equal backward). tanhf is CUDA's (at most 2 ulp
 //          from the exact value; the emu build uses the host's libm).
-// Layout:  any shape, treated as n contiguous float32 elements; the backward reads y (the forward
-//          output), not x.
+// Layout:  any shape, treated as n contiguous elements: FP32, or BF16 storage (uint16 bits; tanhf and
+//          the backward product on the widened values, one rounding on store: common/storage.cuh);
+//          the backward reads y (the forward output), not x.
 // Threads: a grid-stride loop, 256 threads per block (common/elementwise.cuh).
 //
 // version 1: one element per thread per iteration.
-// version 2: float4 loads and stores (four elements per thread per iteration); needs all pointers
-//            16-byte aligned (the dispatcher picks version 1 otherwise); the n % 4 tail is done by the
-//            first threads of the grid.
+// version 2: four elements per thread per iteration as one vector access (float4 FP32, uint2 BF16);
+//            needs all pointers aligned to four elements (the dispatcher picks version 1 otherwise);
+//            the n % 4 tail is done by the first threads of the grid.
 // Both are the templates of common/elementwise.cuh with the math below; memory-bound: 8 or 12 bytes
-// per element against one tanhf.
+// per element (FP32; half in BF16) against one tanhf.
 #include "kernels/tanh.cuh"
 
 #include "common/elementwise.cuh"
@@ -33,8 +34,14 @@ static_assert(kTanhVersions == elementwise::kVersions);
 void tanh_forward(const float* x, float* y, int64_t n, int version, cudaStream_t stream) {
   elementwise::forward<TanhMath>("tanh_forward", x, y, n, version, stream);
 }
-
+void tanh_forward(const uint16_t* x, uint16_t* y, int64_t n, int version, cudaStream_t stream) {
+  elementwise::forward<TanhMath>("tanh_forward", x, y, n, version, stream);
+}
 void tanh_backward(const float* dy, const float* y, float* dx, int64_t n, int version, cudaStream_t stream) {
+  elementwise::backward<TanhMath>("tanh_backward", dy, y, dx, n, version, stream);
+}
+void tanh_backward(const uint16_t* dy, const uint16_t* y, uint16_t* dx, int64_t n, int version,
+                   cudaStream_t stream) {
   elementwise::backward<TanhMath>("tanh_backward", dy, y, dx, n, version, stream);
 }
 
