@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 
+import ml_dtypes
 import numpy as np
+
+from .precision import bf16_bits, from_bf16_bits
 
 __all__ = ["Backend", "OPS"]
 
@@ -29,6 +32,23 @@ class Backend:
 
     name = "?"
     xp = np
+    # BF16 arrays of this backend (alexnet_cuda.precision): ml_dtypes.bfloat16 on numpy and emu,
+    # uint16 bit patterns on cuda (set there).
+    bf16_dtype = ml_dtypes.bfloat16
+
+    def is_bf16(self, a):
+        """True when `a` is a BF16 array of this backend (dtype bf16_dtype)."""
+        return getattr(a, "dtype", None) == self.bf16_dtype
+
+    def to_bf16(self, a):
+        """A BF16 array of this backend holding `a` rounded to nearest even."""
+        out = self.empty(a.shape, self.bf16_dtype)
+        out[...] = bf16_bits(a).view(self.bf16_dtype)
+        return out
+
+    def from_bf16(self, a):
+        """The float32 values of a BF16 array of this backend (exact)."""
+        return from_bf16_bits(a.view(self.xp.uint16))
 
     def asarray(self, a, dtype=None):
         """A C-contiguous array of this backend holding `a` (copied only when needed).

@@ -36,6 +36,8 @@ class KernelOpsBase(Backend):
 
     def __init__(self, name, module, xp):
         self.name, self._mod, self.xp = name, module, xp
+        if name == "cuda":  # cupy has no bfloat16: BF16 arrays are uint16 bit patterns
+            self.bf16_dtype = xp.uint16
 
     def versions(self, op):
         """The numbered kernel versions of `op` that this build has (tests run them all)."""
