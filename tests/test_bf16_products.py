@@ -68,8 +68,9 @@ def f32_of(be, a):
     return np.asarray(be.to_numpy(be.from_bf16(a) if be.is_bf16(a) else a), dtype=np.float32)
 
 
-def tc_versions(be, op):
-    return [0] + be.versions(f"{op}_bf16")
+def tc_versions(be, op, numbered_only=False):
+    """The tensor-core versions of op at bf16 (and 0, the dispatcher's choice, unless numbered_only)."""
+    return ([] if numbered_only else [0]) + be.versions(f"{op}_bf16")
 
 
 def assert_near(name, got, want, abs_sum, n_terms, bf16_out):
@@ -122,6 +123,7 @@ def check_conv(be, case, *, versions=None, activation="none"):
     adx, adw, _ = ref.conv2d_backward(absf(dy), absf(x), aw, **geo)
     adb = np.abs(dy.astype(np.float64)).sum(axis=(0, 2, 3))
     assert want_y16.dtype == BF16 and want_dx.dtype == BF16 and want_dw.dtype == np.float32
+    assert be.versions("conv2d_forward_bf16") == be.versions("conv2d_backward_bf16")  # one list for both
     for v in tc_versions(be, "conv2d_forward") if versions is None else versions:
         name = f"{case} v{v}"
         y16 = be.conv2d_forward(X16, Wt, B, version=v, activation=activation, **kw)
@@ -154,7 +156,8 @@ def test_conv2d_bf16_storage_matches_numpy_backend(kernel_backend, case):
 
 @pytest.mark.parametrize("case", CONV_ORDER_CASES)
 def test_conv2d_bf16_storage_fiber_orders(kernel_backend, emu_order, case):
-    check_conv(kernel_backend, case, versions=[0], activation="relu")
+    be = kernel_backend
+    check_conv(be, case, versions=tc_versions(be, "conv2d_forward", numbered_only=True), activation="relu")
 
 
 def test_conv2d_bf16_storage_alexnet_channels(kernel_backend):
@@ -185,6 +188,7 @@ def check_linear(be, case, *, versions=None, activation="none"):
     ay = ref.linear_forward(absf(x), aw, absf(b))
     adx, adw, _ = ref.linear_backward(absf(dy), absf(x), aw)
     adb = np.abs(dy.astype(np.float64)).sum(axis=0)
+    assert be.versions("linear_forward_bf16") == be.versions("linear_backward_bf16")  # one list for both
     for v in tc_versions(be, "linear_forward") if versions is None else versions:
         name = f"{case} v{v}"
         kw = dict(version=v, precision="bf16")
@@ -215,7 +219,8 @@ def test_linear_bf16_storage_matches_numpy_backend(kernel_backend, case):
 
 @pytest.mark.parametrize("case", list(LINEAR_CASES))
 def test_linear_bf16_storage_fiber_orders(kernel_backend, emu_order, case):
-    check_linear(kernel_backend, case, versions=[0], activation="relu")
+    be = kernel_backend
+    check_linear(be, case, versions=tc_versions(be, "linear_forward", numbered_only=True), activation="relu")
 
 
 def test_linear_bf16_storage_alexnet_like(kernel_backend):
@@ -284,8 +289,8 @@ def test_numpy_backend_bf16_is_one_rounding_of_fp32_storage(case):
         assert y16.dtype == BF16 and y32.dtype == np.float32
         np.testing.assert_array_equal(y16.view(np.uint16), bf16_bits(y32))
         np.testing.assert_array_equal(ref.conv2d_forward(x16, w, b, activation=act, out_dtype="fp32", **kw), y32)
-        np.testing.assert_array_equal(ref.conv2d_forward(x, w, b, activation=act, out_dtype="bf16", **kw).view(np.uint16),
-                                      bf16_bits(y32))
+        y16_from32 = ref.conv2d_forward(x, w, b, activation=act, out_dtype="bf16", **kw)
+        np.testing.assert_array_equal(y16_from32.view(np.uint16), bf16_bits(y32))
     dx16, dw16, db16 = ref.conv2d_backward(dy16, x16, w, **kw)
     dx32, dw32, db32 = ref.conv2d_backward(dy, x, w, **kw)
     assert dx16.dtype == BF16 and dw16.dtype == db16.dtype == np.float32
