@@ -210,6 +210,12 @@ def check_linear(be, case, *, versions=None, activation="none"):
         assert_near(f"{name} dx", gdx, want_dx.astype(np.float32), adx, O, True)
         assert_near(f"{name} dw", f32_of(be, dw), want_dw, adw, N, False)
         assert_near(f"{name} db", f32_of(be, db), want_db, adb, N, False)
+        # fc8's mix: BF16 x with the FP32 gradient of the logits (the same values): the same results
+        dxm, dwm, dbm = be.linear_backward(be.asarray(dy), X16, Wt, **kw)
+        assert be.is_bf16(dxm)
+        assert_same_bits(f"{name} dx, FP32 dy", f32_of(be, dxm), gdx)
+        np.testing.assert_array_equal(f32_of(be, dwm), f32_of(be, dw))
+        np.testing.assert_array_equal(f32_of(be, dbm), f32_of(be, db))
 
 
 @pytest.mark.parametrize("case", list(LINEAR_CASES))
