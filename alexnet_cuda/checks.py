@@ -15,7 +15,7 @@ import operator
 import numpy as np
 
 __all__ = ["integer", "real", "probability", "u64", "lrn_params", "sgd_multi_args", "conv_hyper", "activation",
-           "FUSED_ACTIVATIONS"]
+           "FUSED_ACTIVATIONS", "bf16_storage", "out_storage"]
 
 # The activations conv2d_forward and linear_forward apply to their output ("none": the plain product).
 FUSED_ACTIVATIONS = ("none", "relu")
@@ -73,6 +73,36 @@ def activation(fn, activation):
     if not isinstance(activation, str) or activation not in FUSED_ACTIVATIONS:
         raise ValueError(f"{fn}: activation must be one of {', '.join(FUSED_ACTIVATIONS)}, got {activation!r}")
     return activation
+
+
+def bf16_storage(fn, what, precision):
+    """BF16 storage (an input array, or the output out_dtype asks for) needs precision "bf16"."""
+    if precision != "bf16":
+        raise ValueError(f"{fn}: {what} is BF16 storage, which needs precision='bf16', got precision={precision!r}")
+
+
+def out_storage(fn, out_dtype, *, precision, x_bf16, bf16_dtype):
+    """The storage of a product's output (conv2d_forward, linear_forward): "fp32" or "bf16".
+
+    out_dtype None follows x (BF16 when ``x_bf16``); else "fp32" or "bf16", or a dtype: float32, or
+    the backend's ``bf16_dtype`` (ml_dtypes.bfloat16 on numpy and emu, uint16 on cuda). "bf16" needs
+    precision "bf16"."""
+    if out_dtype is None:
+        return "bf16" if x_bf16 else "fp32"
+    if isinstance(out_dtype, str) and out_dtype in ("fp32", "bf16"):
+        storage = out_dtype
+    else:
+        try:
+            d = np.dtype(out_dtype)
+        except (TypeError, ValueError):
+            d = None
+        storage = "fp32" if d == np.float32 else "bf16" if d is not None and d == np.dtype(bf16_dtype) else None
+        if storage is None:
+            raise ValueError(f"{fn}: out_dtype must be None (x's storage), 'fp32', 'bf16', float32 or "
+                             f"{np.dtype(bf16_dtype).name} (this backend's BF16 arrays), got {out_dtype!r}")
+    if storage == "bf16":
+        bf16_storage(fn, f"out_dtype={out_dtype!r}", precision)
+    return storage
 
 
 def lrn_params(fn, size, alpha, beta, k, alpha_scaled):

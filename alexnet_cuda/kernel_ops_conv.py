@@ -12,11 +12,20 @@ partial sums go to a workspace and are added in a fixed order: deterministic) an
 0 = the best) for every piece of the op. The conv2d and linear ops take ``precision`` (fp32,
 tf32, bf16: alexnet_cuda.precision); at tf32 and bf16 ``version`` numbers the tensor-core
 kernels (``versions("linear_forward_bf16")``, ``versions("conv2d_backward_tf32")``).
+
+Storage at bf16 (docs/design.md, "Reduced precision"): x and dy may be BF16 arrays of the backend
+(``is_bf16``: ml_dtypes.bfloat16 on emu, uint16 on cuda), which the kernels read as they are; a
+float32 x or dy is rounded to BF16 bits first (one pass), and w, the FP32 master weights, is
+rounded by the kernels as they stage it (no pass). The forward output's storage is ``out_dtype``
+(None: x's), dx has x's storage, dw and db are float32. On emu a uint16 array is the older form
+of BF16 operands (bit patterns), read as BF16 values but FP32 storage as far as outputs go.
 """
 from __future__ import annotations
 
-from .checks import activation as _activation, conv_hyper as _hyper, integer
-from .precision import as_bf16_bits, check_precision, from_bf16_bits
+import numpy as np
+
+from .checks import activation as _activation, bf16_storage, conv_hyper as _hyper, integer, out_storage
+from .precision import as_bf16_bits, check_precision
 
 
 def _version(fn, version):
@@ -27,82 +36,125 @@ class ConvOps:
     def _work(self, floats):
         return self._empty((int(floats),)) if floats > 0 else None
 
+    def _stored_bf16(self, fn, precision, name, a):
+        """True when ``a`` is BF16 storage of this backend, which needs precision bf16 (else ValueError)."""
+        if not self.is_bf16(a):
+            return False
+        bf16_storage(fn, name, precision)
+        return True
+
     def _operands(self, fn, precision, *arrays):
-        """The GEMM operands at ``precision``: BF16 as uint16 bit patterns (an ml_dtypes
-        bfloat16 array is viewed, float data is rounded), else the arrays as they are."""
+        """The activation operands (x, dy) at ``precision``: BF16 as uint16 bit patterns (a BF16
+        array viewed, float data rounded: the one conversion pass), else the arrays as they are."""
         if check_precision(fn, precision) != "bf16":
             return arrays
         return tuple(self.xp.ascontiguousarray(as_bf16_bits(a)) for a in arrays)
 
+    def _weights(self, precision, w):
+        """w at ``precision``: at bf16 float32 stays (the kernels round it as they stage it), a BF16
+        array is viewed as bits, anything else rounded to bits; else w as it is."""
+        if precision != "bf16" or getattr(w, "dtype", None) == np.float32:
+            return w
+        return self.xp.ascontiguousarray(as_bf16_bits(w))
+
+    def _output(self, shape, storage):
+        """A new output of ``storage`` ("fp32" or "bf16": a BF16 array of this backend)."""
+        return self._empty(shape, self.bf16_dtype if storage == "bf16" else np.float32)
+
+    @staticmethod
+    def _out_arg(a):
+        """An output as the binding takes it: BF16 arrays as uint16 bits (a view), float32 as it is."""
+        return a if a is None or a.dtype == np.float32 else as_bf16_bits(a)
+
     # ---- conv2d ---------------------------------------------------------------------------
     def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0, precision="fp32",
-                       activation="none"):
-        """y (float32); precision tf32 or bf16 runs the tensor-core forward (x, w as in linear_forward);
-        activation "relu" fuses max(0, .) into every version's epilogue."""
+                       activation="none", out_dtype=None):
+        """y; precision tf32 or bf16 runs the tensor-core forward (x, w as in linear_forward);
+        activation "relu" fuses max(0, .) into every version's epilogue. out_dtype: y's storage
+        (None: x's; "fp32"/float32, or "bf16"/the backend's bf16_dtype at bf16: the FP32 epilogue
+        value rounded once)."""
         fn = "conv2d_forward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
         activation = _activation(fn, activation)
-        x, w = self._operands(fn, precision, x, w)
+        check_precision(fn, precision)
+        storage = out_storage(fn, out_dtype, precision=precision, x_bf16=self._stored_bf16(fn, precision, "x", x),
+                              bf16_dtype=self.bf16_dtype)
+        (x,) = self._operands(fn, precision, x)
+        w = self._weights(precision, w)
         geo = dict(stride=stride, padding=padding, groups=groups, precision=precision)
-        y = self._empty(self._mod.conv2d_forward_check(x, w, b, **geo))
-        self._mod.conv2d_forward(x, w, b, y, version=version, activation=activation, stream=self._stream(), **geo)
+        y = self._output(self._mod.conv2d_forward_check(x, w, b, **geo), storage)
+        self._mod.conv2d_forward(x, w, b, self._out_arg(y), version=version, activation=activation,
+                                 stream=self._stream(), **geo)
         return y
 
     def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True, precision="fp32"):
-        """(dx, dw, db), float32; precision tf32 or bf16 runs the tensor-core data and filter
-        kernels (dy, x, w as in linear_backward; at bf16 db sums dy's BF16 values)."""
+        """(dx, dw, db); precision tf32 or bf16 runs the tensor-core data and filter kernels (dy, x,
+        w as in linear_backward; at bf16 db sums dy's BF16 values). dx has x's storage, dw and db
+        are float32."""
         fn = "conv2d_backward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
-        dy, x, w = self._operands(fn, precision, dy, x, w)
+        check_precision(fn, precision)
+        self._stored_bf16(fn, precision, "dy", dy)
+        x_bf16 = self._stored_bf16(fn, precision, "x", x)
+        dy, x = self._operands(fn, precision, dy, x)
+        w = self._weights(precision, w)
         geo = dict(stride=stride, padding=padding, groups=groups)
         plan = self._mod.conv2d_backward_check(dy, x, w, version=version, precision=precision, **geo)
-        dx = self._empty(x.shape) if need_dx else None
+        dx = self._output(x.shape, "bf16" if x_bf16 else "fp32") if need_dx else None
         dw = self._empty(w.shape)
         db = self._empty((w.shape[0],))
         work = self._work(plan["workspace"])
         s = self._stream()
         kw = dict(version=version, precision=precision, stream=s, **geo)
         if need_dx:  # the first layer's dx (the image's gradient) is never used: skip its kernel
-            self._mod.conv2d_backward_data(dy, x, w, dx, **kw)
+            self._mod.conv2d_backward_data(dy, x, w, self._out_arg(dx), **kw)
         self._mod.conv2d_backward_filter(dy, x, w, dw, work, **kw)
-        dy32 = from_bf16_bits(dy) if precision == "bf16" else dy
         bias_version = version if precision == "fp32" else 0  # the bias sums have the fp32 versions
-        self._mod.conv2d_backward_bias(dy32, db, version=bias_version, stream=s)
+        self._mod.conv2d_backward_bias(dy, db, version=bias_version, stream=s)  # at bf16: the bits, widened
         return dx, dw, db
 
     # ---- linear ---------------------------------------------------------------------------
-    def linear_forward(self, x, w, b, *, version=0, precision="fp32", activation="none"):
-        """y = x w^T + b (float32). precision tf32: float32 x, w on tensor cores; bf16: x, w
-        BF16 (uint16 bits, ml_dtypes bfloat16, or float32 rounded here). activation "relu":
-        max(0, y) in the GEMM's last pass."""
+    def linear_forward(self, x, w, b, *, version=0, precision="fp32", activation="none", out_dtype=None):
+        """y = x w^T + b. precision tf32: float32 x, w on tensor cores; bf16: x BF16 (a BF16 array,
+        read as it is; float32 rounded here), w float32 (rounded by the kernel as it stages it) or
+        BF16. activation "relu": max(0, y) in the GEMM's last pass. out_dtype as conv2d_forward's
+        (a BF16 y is rounded once, after the split-K reduction when there is one)."""
         fn = "linear_forward"
         version = _version(fn, version)
         activation = _activation(fn, activation)
-        x, w = self._operands(fn, precision, x, w)
+        check_precision(fn, precision)
+        storage = out_storage(fn, out_dtype, precision=precision, x_bf16=self._stored_bf16(fn, precision, "x", x),
+                              bf16_dtype=self.bf16_dtype)
+        (x,) = self._operands(fn, precision, x)
+        w = self._weights(precision, w)
         plan = self._mod.linear_check(x, w, b, None, version=version, precision=precision)["forward"]
-        y = self._empty((x.shape[0], w.shape[0]))
-        self._mod.linear_forward(x, w, b, y, self._work(plan["workspace"]), version=version, precision=precision,
-                                 activation=activation, stream=self._stream())
+        y = self._output((x.shape[0], w.shape[0]), storage)
+        self._mod.linear_forward(x, w, b, self._out_arg(y), self._work(plan["workspace"]), version=version,
+                                 precision=precision, activation=activation, stream=self._stream())
         return y
 
     def linear_backward(self, dy, x, w, *, version=0, precision="fp32"):
-        """(dx, dw, db), float32; at bf16 dy, x, w are BF16 (as in linear_forward) and db sums dy's BF16 values."""
+        """(dx, dw, db); at bf16 dy, x, w as in linear_forward and db sums dy's BF16 values. dx has
+        x's storage, dw and db are float32."""
         fn = "linear_backward"
         version = _version(fn, version)
-        dy, x, w = self._operands(fn, precision, dy, x, w)
+        check_precision(fn, precision)
+        self._stored_bf16(fn, precision, "dy", dy)
+        x_bf16 = self._stored_bf16(fn, precision, "x", x)
+        dy, x = self._operands(fn, precision, dy, x)
+        w = self._weights(precision, w)
         plans = self._mod.linear_check(x, w, None, dy, version=version, precision=precision)
-        dx = self._empty(x.shape)
+        dx = self._output(x.shape, "bf16" if x_bf16 else "fp32")
         dw = self._empty(w.shape)
         db = self._empty((w.shape[0],))
         # The data and weight GEMMs run one after the other on one stream: one workspace.
         work = self._work(max(plans["data"]["workspace"], plans["weight"]["workspace"]))
         s = self._stream()
         kw = dict(version=version, precision=precision, stream=s)
-        self._mod.linear_backward_data(dy, x, w, dx, work, **kw)
+        self._mod.linear_backward_data(dy, x, w, self._out_arg(dx), work, **kw)
         self._mod.linear_backward_weight(dy, x, w, dw, work, **kw)
-        dy32 = from_bf16_bits(dy) if precision == "bf16" else dy
         bias_version = version if precision == "fp32" else 0  # the column sums have the fp32 versions
-        self._mod.linear_backward_bias(dy32, db, version=bias_version, stream=s)
+        self._mod.linear_backward_bias(dy, db, version=bias_version, stream=s)  # at bf16: the bits, widened
         return dx, dw, db

@@ -14,6 +14,10 @@ Conventions shared by every function here:
   (``_bf16_storage``): the op runs in float32 on the widened values and rounds
   each activation output once to BF16 (nearest even); LRN's ``scale`` stays
   float32, dropout's mask uint8.
+  share that dtype. At precision "bf16" the products' x and dy may also be
+  BF16 storage (``ml_dtypes.bfloat16``): upcast to float32 (exact), computed
+  as the float32 reference, and the outputs that follow them rounded once to
+  BF16 (``out_dtype`` of the forwards; dx has x's storage).
 * Arguments are checked before anything is computed or written. A wrong
   Python type or dtype raises ``TypeError``; a wrong value, shape, ndim or
   layout raises ``ValueError``. The message starts with the function name and
@@ -36,7 +40,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .checks import activation as _activation, conv_hyper, integer as _int, lrn_params as _lrn_params, probability as _prob, real as _real
-from .checks import u64 as _u64
+from .checks import bf16_storage, out_storage, u64 as _u64
 from .precision import check_precision, round_to, to_bf16
 
 __all__ = [
@@ -166,6 +170,30 @@ def _rounded(fn, precision, *arrays):
     return tuple(round_to(precision, a).astype(a.dtype) for a in arrays)
 
 
+def _is_bf16(a):
+    return isinstance(a, np.ndarray) and a.dtype == _BF16
+
+
+def _widened(fn, precision, name, a):
+    """An activation argument of a product (x, dy) as the reference computes with it: BF16 storage
+    (which needs precision "bf16") as its float32 values, exactly; anything else as it is."""
+    if not _is_bf16(a):
+        return a
+    bf16_storage(fn, name, check_precision(fn, precision))
+    return _array(fn, name, a, dtypes=(_BF16,)).astype(np.float32)
+
+
+def _out_storage(fn, precision, out_dtype, x_bf16):
+    """The storage a forward's output gets: "bf16" or "fp32" (checks.out_storage)."""
+    return out_storage(fn, out_dtype, precision=precision, x_bf16=x_bf16, bf16_dtype=_BF16)
+
+
+def _stored(y, storage):
+    """A product's result in its storage: rounded once to BF16 (nearest even), or as it is (a
+    float64 result, in the float64 checks, passes through float32 as the kernels' FP32 sums)."""
+    return to_bf16(y) if storage == "bf16" else y
+
+
 def _conv_geometry(fn, x, w, stride, padding, groups):
     """Check a convolution's x, w and hyper-parameters; return
     (stride, padding, groups, P, Q)."""
@@ -228,7 +256,8 @@ def _activate(y, activation):
     return y
 
 
-def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32", activation="none"):
+def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32", activation="none",
+                   out_dtype=None):
     """Grouped 2-D cross-correlation (what deep learning calls convolution).
 
     With xp = x zero-padded by ``padding`` on each side of H and W,
@@ -242,8 +271,16 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32", 
     bf16, x and w are rounded first (alexnet_cuda.precision), as the tensor-core kernels do.
     ``activation="relu"`` returns relu_forward(y), bit for bit: the ReLU fused into the kernels'
     epilogue (at every precision: the max of the FP32 output).
+
+    BF16 storage (precision "bf16" only): x may be ml_dtypes.bfloat16 (w and b stay float32);
+    ``out_dtype`` picks y's storage: None (x's), "fp32" or numpy.float32 (the float dtype of the
+    computation), "bf16" or ml_dtypes.bfloat16 (the float32 result, bias and activation included,
+    rounded once to nearest even).
     """
     fn = "conv2d_forward"
+    x_bf16 = _is_bf16(x)
+    x = _widened(fn, precision, "x", x)
+    storage = _out_storage(fn, precision, out_dtype, x_bf16)
     stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
     activation = _activation(fn, activation)
     K, Cg, R, S = w.shape
@@ -260,7 +297,7 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32", 
         y[:, ks] = yg.transpose(0, 3, 1, 2)
     if b is not None:
         y += b[None, :, None, None]
-    return _activate(y, activation)
+    return _stored(_activate(y, activation), storage)
 
 
 def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True, precision="fp32"):
@@ -276,9 +313,14 @@ def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True, pr
 
     At ``precision`` tf32 or bf16, dy, x and w are rounded first, as the tensor-core kernels
     round them (each operand of dx and dw as it is staged); db sums dy as it is at tf32 and
-    the BF16 dy at bf16 (dy as stored in BF16), as ``linear_backward`` does.
+    the BF16 dy at bf16 (dy as stored in BF16), as ``linear_backward`` does. At bf16, dy and x
+    may be BF16 storage (ml_dtypes.bfloat16, each independently); dx then has x's storage
+    (rounded once), dw and db are float32.
     """
     fn = "conv2d_backward"
+    x_bf16 = _is_bf16(x)
+    dy = _widened(fn, precision, "dy", dy)
+    x = _widened(fn, precision, "x", x)
     stride, padding, groups, P, Q = _conv_geometry(fn, x, w, stride, padding, groups)
     N, C, H, W = x.shape
     K, Cg, R, S = w.shape
@@ -307,7 +349,7 @@ def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True, pr
     if not need_dx:
         return None, dw, db
     dx = dxp[:, :, padding:padding + H, padding:padding + W]
-    return np.ascontiguousarray(dx), dw, db
+    return _stored(np.ascontiguousarray(dx), "bf16" if x_bf16 else "fp32"), dw, db
 
 
 # ---------------------------------------------------------------------------
@@ -322,12 +364,16 @@ def _linear_args(fn, x, w):
             f"{fn}: w has {w.shape[1]} input features, expected {x.shape[1]} (x has shape {x.shape})")
 
 
-def linear_forward(x, w, b, *, precision="fp32", activation="none"):
+def linear_forward(x, w, b, *, precision="fp32", activation="none", out_dtype=None):
     """Fully connected layer: y[n,o] = sum_i x[n,i] * w[o,i] + b[o],
     i.e. y = x @ w.T + b. x (N,I), w (O,I), b (O,) or None -> y (N,O).
     At ``precision`` tf32 or bf16, x and w are rounded first (the bias is not).
-    ``activation="relu"`` returns relu_forward(y), as conv2d_forward's."""
+    ``activation="relu"`` returns relu_forward(y), as conv2d_forward's; BF16 x and
+    ``out_dtype`` as conv2d_forward's."""
     fn = "linear_forward"
+    x_bf16 = _is_bf16(x)
+    x = _widened(fn, precision, "x", x)
+    storage = _out_storage(fn, precision, out_dtype, x_bf16)
     _linear_args(fn, x, w)
     activation = _activation(fn, activation)
     _bias(fn, b, w.shape[0], ("x", x))
@@ -335,20 +381,25 @@ def linear_forward(x, w, b, *, precision="fp32", activation="none"):
     y = x @ w.T
     if b is not None:
         y += b
-    return _activate(y, activation)
+    return _stored(_activate(y, activation), storage)
 
 
 def linear_backward(dy, x, w, *, precision="fp32"):
     """Gradients of ``linear_forward`` given dy (N,O):
     dx = dy @ w (N,I), dw = dy.T @ x (O,I), db = sum_n dy[n] (O,).
     At tf32 the operands of dx and dw are rounded to TF32 (db sums dy as it is); at bf16
-    dy, x and w are BF16 values (dy as stored in BF16, so db sums the rounded dy too)."""
+    dy, x and w are BF16 values (dy as stored in BF16, so db sums the rounded dy too). BF16
+    storage of dy and x as in conv2d_backward (dx has x's storage)."""
     fn = "linear_backward"
+    x_bf16 = _is_bf16(x)
+    dy = _widened(fn, precision, "dy", dy)
+    x = _widened(fn, precision, "x", x)
     _linear_args(fn, x, w)
     _array(fn, "dy", dy, ndim=2, like=("x", x))
     _shape(fn, "dy", dy, (x.shape[0], w.shape[0]), "(N, O) from x and w")
     dyr, x, w = _rounded(fn, precision, dy, x, w)
-    return dyr @ w, dyr.T @ x, (dyr if precision == "bf16" else dy).sum(axis=0)
+    dx = _stored(dyr @ w, "bf16" if x_bf16 else "fp32")
+    return dx, dyr.T @ x, (dyr if precision == "bf16" else dy).sum(axis=0)
 
 
 # ---------------------------------------------------------------------------

@@ -35,14 +35,16 @@ def data(seed, N, I, O):
 
 
 def operand(be, p, a):
-    """What a model passes: float32 at tf32, uint16 BF16 bits at bf16."""
+    """What the bindings take: float32 at tf32, uint16 BF16 bits at bf16. (The ops get float32, what
+    a model with FP32 storage passes: a uint16 array is BF16 *storage* on cuda, whose outputs are
+    BF16 too: tests/test_bf16_products.py.)"""
     return on(be, bf16_bits(a) if p == "bf16" else a)
 
 
 def check_linear(be, p, x, w, b, dy, version=0):
     N, I = x.shape
     O = w.shape[0]
-    X, Wt, DY = (operand(be, p, a) for a in (x, w, dy))
+    X, Wt, DY = (on(be, a) for a in (x, w, dy))
     y = ref.linear_forward(f64(x), f64(w), f64(b), precision=p)
     ya = ref.linear_forward(absf(round_to(p, x)), absf(round_to(p, w)), absf(b))
     got_y = be.to_numpy(be.linear_forward(X, Wt, on(be, b), version=version, precision=p))
@@ -103,7 +105,10 @@ def test_bf16_operands_in_every_form_give_the_same_result(kernel_backend):
         import ml_dtypes
 
         forms.append(x.astype(ml_dtypes.bfloat16))
-    ys = [be.to_numpy(be.linear_forward(on(be, f), on(be, bf16_bits(w)), on(be, b), precision="bf16")) for f in forms]
+    # out_dtype float32: a BF16 x (bfloat16 on emu, the uint16 bits on cuda) is BF16 storage, whose
+    # output would otherwise be BF16 too (tests/test_bf16_products.py)
+    W, B = on(be, bf16_bits(w)), on(be, b)
+    ys = [be.to_numpy(be.linear_forward(on(be, f), W, B, precision="bf16", out_dtype=np.float32)) for f in forms]
     for y in ys[1:]:
         np.testing.assert_array_equal(y, ys[0])
 
@@ -135,7 +140,7 @@ def check_conv_forward(be, p, case):
     geo = dict(stride=st, padding=pad, groups=g)
     y = ref.conv2d_forward(f64(x), f64(w), f64(b), precision=p, **geo)
     ya = ref.conv2d_forward(absf(round_to(p, x)), absf(round_to(p, w)), absf(b), **geo)
-    got = be.to_numpy(be.conv2d_forward(operand(be, p, x), operand(be, p, w), on(be, b), precision=p, **geo))
+    got = be.to_numpy(be.conv2d_forward(on(be, x), on(be, w), on(be, b), precision=p, **geo))
     assert_close(f"{p} conv y", got, y, ya, C // g * R * S + 1)
     return got, ya, x, w, b, geo
 
@@ -183,7 +188,7 @@ def check_conv_backward(be, p, dy, x, w, geo, version=0, need_dx=True):
     dx, dw, db = ref.conv2d_backward(f64(dy), f64(x), f64(w), precision=p, need_dx=need_dx, **geo)
     adx, adw, _ = ref.conv2d_backward(*(absf(round_to(p, a)) for a in (dy, x, w)), need_dx=need_dx, **geo)
     adb = np.abs(f64(round_to(p, dy) if p == "bf16" else dy)).sum(axis=(0, 2, 3))
-    got = be.conv2d_backward(operand(be, p, dy), operand(be, p, x), operand(be, p, w), precision=p, version=version,
+    got = be.conv2d_backward(on(be, dy), on(be, x), on(be, w), precision=p, version=version,
                              need_dx=need_dx, **geo)
     gdx, gdw, gdb = (None if a is None else be.to_numpy(a) for a in got)
     if need_dx:

@@ -105,20 +105,41 @@ bool activation_arg(const char* op, const std::string& a) {
 // The dtype of a GEMM operand at a precision: uint16 BF16 bit patterns for bf16, else float32.
 DType operand_dtype(kernels::Precision p) { return p == kernels::Precision::kBF16 ? DType::U16 : DType::F32; }
 
+// The weights w at a precision: float32, or at bf16 uint16 BF16 bits or float32 (the FP32 master
+// weights, rounded to nearest even by the kernels as they stage them: no conversion pass).
+Array weight_input(py::handle w, const char* op, int ndim, kernels::Precision p) {
+  if (p == kernels::Precision::kBF16) return input(w, op, "w", {DType::U16, DType::F32}, ndim);
+  return input(w, op, "w", {DType::F32}, ndim);
+}
+
+// True when the kernels get FP32 weights to round as they stage them (bf16 with a float32 w).
+bool fp32_weights(kernels::Precision p, const Array& Wt) {
+  return p == kernels::Precision::kBF16 && Wt.dtype == DType::F32;
+}
+
+// An output with a storage choice (y, dx): float32, or uint16 BF16 bit patterns (the FP32 result
+// rounded once to nearest even), which only precision bf16 writes.
+Array storage_output(py::handle obj, const char* op, const char* name, int ndim, kernels::Precision p) {
+  Array a = output(obj, op, name, {DType::F32, DType::U16}, ndim);
+  if (a.dtype == DType::U16 && p != kernels::Precision::kBF16)
+    value_error(op, std::string(name) + " is BF16 storage (uint16 bit patterns), which needs precision bf16");
+  return a;
+}
+
 // Checks of conv2d_forward's inputs (x, w, b, hyper-parameters).
 ConvIn forward_inputs(const char* op, py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding,
                       int64_t groups, Array* Bout, kernels::Precision p = kernels::Precision::kFP32) {
-  ConvIn in{input(x, op, "x", {operand_dtype(p)}, 4), input(w, op, "w", {operand_dtype(p)}, 4), {}};
+  ConvIn in{input(x, op, "x", {operand_dtype(p)}, 4), weight_input(w, op, 4, p), {}};
   in.s = conv_shape(op, in.X, in.Wt, stride, padding, groups);
   Array B = optional_bias(op, b, in.s.K, "one per output channel");
   if (Bout) *Bout = B;
   return in;
 }
 
-// Checks of conv2d_backward's inputs (dy, x, w, hyper-parameters); at bf16 all three BF16.
+// Checks of conv2d_backward's inputs (dy, x, w, hyper-parameters); at bf16 dy and x BF16, w BF16 or FP32.
 ConvIn backward_inputs(const char* op, py::handle dy, py::handle x, py::handle w, int64_t stride, int64_t padding,
                        int64_t groups, Array& DY, kernels::Precision p) {
-  ConvIn in{input(x, op, "x", {operand_dtype(p)}, 4), input(w, op, "w", {operand_dtype(p)}, 4), {}};
+  ConvIn in{input(x, op, "x", {operand_dtype(p)}, 4), weight_input(w, op, 4, p), {}};
   in.s = conv_shape(op, in.X, in.Wt, stride, padding, groups);
   DY = input(dy, op, "dy", {operand_dtype(p)}, 4);
   expect_shape(DY, y_shape(in.s), "(the shape of conv2d_forward's output)");
@@ -157,7 +178,7 @@ kernels::SplitPlan linear_plan(kernels::Precision p, int M, int N, int K, int ve
 }
 
 LinIn linear_inputs(const char* op, py::handle x, py::handle w, kernels::Precision p = kernels::Precision::kFP32) {
-  LinIn in{input(x, op, "x", {operand_dtype(p)}, 2), input(w, op, "w", {operand_dtype(p)}, 2), 0, 0, 0};
+  LinIn in{input(x, op, "x", {operand_dtype(p)}, 2), weight_input(w, op, 2, p), 0, 0, 0};
   if (in.Wt.dim(1) != in.X.dim(1))
     value_error(op, "w has " + std::to_string(in.Wt.dim(1)) + " input features, expected " +
                         std::to_string(in.X.dim(1)) + " (x has shape " + in.X.shape_str() + ")");
@@ -188,7 +209,8 @@ Array workspace(py::handle work, const char* op, int64_t need) {
 // The end of every linear GEMM binding, after its own checks: C = op(A) op(B) (+ bias, which
 // may be an empty Array) with gemm's plan; the workspace checked, C and the workspace apart
 // from the operands and from each other.
-// At fp32 on gemm, at tf32 or bf16 on gemm_tc (the operands already checked for the precision).
+// At fp32 on gemm, at tf32 or bf16 on gemm_tc (the operands already checked for the precision;
+// at bf16 B may be the FP32 weights and C BF16 storage: storage_output).
 void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, int N, int K, const Array& A, int lda,
                  const Array& B, int ldb, const Array& C, const Array& bias, py::handle work, int version, int splits,
                  uintptr_t stream, bool relu = false) {
@@ -199,12 +221,16 @@ void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, 
   py::gil_scoped_release nogil;
   const float* b = bias.ptr ? bias.f32() : nullptr;
   float* wk = WK.ptr ? WK.f32() : nullptr;
+  const bool b_fp32 = fp32_weights(p, B);
   if (p == kernels::Precision::kFP32)
     kernels::gemm(ta, tb, M, N, K, A.f32(), lda, B.f32(), ldb, C.f32(), b, wk, WK.numel(), version, splits,
                   as_stream(stream), relu);
+  else if (C.dtype == DType::U16)
+    kernels::gemm_tc(p, ta, tb, M, N, K, A.ptr, lda, B.ptr, ldb, C.as<uint16_t>(), b, wk, WK.numel(), version,
+                     splits, as_stream(stream), relu, b_fp32);
   else
     kernels::gemm_tc(p, ta, tb, M, N, K, A.ptr, lda, B.ptr, ldb, C.f32(), b, wk, WK.numel(), version, splits,
-                     as_stream(stream), relu);
+                     as_stream(stream), relu, b_fp32);
 }
 
 }  // namespace
@@ -247,21 +273,26 @@ void bind_conv(py::module_& m) {
         const bool relu = activation_arg(op, activation);
         Array B;
         ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B, p);
-        Array Y = output(y, op, "y", {DType::F32}, 4);
+        Array Y = storage_output(y, op, "y", 4, p);
         expect_shape(Y, y_shape(in.s), "(N, K, P, Q)");
         expect_no_overlap({&Y}, {&in.X, &in.Wt, &B});
         check_version(op, version, p == kernels::Precision::kFP32 ? kernels::kConvVersions : kernels::kConvTcVersions);
         py::gil_scoped_release nogil;
         const float* bp = B.ptr ? B.f32() : nullptr;
+        const bool w32 = fp32_weights(p, in.Wt);
         if (p == kernels::Precision::kFP32)
           kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), bp, Y.f32(), in.s, version, as_stream(stream), relu);
+        else if (Y.dtype == DType::U16)
+          kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.as<uint16_t>(), in.s, version, as_stream(stream),
+                                     relu, w32);
         else
-          kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.f32(), in.s, version, as_stream(stream), relu);
+          kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.f32(), in.s, version, as_stream(stream), relu, w32);
       },
       "x"_a, "w"_a, "b"_a, "y"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
       "precision"_a = "fp32", "activation"_a = "none", "stream"_a = 0,
-      "y = conv2d(x, w) + b (b may be None), written into y (float32). precision: fp32, tf32 (float32 x, w on "
-      "tensor cores) or bf16 (uint16 BF16 x, w). activation 'relu': y = max(0, conv2d(x, w) + b) in the "
+      "y = conv2d(x, w) + b (b may be None), written into y (float32; at bf16 also uint16 BF16 storage: rounded "
+      "once). precision: fp32, tf32 (float32 x, w on tensor cores) or bf16 (uint16 BF16 x; w uint16 BF16 or "
+      "float32, rounded as the kernel stages it). activation 'relu': y = max(0, conv2d(x, w) + b) in the "
       "kernel's epilogue.");
 
   m.def(
@@ -279,8 +310,8 @@ void bind_conv(py::module_& m) {
       "dy"_a, "x"_a, "w"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
       "splits"_a = 0, "precision"_a = "fp32",
       "Checks conv2d_backward's arguments; returns the backward-filter plan of `version` (at fp32 a version of "
-      "conv2d_backward_filter): {'splits', 'workspace' (floats)}. precision as conv2d_forward's (bf16: dy, x, w "
-      "uint16 BF16).");
+      "conv2d_backward_filter): {'splits', 'workspace' (floats)}. precision as conv2d_forward's (bf16: dy, x "
+      "uint16 BF16; w uint16 BF16 or float32).");
 
   m.def(
       "conv2d_backward_data",
@@ -290,18 +321,23 @@ void bind_conv(py::module_& m) {
         const kernels::Precision p = precision_arg(op, precision);
         Array DY;
         ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY, p);
-        Array DX = output(dx, op, "dx", {DType::F32}, 4);
+        Array DX = storage_output(dx, op, "dx", 4, p);
         expect_same_shape(in.X, DX);
         expect_no_overlap({&DX}, {&DY, &in.Wt});
         check_version(op, version, conv_versions(p));
         py::gil_scoped_release nogil;
+        const bool w32 = fp32_weights(p, in.Wt);
         if (p == kernels::Precision::kFP32)
           kernels::conv2d_backward_data(DY.f32(), in.Wt.f32(), DX.f32(), in.s, version, as_stream(stream));
+        else if (DX.dtype == DType::U16)
+          kernels::conv2d_backward_data_tc(p, DY.ptr, in.Wt.ptr, DX.as<uint16_t>(), in.s, version, as_stream(stream),
+                                           w32);
         else
-          kernels::conv2d_backward_data_tc(p, DY.ptr, in.Wt.ptr, DX.f32(), in.s, version, as_stream(stream));
+          kernels::conv2d_backward_data_tc(p, DY.ptr, in.Wt.ptr, DX.f32(), in.s, version, as_stream(stream), w32);
       },
       "dy"_a, "x"_a, "w"_a, "dx"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
-      "precision"_a = "fp32", "stream"_a = 0, "dx of conv2d (float32; x is read only for its shape).");
+      "precision"_a = "fp32", "stream"_a = 0,
+      "dx of conv2d (float32; at bf16 also uint16 BF16 storage: rounded once; x is read only for its shape).");
 
   m.def(
       "conv2d_backward_filter",
@@ -335,17 +371,21 @@ void bind_conv(py::module_& m) {
       "conv2d_backward_bias",
       [](py::handle dy, py::handle db, int version, uintptr_t stream) {
         const char* op = "conv2d_backward";
-        Array DY = input(dy, op, "dy", {DType::F32}, 4);
+        Array DY = input(dy, op, "dy", {DType::F32, DType::U16}, 4);
         Array DB = output(db, op, "db", {DType::F32}, 1);
         expect_shape(DB, {DY.dim(1)}, "(one per output channel of dy)");
         expect_no_overlap(DB, DY);
         check_version(op, version, kernels::kConvVersions);
         if (DY.dim(2) * DY.dim(3) > 0x7fffffff || DY.dim(0) > 0x7fffffff) value_error(op, "dy is too large");
         py::gil_scoped_release nogil;
-        kernels::conv2d_backward_bias(DY.f32(), DB.f32(), int(DY.dim(0)), int(DY.dim(1)), int(DY.dim(2) * DY.dim(3)),
-                                      version, as_stream(stream));
+        const int N = int(DY.dim(0)), K = int(DY.dim(1)), PQ = int(DY.dim(2) * DY.dim(3));
+        if (DY.dtype == DType::U16)
+          kernels::conv2d_backward_bias(DY.as<uint16_t>(), DB.f32(), N, K, PQ, version, as_stream(stream));
+        else
+          kernels::conv2d_backward_bias(DY.f32(), DB.f32(), N, K, PQ, version, as_stream(stream));
       },
-      "dy"_a, "db"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "db[k] = sum of dy[:, k].");
+      "dy"_a, "db"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0,
+      "db[k] = sum of dy[:, k] in float32; dy float32 or uint16 BF16 bits (the stored values).");
 
   // ---- linear ------------------------------------------------------------------------------
   m.def(
@@ -375,7 +415,8 @@ void bind_conv(py::module_& m) {
       "x"_a, "w"_a, "b"_a = py::none(), "dy"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
       "precision"_a = "fp32",
       "Checks linear_forward's (dy None) or linear_backward's arguments; returns the GEMM plans. precision: fp32 "
-      "(float32 operands), tf32 (float32 operands, products on tensor cores) or bf16 (uint16 BF16 operands).");
+      "(float32 operands), tf32 (float32 operands, products on tensor cores) or bf16 (uint16 BF16 x and dy; w "
+      "uint16 BF16 or float32).");
 
   m.def(
       "linear_forward",
@@ -386,15 +427,16 @@ void bind_conv(py::module_& m) {
         const bool relu = activation_arg(op, activation);
         LinIn in = linear_inputs(op, x, w, p);
         Array B = optional_bias(op, b, in.O, "one per output feature");
-        Array Y = output(y, op, "y", {DType::F32}, 2);
+        Array Y = storage_output(y, op, "y", 2, p);
         expect_shape(Y, {in.N, in.O}, "(N, O)");
         linear_gemm(op, p, false, true, in.N, in.O, in.I, in.X, in.I, in.Wt, in.I, Y, B, work, version, splits,
                     stream, relu);
       },
       "x"_a, "w"_a, "b"_a, "y"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
       "precision"_a = "fp32", "activation"_a = "none", "stream"_a = 0,
-      "y = x w^T + b (b may be None), written into y (float32); activation 'relu': y = max(0, x w^T + b) in the "
-      "GEMM's last pass.");
+      "y = x w^T + b (b may be None), written into y (float32; at bf16 also uint16 BF16 storage: rounded once, "
+      "after the split reduction when there is one); activation 'relu': y = max(0, x w^T + b) in the GEMM's last "
+      "pass.");
 
   m.def(
       "linear_backward_data",
@@ -404,13 +446,14 @@ void bind_conv(py::module_& m) {
         const kernels::Precision p = precision_arg(op, precision);
         LinIn in = linear_inputs(op, x, w, p);
         Array DY = linear_dy(op, dy, in, p);
-        Array DX = output(dx, op, "dx", {DType::F32}, 2);
+        Array DX = storage_output(dx, op, "dx", 2, p);
         expect_same_shape(in.X, DX);
         linear_gemm(op, p, false, false, in.N, in.I, in.O, DY, in.O, in.Wt, in.I, DX, Array{}, work, version, splits,
                     stream);
       },
       "dy"_a, "x"_a, "w"_a, "dx"_a, "work"_a = py::none(), py::kw_only(), "version"_a = 0, "splits"_a = 0,
-      "precision"_a = "fp32", "stream"_a = 0, "dx = dy w (x is read only for its shape; dx float32).");
+      "precision"_a = "fp32", "stream"_a = 0,
+      "dx = dy w (x is read only for its shape; dx float32, at bf16 also uint16 BF16 storage: rounded once).");
 
   m.def(
       "linear_backward_weight",
@@ -432,16 +475,21 @@ void bind_conv(py::module_& m) {
       "linear_backward_bias",
       [](py::handle dy, py::handle db, int version, uintptr_t stream) {
         const char* op = "linear_backward";
-        Array DY = input(dy, op, "dy", {DType::F32}, 2);
+        Array DY = input(dy, op, "dy", {DType::F32, DType::U16}, 2);
         Array DB = output(db, op, "db", {DType::F32}, 1);
         expect_shape(DB, {DY.dim(1)}, "(one per column of dy)");
         expect_no_overlap(DB, DY);
         check_version(op, version, kernels::kGemmVersions);
         if (DY.dim(0) > 0x7fffffff || DY.dim(1) > 0x7fffffff) value_error(op, "dy is too large");
         py::gil_scoped_release nogil;
-        kernels::column_sums(DY.f32(), DB.f32(), int(DY.dim(0)), int(DY.dim(1)), version, as_stream(stream));
+        const int rows = int(DY.dim(0)), cols = int(DY.dim(1));
+        if (DY.dtype == DType::U16)
+          kernels::column_sums(DY.as<uint16_t>(), DB.f32(), rows, cols, version, as_stream(stream));
+        else
+          kernels::column_sums(DY.f32(), DB.f32(), rows, cols, version, as_stream(stream));
       },
-      "dy"_a, "db"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0, "db = column sums of dy.");
+      "dy"_a, "db"_a, py::kw_only(), "version"_a = 0, "stream"_a = 0,
+      "db = column sums of dy in float32; dy float32 or uint16 BF16 bits (the stored values).");
 }
 
 }  // namespace alexnet

@@ -34,12 +34,16 @@
 //             consecutive (p,q) (k-fast mapping: coalesced along q); x with consecutive threads
 //             on consecutive (c,r,s) (k-slow mapping: coalesced along s, also at stride 4,
 //             and a thread's elements share one column, which keeps the gather state small).
-//   bias      one block of 256 threads per channel, a strided sum then a shared-memory tree.
+//   bias      one block of 256 threads per channel, a strided sum then a shared-memory tree
+//             (both versions read dy as float or as BF16 bits, widened exactly; FP32 sums).
 // forward on tensor cores (conv2d_forward_tc, TF32 or BF16), version 1: the implicit GEMM
 //   of version 2's forward on tc_tile.cuh (mma.sync, 64 x 64 x 32 block tiles, 128 threads);
 //   A = w dense, B = im2col(x) gathered with a division per element (no mixed-radix counter
-//   yet). TF32 rounds x and w with cvt.rna as it stages them; BF16 reads bf16 x and w.
-//   Accumulation FP32, y FP32; `relu` fused as in versions 1 and 2. The backward directions on tensor cores: conv_tc.cu.
+//   yet). TF32 rounds x and w with cvt.rna as it stages them; BF16 reads bf16 x, and w as BF16
+//   bits or as the FP32 master weights rounded to nearest even as they are staged.
+//   Accumulation FP32; y FP32, or BF16 at BF16 (the FP32 epilogue value, bias and ReLU
+//   included, rounded once to nearest even on store: storage::store); `relu` fused as in
+//   versions 1 and 2. The backward directions on tensor cores: conv_tc.cu.
 // Threads: v1 256 per block over the output; v2 grid (ceil(N/BN), ceil(M/BM), z), the
 //   config's THREADS per block.
 // Constraints: x, y and w each hold fewer than 2^31 elements (32-bit offsets; checked).
@@ -51,8 +55,10 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "common/launch.h"
+#include "common/storage.cuh"
 #include "kernels/tc_tile.cuh"
 #include "kernels/conv_geo.cuh"
 
@@ -137,12 +143,14 @@ __global__ void conv_bwd_filter_v1(const float* __restrict__ dy, const float* __
   }
 }
 
-__global__ void conv_bias_v1(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ) {
+// dy is float or uint16_t (BF16 bits: the stored values, widened exactly); the sums are FP32.
+template <class T>
+__global__ void conv_bias_v1(const T* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ) {
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= K) return;
   float acc = 0.0f;
   for (int64_t n = 0; n < N; ++n)
-    for (int i = 0; i < PQ; ++i) acc += dy[(n * K + k) * PQ + i];
+    for (int i = 0; i < PQ; ++i) acc += storage::load(dy, (n * K + k) * PQ + i);
   db[k] = acc;
 }
 
@@ -380,14 +388,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, relaxed_min_blocks<Cfg>())
 }
 
 // ---- bias gradient, version 2 ---------------------------------------------------------------
-__global__ void conv_bias_v2(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ) {
+// dy float or uint16_t (BF16 bits) as in version 1.
+template <class T>
+__global__ void conv_bias_v2(const T* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ) {
   __shared__ float part[256];
   const int k = blockIdx.x, t = threadIdx.x;
   const int64_t total = int64_t(N) * PQ;
   float acc = 0.0f;
   for (int64_t i = t; i < total; i += 256) {
     const int64_t n = i / PQ;
-    acc += dy[(n * K + k) * PQ + (i - n * PQ)];
+    acc += storage::load(dy, (n * K + k) * PQ + (i - n * PQ));
   }
   part[t] = acc;
   __syncthreads();
@@ -440,6 +450,7 @@ void launch_bwd_filter_v2(const float* dy, const float* x, float* dw, float* wor
 // column's image offset and window origin are computed once per k-tile.
 template <class In>
 struct Im2colTc {
+  using Mem = In;
   static constexpr bool K_CONTIG = false;  // consecutive threads on consecutive (p, q)
   const In* __restrict__ x;
   Geo d;
@@ -468,15 +479,16 @@ struct Im2colTc {
 };
 
 // One implicit GEMM per group (blockIdx.z): M = Kg, N = N*P*Q, Kdim = Cg*R*S, A = w (dense).
-template <Precision P>
+// MW: w's element in memory (In, or float at BF16: rounded as staged); T: y's storage.
+template <Precision P, class MW, class T>
 __global__ void __launch_bounds__(tc::kThreads)
-    conv_fwd_tc_v1(const typename tc::Tc<P>::In* __restrict__ x, const typename tc::Tc<P>::In* __restrict__ w,
-                   const float* __restrict__ b, float* __restrict__ y, Geo d, bool relu) {
+    conv_fwd_tc_v1(const typename tc::Tc<P>::In* __restrict__ x, const MW* __restrict__ w,
+                   const float* __restrict__ b, T* __restrict__ y, Geo d, bool relu) {
   using In = typename tc::Tc<P>::In;
   __shared__ __align__(16) typename tc::Tc<P>::S As[tc::kBM * tc::Tc<P>::LDS];
   __shared__ __align__(16) typename tc::Tc<P>::S Bs[tc::kBN * tc::Tc<P>::LDS];
   const int g = blockIdx.z, m0 = blockIdx.y * tc::kBM, n0 = blockIdx.x * tc::kBN;
-  const tc::DenseSrc<In, tc::kBM, true> la{w + int64_t(g) * d.Kg * d.CRS, d.CRS, d.Kg, d.CRS, m0};
+  const tc::DenseSrc<MW, tc::kBM, true> la{w + int64_t(g) * d.Kg * d.CRS, d.CRS, d.Kg, d.CRS, m0};
   const Im2colTc<In> lb{x, d, g, n0};
   float acc[2][4][4] = {};
   tc::tc_mainloop<P>(la, lb, 0, (d.CRS + tc::kBK - 1) / tc::kBK, As, Bs, acc);
@@ -484,17 +496,17 @@ __global__ void __launch_bounds__(tc::kThreads)
     const int m = m0 + dm, n = n0 + dn;
     if (m >= d.Kg || n >= d.NPQ) return;
     const int img = n / d.PQ, pq = n - img * d.PQ, k = g * d.Kg + m;
-    y[int64_t(img) * d.KPQ + int64_t(k) * d.PQ + pq] = epilogue(v + (b ? b[k] : 0.0f), relu);
+    storage::store(y, int64_t(img) * d.KPQ + int64_t(k) * d.PQ + pq, epilogue(v + (b ? b[k] : 0.0f), relu));
   });
 }
 
-template <Precision P>
-void launch_fwd_tc(const void* x, const void* w, const float* b, float* y, const Geo& d, bool relu,
+template <Precision P, class MW, class T>
+void launch_fwd_tc(const void* x, const void* w, const float* b, T* y, const Geo& d, bool relu,
                    cudaStream_t stream) {
   using In = typename tc::Tc<P>::In;
   const dim3 grid(ceil_div(d.NPQ, tc::kBN), ceil_div(d.Kg, tc::kBM), unsigned(d.groups));
-  auto kernel = conv_fwd_tc_v1<P>;
-  LAUNCH(kernel, grid, dim3(tc::kThreads), 0, stream, static_cast<const In*>(x), static_cast<const In*>(w), b, y, d,
+  auto kernel = conv_fwd_tc_v1<P, MW, T>;
+  LAUNCH(kernel, grid, dim3(tc::kThreads), 0, stream, static_cast<const In*>(x), static_cast<const MW*>(w), b, y, d,
          relu);
 }
 
@@ -513,14 +525,23 @@ void conv2d_forward(const float* x, const float* w, const float* b, float* y, co
   CONV_WITH_TILE(d.Kg, launch_fwd_v2, x, w, b, y, d, relu, stream)
 }
 
-void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b, float* y, const ConvShape& s,
-                       int version, cudaStream_t stream, bool relu) {
+template <class T>
+void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b, T* y, const ConvShape& s,
+                       int version, cudaStream_t stream, bool relu, bool w_fp32) {
+  constexpr bool kBF16Out = std::is_same_v<T, uint16_t>;
   if (p == Precision::kFP32) throw std::invalid_argument("conv2d_forward_tc: fp32 runs on conv2d_forward");
+  if (p != Precision::kBF16 && (kBF16Out || w_fp32))
+    throw std::invalid_argument("conv2d_forward_tc: BF16 storage of y and FP32 w are for precision bf16");
   version = pick_version("conv2d_forward_tc", version, kConvTcVersions, 1);
   const Geo d = make_geo(s);
   if (d.N == 0) return;
-  if (p == Precision::kTF32) launch_fwd_tc<Precision::kTF32>(x, w, b, y, d, relu, stream);
-  else launch_fwd_tc<Precision::kBF16>(x, w, b, y, d, relu, stream);
+  if constexpr (!kBF16Out) {
+    if (p == Precision::kTF32) launch_fwd_tc<Precision::kTF32, float>(x, w, b, y, d, relu, stream);
+  }
+  if (p == Precision::kBF16) {
+    if (w_fp32) launch_fwd_tc<Precision::kBF16, float>(x, w, b, y, d, relu, stream);
+    else launch_fwd_tc<Precision::kBF16, uint16_t>(x, w, b, y, d, relu, stream);
+  }
 }
 
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,
@@ -595,14 +616,25 @@ void conv2d_backward_filter(const float* dy, const float* x, float* dw, float* w
   if (plan.splits > 1) splitk_reduce(work, plan.splits, int64_t(d.K) * d.CRS, dw, nullptr, 1, stream);
 }
 
-void conv2d_backward_bias(const float* dy, float* db, int N, int K, int PQ, int version, cudaStream_t stream) {
+template <class T>
+void conv2d_backward_bias(const T* dy, float* db, int N, int K, int PQ, int version, cudaStream_t stream) {
   version = pick_version("conv2d_backward_bias", version, kConvVersions, 2);
   if (K <= 0) return;
   if (version == 1) {
-    LAUNCH(conv_bias_v1, dim3(ceil_div(K, 128)), dim3(128), 0, stream, dy, db, N, K, PQ);
+    auto kernel = conv_bias_v1<T>;
+    LAUNCH(kernel, dim3(ceil_div(K, 128)), dim3(128), 0, stream, dy, db, N, K, PQ);
   } else {
-    LAUNCH(conv_bias_v2, dim3(unsigned(K)), dim3(256), 0, stream, dy, db, N, K, PQ);
+    auto kernel = conv_bias_v2<T>;
+    LAUNCH(kernel, dim3(unsigned(K)), dim3(256), 0, stream, dy, db, N, K, PQ);
   }
 }
+
+// The storage types of dy and y: float (every precision) and uint16_t (BF16 bits, precision bf16).
+template void conv2d_backward_bias<float>(const float*, float*, int, int, int, int, cudaStream_t);
+template void conv2d_backward_bias<uint16_t>(const uint16_t*, float*, int, int, int, int, cudaStream_t);
+template void conv2d_forward_tc<float>(Precision, const void*, const void*, const float*, float*, const ConvShape&,
+                                       int, cudaStream_t, bool, bool);
+template void conv2d_forward_tc<uint16_t>(Precision, const void*, const void*, const float*, uint16_t*,
+                                          const ConvShape&, int, cudaStream_t, bool, bool);
 
 }  // namespace alexnet::kernels

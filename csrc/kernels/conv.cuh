@@ -30,10 +30,14 @@ void conv2d_forward(const float* x, const float* w, const float* b, float* y, co
 // Numbered versions of conv2d_forward_tc and of the tensor-core backward (conv_tc.cuh): 1..kConvTcVersions.
 inline constexpr int kConvTcVersions = 1;
 
-// conv2d_forward on tensor cores at p (kTF32: x, w float; kBF16: x, w uint16 BF16 bit
-// patterns); b and y float; `relu` as conv2d_forward's. version 1: mma.sync implicit GEMM; 0: the best (1).
-void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b, float* y, const ConvShape& s,
-                       int version, cudaStream_t stream, bool relu = false);
+// conv2d_forward on tensor cores at p (kTF32: x, w float; kBF16: x uint16 BF16 bit patterns, w
+// BF16 bits too, or float when `w_fp32`: the FP32 master weights, rounded to nearest even as they
+// are staged); b float; y's storage T is float, or uint16_t (BF16 bits, p == kBF16 only: the FP32
+// epilogue value rounded once to nearest even). `relu` as conv2d_forward's.
+// version 1: mma.sync implicit GEMM; 0: the best (1).
+template <class T>
+void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b, T* y, const ConvShape& s,
+                       int version, cudaStream_t stream, bool relu = false, bool w_fp32 = false);
 
 // dx = the gradient of the forward pass with respect to x (every element written).
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,
@@ -47,7 +51,9 @@ SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int split
 void conv2d_backward_filter(const float* dy, const float* x, float* dw, float* work, int64_t work_floats,
                             const ConvShape& s, int version, int splits, cudaStream_t stream);
 
-// db[k] = sum over n, p, q of dy[n, k, p, q]; dy is (N, K, PQ).
-void conv2d_backward_bias(const float* dy, float* db, int N, int K, int PQ, int version, cudaStream_t stream);
+// db[k] = sum over n, p, q of dy[n, k, p, q] in FP32; dy is (N, K, PQ), float or uint16_t (BF16
+// bits: the stored values, widened exactly).
+template <class T>
+void conv2d_backward_bias(const T* dy, float* db, int N, int K, int PQ, int version, cudaStream_t stream);
 
 }  // namespace alexnet::kernels

@@ -6,8 +6,10 @@
 //   data    dx[n,c,h,w] = sum_{k in g(c), r, s : h+pad-r = p*st, w+pad-s = q*st} dy[n,k,p,q] * w[k,c-g*Cg,r,s]
 //   filter  dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * xp[n, g*Cg+c, p*st+r, q*st+s]
 //   TF32: dy, w, x are FP32 in memory, each element rounded with cvt.rna.tf32.f32 when it is
-//   staged into shared memory. BF16: dy, w, x are BF16 in memory (uint16 bit patterns), staged
-//   as they are. Products exact in FP32, accumulation FP32 (mma.sync), dx and dw FP32.
+//   staged into shared memory. BF16: dy, x are BF16 in memory (uint16 bit patterns), staged
+//   as they are; w too, or FP32 (the master weights) rounded to nearest even as it is staged.
+//   Products exact in FP32, accumulation FP32 (mma.sync); dw FP32; dx FP32, or BF16 at BF16
+//   (the FP32 sum rounded once to nearest even on store: storage::store).
 // Layout: NCHW tensors, w (K, Cg, R, S); all C-contiguous.
 //
 // version 1 (both directions): tc_tile.cuh's block tile 64 x 64 x 32, 128 threads = 4 warps in
@@ -35,8 +37,10 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "common/launch.h"
+#include "common/storage.cuh"
 #include "kernels/conv_geo.cuh"
 #include "kernels/gemm_tile.cuh"
 #include "kernels/tc_tile.cuh"
@@ -64,6 +68,7 @@ __device__ __forceinline__ void load_rows(const In* __restrict__ X, int base, bo
 // A: element (c, (k,i,j)) = w[g*Kg + k, c, r0 + i*st, s0 + j*st]; k-contiguous staging.
 template <class In>
 struct RotWeightTc {
+  using Mem = In;
   static constexpr bool K_CONTIG = true;
   const In* __restrict__ w;
   Geo d;
@@ -81,6 +86,7 @@ struct RotWeightTc {
 // B: element ((k,i,j), (n,h',w')) = dy[n, g*Kg + k, h' + dp - i, w' + dq - j]; mn-contiguous.
 template <class In>
 struct DyGatherTc {
+  using Mem = In;
   static constexpr bool K_CONTIG = false;
   const In* __restrict__ dy;
   Geo d;
@@ -111,10 +117,11 @@ struct DyGatherTc {
   }
 };
 
-template <Precision P>
+// MW: w's element in memory (In, or float at BF16: rounded as staged); T: dx's storage.
+template <Precision P, class MW, class T>
 __global__ void __launch_bounds__(kThreads)
-    conv_bwd_data_tc_v1(const typename Tc<P>::In* __restrict__ dy, const typename Tc<P>::In* __restrict__ w,
-                        float* __restrict__ dx, Geo d) {
+    conv_bwd_data_tc_v1(const typename Tc<P>::In* __restrict__ dy, const MW* __restrict__ w, T* __restrict__ dx,
+                        Geo d) {
   using In = typename Tc<P>::In;
   __shared__ __align__(16) typename Tc<P>::S As[kBM * Tc<P>::LDS];
   __shared__ __align__(16) typename Tc<P>::S Bs[kBN * Tc<P>::LDS];
@@ -123,7 +130,7 @@ __global__ void __launch_bounds__(kThreads)
   const Phase ph(d, int(blockIdx.z) - g * phases);
   if (n0 >= ph.ncols) return;  // block-uniform: this phase has fewer columns than the grid
 
-  const RotWeightTc<In> la{w, d, ph, g, m0};
+  const RotWeightTc<MW> la{w, d, ph, g, m0};
   const DyGatherTc<In> lb{dy, d, ph, g, n0};
   float acc[2][4][4] = {};
   tc_mainloop<P>(la, lb, 0, (ph.kdim + kBK - 1) / kBK, As, Bs, acc);
@@ -132,7 +139,7 @@ __global__ void __launch_bounds__(kThreads)
     const int c = m0 + dm, n = n0 + dn;
     if (c >= d.Cg || n >= ph.ncols) return;
     const int img = n / per, rem = n - img * per, hq = rem / ph.Wph, wq = rem - hq * ph.Wph;
-    dx[(int64_t(img) * d.C + g * d.Cg + c) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st] = v;
+    storage::store(dx, (int64_t(img) * d.C + g * d.Cg + c) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st, v);
   });
 }
 
@@ -140,6 +147,7 @@ __global__ void __launch_bounds__(kThreads)
 // A: element (k, (n,p,q)) = dy[n, g*Kg + k, p, q]; k-contiguous staging.
 template <class In>
 struct DyRowsTc {
+  using Mem = In;
   static constexpr bool K_CONTIG = true;
   const In* __restrict__ dy;
   Geo d;
@@ -156,6 +164,7 @@ struct DyRowsTc {
 // B: element ((n,p,q), (c,r,s)) = xp[n, g*Cg + c, p*st + r, q*st + s]; mn-contiguous.
 template <class In>
 struct XColsTc {
+  using Mem = In;
   static constexpr bool K_CONTIG = false;
   const In* __restrict__ x;
   Geo d;
@@ -209,14 +218,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- launchers -----------------------------------------------------------------------------
-template <Precision P>
-void launch_data(const void* dy, const void* w, float* dx, const Geo& d, cudaStream_t stream) {
+template <Precision P, class MW, class T>
+void launch_data(const void* dy, const void* w, T* dx, const Geo& d, cudaStream_t stream) {
   using In = typename Tc<P>::In;
   // Columns of the largest phase (phase 0): ceil(H/st) * ceil(W/st) per image.
   const int64_t cols = int64_t(d.N) * ((d.H + d.st - 1) / d.st) * ((d.W + d.st - 1) / d.st);
   const dim3 grid(ceil_div(cols, kBN), ceil_div(d.Cg, kBM), unsigned(d.groups * d.st * d.st));
-  auto kernel = conv_bwd_data_tc_v1<P>;
-  LAUNCH(kernel, grid, dim3(kThreads), 0, stream, static_cast<const In*>(dy), static_cast<const In*>(w), dx, d);
+  auto kernel = conv_bwd_data_tc_v1<P, MW, T>;
+  LAUNCH(kernel, grid, dim3(kThreads), 0, stream, static_cast<const In*>(dy), static_cast<const MW*>(w), dx, d);
 }
 
 template <Precision P>
@@ -239,15 +248,30 @@ int64_t filter_tc_slots() {
 
 }  // namespace
 
-void conv2d_backward_data_tc(Precision p, const void* dy, const void* w, float* dx, const ConvShape& s, int version,
-                             cudaStream_t stream) {
+template <class T>
+void conv2d_backward_data_tc(Precision p, const void* dy, const void* w, T* dx, const ConvShape& s, int version,
+                             cudaStream_t stream, bool w_fp32) {
+  constexpr bool kBF16Out = std::is_same_v<T, uint16_t>;
   if (p == Precision::kFP32) throw std::invalid_argument("conv2d_backward_data_tc: fp32 runs on conv2d_backward_data");
+  if (p != Precision::kBF16 && (kBF16Out || w_fp32))
+    throw std::invalid_argument("conv2d_backward_data_tc: BF16 storage of dx and FP32 w are for precision bf16");
   version = pick_version("conv2d_backward_data_tc", version, kConvTcVersions, 1);
   const Geo d = make_geo(s);
   if (d.N == 0) return;
-  if (p == Precision::kTF32) launch_data<Precision::kTF32>(dy, w, dx, d, stream);
-  else launch_data<Precision::kBF16>(dy, w, dx, d, stream);
+  if constexpr (!kBF16Out) {
+    if (p == Precision::kTF32) launch_data<Precision::kTF32, float>(dy, w, dx, d, stream);
+  }
+  if (p == Precision::kBF16) {
+    if (w_fp32) launch_data<Precision::kBF16, float>(dy, w, dx, d, stream);
+    else launch_data<Precision::kBF16, uint16_t>(dy, w, dx, d, stream);
+  }
 }
+
+// dx's storage types: float (TF32, BF16) and uint16_t (BF16 bits; precision bf16 only).
+template void conv2d_backward_data_tc<float>(Precision, const void*, const void*, float*, const ConvShape&, int,
+                                             cudaStream_t, bool);
+template void conv2d_backward_data_tc<uint16_t>(Precision, const void*, const void*, uint16_t*, const ConvShape&, int,
+                                                cudaStream_t, bool);
 
 SplitPlan conv2d_backward_filter_tc_plan(const ConvShape& s, int version, int splits) {
   pick_version("conv2d_backward_filter_tc", version, kConvTcVersions, 1);

@@ -8,11 +8,14 @@
 namespace alexnet::kernels {
 
 // Versions 1..kConvTcVersions (conv.cuh), as conv2d_forward_tc. At p = kTF32 dy, w and x are
-// float; at kBF16 uint16 BF16 bit patterns. dx and dw are float. version 0: the best (1).
+// float; at kBF16 uint16 BF16 bit patterns, w also float when `w_fp32` (the FP32 master weights,
+// rounded to nearest even as they are staged). dw is float. version 0: the best (1).
 
-// dx = the gradient of the forward pass with respect to x (every element written).
-void conv2d_backward_data_tc(Precision p, const void* dy, const void* w, float* dx, const ConvShape& s, int version,
-                             cudaStream_t stream);
+// dx = the gradient of the forward pass with respect to x (every element written). dx's storage
+// T: float, or uint16_t (BF16 bits, p == kBF16 only: the FP32 sum rounded once to nearest even).
+template <class T>
+void conv2d_backward_data_tc(Precision p, const void* dy, const void* w, T* dx, const ConvShape& s, int version,
+                             cudaStream_t stream, bool w_fp32 = false);
 
 // The split of backward_filter_tc's reduction over N*P*Q; `splits` > 0 forces the count.
 SplitPlan conv2d_backward_filter_tc_plan(const ConvShape& s, int version, int splits);

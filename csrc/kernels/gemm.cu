@@ -10,7 +10,9 @@
 //            forward   y  = x w^T + b     gemm(no, trans_b)   M=N, N=O, K=I
 //            data      dx = dy w          gemm(no, no)        M=N, N=I, K=O
 //            weight    dw = dy^T x        gemm(trans_a, no)   M=O, N=I, K=N
-//            bias      db = column sums of dy
+//            bias      db = column sums of dy (FP32 sums; dy float or BF16 bits, widened exactly)
+//          splitk_reduce and column sums take the storage type of activations (common/storage.cuh):
+//          splitk_reduce writes float or BF16 (rounded once), column sums read either.
 // Layout:  row-major, C's leading dimension is N; A and B leading dimensions are given.
 //
 // version 1: one thread per C element, a direct k loop (16 x 16 thread blocks).
@@ -34,6 +36,7 @@
 #include <string>
 
 #include "common/launch.h"
+#include "common/storage.cuh"
 
 namespace alexnet::kernels {
 namespace {
@@ -81,22 +84,25 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
 }
 
 // ---- column sums -------------------------------------------------------------------------
-__global__ void column_sums_v1(const float* __restrict__ X, float* __restrict__ out, int rows, int cols) {
+// X is float or uint16_t (BF16 bits, widened exactly by storage::load); the sums are FP32.
+template <class T>
+__global__ void column_sums_v1(const T* __restrict__ X, float* __restrict__ out, int rows, int cols) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   float s = 0.0f;
-  for (int r = 0; r < rows; ++r) s += X[int64_t(r) * cols + c];
+  for (int r = 0; r < rows; ++r) s += storage::load(X, int64_t(r) * cols + c);
   out[c] = s;
 }
 
 // 32 columns x 8 row-slices per block: thread (x, y) sums rows y, y+8, ... of column x
-// (a warp reads 32 consecutive floats), then thread y == 0 adds the 8 partials in order.
-__global__ void column_sums_v2(const float* __restrict__ X, float* __restrict__ out, int rows, int cols) {
+// (a warp reads 32 consecutive elements), then thread y == 0 adds the 8 partials in order.
+template <class T>
+__global__ void column_sums_v2(const T* __restrict__ X, float* __restrict__ out, int rows, int cols) {
   __shared__ float part[8][33];
   const int c = blockIdx.x * 32 + threadIdx.x;
   float s = 0.0f;
   if (c < cols)
-    for (int r = threadIdx.y; r < rows; r += 8) s += X[int64_t(r) * cols + c];
+    for (int r = threadIdx.y; r < rows; r += 8) s += storage::load(X, int64_t(r) * cols + c);
   part[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
   if (threadIdx.y == 0 && c < cols) {
@@ -107,12 +113,14 @@ __global__ void column_sums_v2(const float* __restrict__ X, float* __restrict__ 
   }
 }
 
-__global__ void splitk_reduce_kernel(const float* __restrict__ work, int splits, int64_t n, float* __restrict__ out,
+// out is float or uint16_t (BF16 bits): the FP32 value rounded once on store (storage::store).
+template <class T>
+__global__ void splitk_reduce_kernel(const float* __restrict__ work, int splits, int64_t n, T* __restrict__ out,
                                      const float* __restrict__ bias, int bias_len, bool relu) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float s = 0.0f;
     for (int k = 0; k < splits; ++k) s += work[int64_t(k) * n + i];
-    out[i] = epilogue(s + (bias ? bias[i % bias_len] : 0.0f), relu);
+    storage::store(out, i, epilogue(s + (bias ? bias[i % bias_len] : 0.0f), relu));
   }
 }
 
@@ -212,22 +220,32 @@ void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const 
   if (plan.splits > 1) splitk_reduce(work, plan.splits, int64_t(M) * N, C, bias, N, stream, relu);
 }
 
-void splitk_reduce(const float* work, int splits, int64_t n, float* out, const float* bias, int bias_len,
+template <class T>
+void splitk_reduce(const float* work, int splits, int64_t n, T* out, const float* bias, int bias_len,
                    cudaStream_t stream, bool relu) {
   if (n <= 0) return;
   const int64_t blocks = std::min<int64_t>((n + 255) / 256, 4096);
-  LAUNCH(splitk_reduce_kernel, dim3(unsigned(blocks)), dim3(256), 0, stream, work, splits, n, out, bias, bias_len,
-         relu);
+  auto kernel = splitk_reduce_kernel<T>;
+  LAUNCH(kernel, dim3(unsigned(blocks)), dim3(256), 0, stream, work, splits, n, out, bias, bias_len, relu);
 }
 
-void column_sums(const float* X, float* out, int rows, int cols, int version, cudaStream_t stream) {
+template <class T>
+void column_sums(const T* X, float* out, int rows, int cols, int version, cudaStream_t stream) {
   version = pick_version("column_sums", version, kGemmVersions, 2);
   if (cols <= 0) return;
   if (version == 1) {
-    LAUNCH(column_sums_v1, dim3(ceil_div(cols, 128)), dim3(128), 0, stream, X, out, rows, cols);
+    auto kernel = column_sums_v1<T>;
+    LAUNCH(kernel, dim3(ceil_div(cols, 128)), dim3(128), 0, stream, X, out, rows, cols);
   } else {
-    LAUNCH(column_sums_v2, dim3(ceil_div(cols, 32)), dim3(32, 8), 0, stream, X, out, rows, cols);
+    auto kernel = column_sums_v2<T>;
+    LAUNCH(kernel, dim3(ceil_div(cols, 32)), dim3(32, 8), 0, stream, X, out, rows, cols);
   }
 }
+
+// The storage types: float (every precision) and uint16_t (BF16 bits, precision bf16).
+template void splitk_reduce<float>(const float*, int, int64_t, float*, const float*, int, cudaStream_t, bool);
+template void splitk_reduce<uint16_t>(const float*, int, int64_t, uint16_t*, const float*, int, cudaStream_t, bool);
+template void column_sums<float>(const float*, float*, int, int, int, cudaStream_t);
+template void column_sums<uint16_t>(const uint16_t*, float*, int, int, int, cudaStream_t);
 
 }  // namespace alexnet::kernels

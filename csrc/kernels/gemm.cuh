@@ -55,22 +55,30 @@ inline constexpr int kGemmTcVersions = 1;
 // gemm_tc's plan, as gemm_plan for gemm.
 SplitPlan gemm_tc_plan(int M, int N, int K, int version, int splits);
 
-// gemm() on tensor cores at precision p (kTF32 or kBF16): A and B are float (TF32) or uint16
-// BF16 bit patterns (BF16); C, bias and work are float. `work` holds at least
-// gemm_tc_plan(...).workspace floats; `relu` as gemm's. version 1: mma.sync tiles of 64 x 64 x 32,
-// split-K; version 0: the best (1).
+// gemm() on tensor cores at precision p (kTF32 or kBF16). A is float (TF32) or uint16 BF16 bit
+// patterns (BF16); B likewise, or float at BF16 too when `b_fp32` (FP32 master weights: each
+// element rounded to nearest even as it is staged, no separate conversion pass). bias and work
+// are float. C is the output's storage T: float, or uint16_t (BF16 bits, p == kBF16 only): the
+// FP32 sum (+ bias, ReLU) rounded once to nearest even on store, in the tile's store or, when
+// the reduction is split, in splitk_reduce. `work` holds at least gemm_tc_plan(...).workspace
+// floats; `relu` as gemm's. version 1: mma.sync tiles of 64 x 64 x 32, split-K; version 0: the best (1).
+template <class T>
 void gemm_tc(Precision p, bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B,
-             int ldb, float* C, const float* bias, float* work, int64_t work_floats, int version, int splits,
-             cudaStream_t stream, bool relu = false);
+             int ldb, T* C, const float* bias, float* work, int64_t work_floats, int version, int splits,
+             cudaStream_t stream, bool relu = false, bool b_fp32 = false);
 
-// out[c] = sum_r X[r * cols + c] (column sums, e.g. a linear layer's bias gradient), in a fixed order.
+// out[c] = sum_r X[r * cols + c] (column sums, e.g. a linear layer's bias gradient), in a fixed order,
+// in FP32. X is float or uint16_t (BF16 bits: the stored values, widened exactly).
 // version 1: one thread per column; version 2: 32 x 8 thread blocks with a shared-memory combine.
-void column_sums(const float* X, float* out, int rows, int cols, int version, cudaStream_t stream);
+template <class T>
+void column_sums(const T* X, float* out, int rows, int cols, int version, cudaStream_t stream);
 
 // out[i] = sum_{s < splits} work[s * n + i] (+ bias[i % bias_len] when bias is not null),
 // summed in split order: the second pass of every split reduction; `relu` takes max(0, .) of
-// each sum as gemm's fused ReLU does.
-void splitk_reduce(const float* work, int splits, int64_t n, float* out, const float* bias, int bias_len,
+// each sum as gemm's fused ReLU does. out is float, or uint16_t (BF16 bits): the FP32 result
+// rounded once to nearest even.
+template <class T>
+void splitk_reduce(const float* work, int splits, int64_t n, T* out, const float* bias, int bias_len,
                    cudaStream_t stream, bool relu = false);
 
 // Multiprocessor count of the current device (the emu build reports its OS threads).

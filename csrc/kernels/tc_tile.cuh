@@ -3,17 +3,21 @@
 // in 2 x 2, each warp 32 x 32 = 2 (m16) x 4 (n8) mma.sync tiles (common/mma_sync.h).
 //
 // An operand is a *source*: it stages one k-tile of op(X) (rows mn0..mn0+63 of the product,
-// k0..k0+31) into each thread's registers and says which dimension is contiguous in memory:
-//   static constexpr bool K_CONTIG;                     consecutive threads on consecutive k
-//   __device__ void load(int k0, In (&r)[kPer]) const;  element j of this thread: tile_pos
+// k0..k0+31) into each thread's registers and says which dimension is contiguous in memory
+// and what its elements are in memory:
+//   using Mem;                                           float or uint16_t (BF16 bits)
+//   static constexpr bool K_CONTIG;                      consecutive threads on consecutive k
+//   __device__ void load(int k0, Mem (&r)[kPer]) const;  element j of this thread: tile_pos
 // (0 outside the operand). tc_mainloop stores the registers into shared tiles As[m][k] and
 // Bs[n][k] (k-contiguous rows padded by 16 bytes, so every fragment register is one 32-bit
-// shared load and the 32 lanes of a load hit 32 banks), converting TF32 with cvt.rna, then
-// runs the mma.sync of each k-step; the next k-tile's loads are issued before the current
-// tile's mma (one tile in flight).
+// shared load and the 32 lanes of a load hit 32 banks), converting as it stores (Tc::stage:
+// TF32 with cvt.rna; at BF16 a float operand, the FP32 master weights, to nearest even, BF16
+// bits as they are), then runs the mma.sync of each k-step; the next k-tile's loads are
+// issued before the current tile's mma (one tile in flight), and converted only after it.
 #pragma once
 
 #include "common/mma_sync.h"
+#include "common/storage.cuh"
 #include "kernels/gemm.cuh"
 
 namespace alexnet::kernels::tc {
@@ -23,8 +27,9 @@ using mma::Coord;
 constexpr int kBM = 64, kBN = 64, kBK = 32, kThreads = 128;
 constexpr int kPer = kBM * kBK / kThreads;  // elements of each operand a thread stages per k-tile
 
-// What differs between the precisions: the element in memory (In), in shared memory (S),
-// the k of one instruction, and how a fragment register is read from a shared tile.
+// What differs between the precisions: the element of an operand in memory (In; at BF16 a
+// source may also hold float, which stage rounds), in shared memory (S), the k of one
+// instruction, and how a fragment register is read from a shared tile.
 template <Precision P>
 struct Tc;
 
@@ -54,6 +59,8 @@ struct Tc<Precision::kBF16> {
   using S = uint16_t;
   static constexpr int KS = 16, LDS = kBK + 8;  // row pitch 20 words: 8 rows x 4 words hit 32 banks
   __device__ __forceinline__ static S stage(In v) { return v; }
+  // An FP32 operand (the master weights): rounded to nearest even here, as bf16_bits does.
+  __device__ __forceinline__ static S stage(float v) { return storage::narrow<uint16_t>(v); }
   // A register holds elements 2r and 2r+1 of the fragment: adjacent k, one 32-bit load.
   __device__ __forceinline__ static uint32_t a(const S* As, int row0, int k0, int lane, int r) {
     const mma::Coord p = mma::bf16_a(lane, 2 * r);
@@ -80,6 +87,7 @@ __device__ __forceinline__ void tile_pos(int e, int& mn, int& k) {
 // rows mn0.. of MNmax (and k < K); 0 outside.
 template <class In, int MN, bool K_CONTIG_>
 struct DenseSrc {
+  using Mem = In;
   static constexpr bool K_CONTIG = K_CONTIG_;
   const In* __restrict__ X;
   int ld, MNmax, K, mn0;
@@ -94,8 +102,8 @@ struct DenseSrc {
   }
 };
 
-template <Precision P, int MN, bool K_CONTIG>
-__device__ __forceinline__ void store_tile(const typename Tc<P>::In (&r)[kPer], typename Tc<P>::S* tile) {
+template <Precision P, int MN, bool K_CONTIG, class Mem>
+__device__ __forceinline__ void store_tile(const Mem (&r)[kPer], typename Tc<P>::S* tile) {
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
     int mn, k;
@@ -113,7 +121,8 @@ __device__ __forceinline__ void tc_mainloop(const SA& la, const SB& lb, int kt0,
   using T = Tc<P>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-  typename T::In ra[kPer], rb[kPer];
+  typename SA::Mem ra[kPer];
+  typename SB::Mem rb[kPer];
   if (kt0 < kt1) {
     la.load(kt0 * kBK, ra);
     lb.load(kt0 * kBK, rb);
