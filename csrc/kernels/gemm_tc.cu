@@ -97,8 +97,11 @@ void launch_tc_trans(bool ta, bool tb, int M, int N, int K, const void* A, int l
 }
 
 // Version 2 (BF16 only): tc_tile_async.cuh's engine, the same grid, split and epilogue.
+// The launch bound's 4 blocks per SM: without it ptxas (13.0) holds the kernel to 72
+// registers (7 blocks, as many as its 30 KB of shared memory allow) and spills one register
+// in one of the transposes; with it, about 95 registers (5 blocks) and no spill.
 template <bool TA, bool TB>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
     gemm_tc_v2(int M, int N, int K, const uint16_t* __restrict__ A, int lda, const uint16_t* __restrict__ B, int ldb,
                float* __restrict__ C, const float* __restrict__ bias, float* __restrict__ work, bool relu) {
   using SA = AsyncDenseSrc<!TA>;

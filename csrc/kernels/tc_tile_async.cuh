@@ -74,21 +74,47 @@ struct AsyncDenseSrc {
   using Tile = AsyncTile<K_CONTIG>;
   const uint16_t* __restrict__ X;
   int ld, MNmax, K, mn0;
+};
 
-  // This thread's cp.async of k-tile k0 into the stage `t`: chunk c = threadIdx.x + 128 j is
-  // row c / (COLS / 8), elements 8 (c % (COLS / 8)).. of it; consecutive threads on
-  // consecutive 16 bytes of a row (a warp reads 8 rows x 64 bytes (K_CONTIG) or 4 x 128).
-  __device__ __forceinline__ void copy(int k0, uint16_t* t) const {
-    constexpr int PER_ROW = Tile::COLS / 8;
+// This thread's 16-byte copies of an operand's k-tiles, one tile after another from k-tile
+// kt0: chunk c = threadIdx.x + 128 j of a stage is row c / (COLS / 8), elements
+// 8 (c % (COLS / 8)).. of it (consecutive threads on consecutive 16 bytes of a row: a warp
+// reads 8 rows x 64 bytes (K_CONTIG) or 4 rows x 128). What does not change from tile to
+// tile is worked out once: each chunk's source advances by one k-tile per copy, and whether
+// it lies inside the operand is one comparison of the tile's k. (The source of a chunk
+// outside may point past the operand; cp.async with src-size 0 does not read it.)
+template <class Src>
+struct AsyncCopier {
+  using Tile = typename Src::Tile;
+  static constexpr bool K_CONTIG = Src::K_CONTIG;
+  static constexpr int N = Tile::CHUNKS / kThreads, PER_ROW = Tile::COLS / 8;
+  const uint16_t* src[N];
+  int dst[N];      // offset in the stage
+  int klimit[N];   // inside while the tile's k0 < klimit (the chunk's row or column inside)
+  int64_t step;    // elements from one k-tile to the next
+  int k0;
+
+  __device__ __forceinline__ AsyncCopier(const Src& s, int kt0) : k0(kt0 * kBK) {
+    step = K_CONTIG ? kBK : int64_t(kBK) * s.ld;
 #pragma unroll
-    for (int j = 0; j < Tile::CHUNKS / kThreads; ++j) {
-      const int c = threadIdx.x + kThreads * j;
-      const int r = c / PER_ROW, e = 8 * (c % PER_ROW);
-      const int gmn = mn0 + (K_CONTIG ? r : e), gk = k0 + (K_CONTIG ? e : r);
-      const bool inside = gmn < MNmax && gk < K;  // the chunk's first element, so all 8 of it
-      const int64_t off = inside ? (K_CONTIG ? int64_t(gmn) * ld + gk : int64_t(gk) * ld + gmn) : 0;
-      async_copy_16(t + r * Tile::LD + e, X + off, inside ? 16 : 0);
+    for (int j = 0; j < N; ++j) {
+      const int c = threadIdx.x + kThreads * j, r = c / PER_ROW, e = 8 * (c % PER_ROW);
+      const int gmn = s.mn0 + (K_CONTIG ? r : e), dk = K_CONTIG ? e : r;  // dk: the chunk's k in the tile
+      src[j] = s.X + (K_CONTIG ? int64_t(gmn) * s.ld + dk : int64_t(dk) * s.ld + gmn) + k0 * (step / kBK);
+      dst[j] = r * Tile::LD + e;
+      klimit[j] = gmn < s.MNmax ? s.K - dk : INT32_MIN;
     }
+  }
+
+  // Copies the next k-tile into the stage `t` (zero-filling the chunks outside the operand).
+  __device__ __forceinline__ void copy(uint16_t* t) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const bool inside = k0 < klimit[j];
+      async_copy_16(t + dst[j], src[j], inside ? 16 : 0);  // outside: nothing read
+      src[j] += step;
+    }
+    k0 += kBK;
   }
 };
 
@@ -123,11 +149,13 @@ __device__ __forceinline__ void tc_async_mainloop(const SA& la, const SB& lb, in
   using TB = typename SB::Tile;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+  AsyncCopier<SA> ca(la, kt0);
+  AsyncCopier<SB> cb(lb, kt0);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (kt0 + s < kt1) {
-      la.copy((kt0 + s) * kBK, As + s * TA::SIZE);
-      lb.copy((kt0 + s) * kBK, Bs + s * TB::SIZE);
+      ca.copy(As + s * TA::SIZE);
+      cb.copy(Bs + s * TB::SIZE);
     }
     async_commit();
   }
@@ -136,9 +164,9 @@ __device__ __forceinline__ void tc_async_mainloop(const SA& la, const SB& lb, in
     async_wait_pending<kStages - 2>();
     __syncthreads();
     const int ws = rs == 0 ? kStages - 1 : rs - 1;
-    if (kt + kStages - 1 < kt1) {
-      la.copy((kt + kStages - 1) * kBK, As + ws * TA::SIZE);
-      lb.copy((kt + kStages - 1) * kBK, Bs + ws * TB::SIZE);
+    if (kt + kStages - 1 < kt1) {  // k-tile kt + 2, the copiers' next
+      ca.copy(As + ws * TA::SIZE);
+      cb.copy(Bs + ws * TB::SIZE);
     }
     async_commit();
     const uint16_t* at = As + rs * TA::SIZE;
