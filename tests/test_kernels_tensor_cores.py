@@ -111,6 +111,7 @@ V2_CASES = {
 # forward and data GEMMs: 288 and 128 k-tiles, split by the planner) and their outputs cut to
 # the last block tile's width (fc6, fc7: 4096 = 64 x 64, one full tile; fc8: 1000 = 15 x 64 + 40,
 # so 64 + 40), because the full 4096 x 9216 products take minutes on emu. (I, O, O of the layer)
+# ("alexnet_size" in the test's name keeps it out of device_check.sh's sanitizer runs.)
 FC_LAYERS = {"fc6": (9216, 64, 4096), "fc7": (4096, 64, 4096), "fc8": (4096, 104, 1000)}
 
 
@@ -153,7 +154,7 @@ def test_linear_bf16_v2_fiber_orders(kernel_backend, emu_order):
 
 
 @pytest.mark.parametrize("layer", list(FC_LAYERS))
-def test_linear_bf16_v2_alexnet_fc_layers(kernel_backend, layer):
+def test_linear_bf16_v2_alexnet_size_fc_layers(kernel_backend, layer):
     I, O, O_layer = FC_LAYERS[layer]
     assert O % 64 == O_layer % 64 and v2_takes(I, O_layer)
     check_linear(kernel_backend, "bf16", *data(I + O, 2, I, O), version=2)
