@@ -50,10 +50,11 @@ class ConvOps:
             return arrays
         return tuple(self.xp.ascontiguousarray(as_bf16_bits(a)) for a in arrays)
 
-    def _weights(self, precision, w):
-        """w at ``precision``: at bf16 float32 stays (the kernels round it as they stage it), a BF16
-        array is viewed as bits, anything else rounded to bits; else w as it is."""
-        if precision != "bf16" or getattr(w, "dtype", None) == np.float32:
+    def _weights(self, precision, w, version=0):
+        """w at ``precision``: at bf16 float32 stays (the kernels round it as they stage it; but
+        gemm_tc version 2 copies its operands as they are, so there it is rounded to bits here), a
+        BF16 array is viewed as bits, anything else rounded to bits; else w as it is."""
+        if precision != "bf16" or (getattr(w, "dtype", None) == np.float32 and version != 2):
             return w
         return self.xp.ascontiguousarray(as_bf16_bits(w))
 
@@ -128,7 +129,7 @@ class ConvOps:
         storage = out_storage(fn, out_dtype, precision=precision, x_bf16=self._stored_bf16(fn, precision, "x", x),
                               bf16_dtype=self.bf16_dtype)
         (x,) = self._operands(fn, precision, x)
-        w = self._weights(precision, w)
+        w = self._weights(precision, w, version)
         plan = self._mod.linear_check(x, w, b, None, version=version, precision=precision)["forward"]
         y = self._output((x.shape[0], w.shape[0]), storage)
         self._mod.linear_forward(x, w, b, self._out_arg(y), self._work(plan["workspace"]), version=version,
@@ -144,7 +145,7 @@ class ConvOps:
         self._stored_bf16(fn, precision, "dy", dy)
         x_bf16 = self._stored_bf16(fn, precision, "x", x)
         dy, x = self._operands(fn, precision, dy, x)
-        w = self._weights(precision, w)
+        w = self._weights(precision, w, version)
         plans = self._mod.linear_check(x, w, None, dy, version=version, precision=precision)
         dx = self._output(x.shape, "bf16" if x_bf16 else "fp32")
         dw = self._empty(w.shape)

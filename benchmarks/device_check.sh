@@ -92,7 +92,7 @@ step train_paths 90 bash -c train_paths
 step bench_conv 90 "$PY" benchmarks/bench_conv.py
 step bench_linear 40 "$PY" benchmarks/bench_linear.py
 step bench_linear_tf32 30 "$PY" benchmarks/bench_linear.py --precision tf32 --versions 1
-step bench_linear_bf16 30 "$PY" benchmarks/bench_linear.py --precision bf16 --versions 1
+step bench_linear_bf16 40 "$PY" benchmarks/bench_linear.py --precision bf16 --versions 1,2
 step bench_conv_tf32 40 "$PY" benchmarks/bench_conv.py --precision tf32 --versions 1
 step bench_conv_bf16 40 "$PY" benchmarks/bench_conv.py --precision bf16 --versions 1
 # the first 1000 steps of the full preset at fp32 and bf16 on the same batches (built-in data at 256)

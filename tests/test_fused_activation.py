@@ -198,7 +198,10 @@ def test_conv2d_fused_relu_tensor_cores(kernel_backend, emu_order, precision, ca
 def test_linear_fused_relu_tensor_cores(kernel_backend, emu_order, precision, case):
     be = kernel_backend
     X, Wt, B = (on(be, a) for a in _linear_case(case))
+    _, I, O = LINEAR_CASES[case]
     for v in tc_versions(be, "linear_forward", precision):
+        if v == 2 and (I % 8 or O % 8):  # bf16 version 2 takes rows of multiples of 8 only
+            continue
         kw = dict(version=v, precision=precision)
         _check_fused(be, f"{case} {precision} v{v}", be.linear_forward(X, Wt, B, activation="relu", **kw),
                      be.linear_forward(X, Wt, B, **kw))

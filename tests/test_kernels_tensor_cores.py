@@ -60,14 +60,20 @@ def check_linear(be, p, x, w, b, dy, version=0):
     return got_y, ya
 
 
+def v2_takes(I, O):
+    """Version 2 (bf16) copies 16-byte chunks of rows: x, w and dy need I and O multiples of 8."""
+    return I % 8 == 0 and O % 8 == 0
+
+
 @pytest.mark.parametrize("p", PRECISIONS)
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_linear_tensor_cores_match_reference_of_same_precision(kernel_backend, p, case):
     be = kernel_backend
-    assert be.versions(f"linear_forward_{p}") == be.versions(f"linear_backward_{p}") == [1]
+    versions = be.versions(f"linear_forward_{p}")
+    assert versions == be.versions(f"linear_backward_{p}") == ([1, 2] if p == "bf16" else [1])
     N, I, O = CASES[case]
     x, w, b, dy = data(N * 1000 + I + O, N, I, O)
-    for v in (0, 1):
+    for v in [0] + [v for v in versions if v != 2 or v2_takes(I, O)]:
         got_y, ya = check_linear(be, p, x, w, b, dy, version=v)
     if I >= 32:  # the rounding is visible beyond the FP32 bound somewhere (I <= 300 here)
         y32 = ref.linear_forward(f64(x), f64(w), f64(b))
@@ -87,6 +93,100 @@ def test_linear_tensor_cores_forced_splits(kernel_backend, p, splits):
     fplan, bplan = check_linear_forced_splits(kernel_backend, splits, p, version=0)
     # k-tiles of 32: forward and weight reduce over I = 515 (17 tiles), data over O = 70 (3)
     assert fplan["splits"] == min(splits, 17) and bplan["data"]["splits"] == min(splits, 3)
+
+
+# ---- version 2 of the BF16 linear GEMM (gemm_tc.cu, tc_tile_async.cuh) ------------------------
+# cp.async (16-byte chunks, 3 stages) and ldmatrix feed the same mma.sync m16n8k16 as version 1,
+# on the same BF16 values, with FP32 accumulation and the same epilogue: the rounding points are
+# version 1's, so check_linear's bound (2 gamma_(n+2) sum|terms| on the rounded operands) is the
+# bound here too. Each accumulator also receives the same mma in the same order as in version
+# 1, so with the same split of K the results are the same bits (test below).
+# The shapes: I and O multiples of 8 (16-byte rows), everything else odd: partial block tiles
+# in M and N, a partial last k-tile (I = 200: 6 k-tiles and 8 columns; O = 24 < 32), one row.
+V2_CASES = {
+    "one_row": (1, 8, 8),
+    "odd_edges": (37, 72, 40),
+    "partial_k": (70, 200, 24),
+    "m129": (129, 40, 136),
+}
+# AlexNet's fully connected layers at batch 2: their real input widths I (the reduction of the
+# forward and data GEMMs: 288 and 128 k-tiles, split by the planner) and their outputs cut to
+# the last block tile's width (fc6, fc7: 4096 = 64 x 64, one full tile; fc8: 1000 = 15 x 64 + 40,
+# so 64 + 40), because the full 4096 x 9216 products take minutes on emu. (I, O, O of the layer)
+# ("alexnet_size" in the test's name keeps it out of device_check.sh's sanitizer runs.)
+FC_LAYERS = {"fc6": (9216, 64, 4096), "fc7": (4096, 64, 4096), "fc8": (4096, 104, 1000)}
+
+
+def linear_v1_v2(be, x, w, b, dy, splits):
+    """[y, dx, dw] of versions 1 and 2 through the module, with `splits` forced on both."""
+    m = be._mod
+    X, Wt, DY = (operand(be, "bf16", a) for a in (x, w, dy))
+    kw = dict(splits=splits, precision="bf16")
+    outs = []
+    for v in (1, 2):
+        plan = m.linear_check(X, Wt, on(be, b), None, version=v, **kw)["forward"]
+        bplan = m.linear_check(X, Wt, None, DY, version=v, **kw)
+        need = max(plan["workspace"], bplan["data"]["workspace"], bplan["weight"]["workspace"])
+        work = be.xp.empty(need, dtype=np.float32) if need else None
+        y, dx, dw = (be.xp.empty(s, dtype=np.float32) for s in (DY.shape, X.shape, Wt.shape))
+        m.linear_forward(X, Wt, on(be, b), y, work, version=v, **kw)
+        m.linear_backward_data(DY, X, Wt, dx, work, version=v, **kw)
+        m.linear_backward_weight(DY, X, Wt, dw, work, version=v, **kw)
+        outs.append([be.to_numpy(a) for a in (y, dx, dw)])
+    return outs
+
+
+@pytest.mark.parametrize("case", list(V2_CASES), ids=list(V2_CASES))
+def test_linear_bf16_v2_matches_reference(kernel_backend, case):
+    N, I, O = V2_CASES[case]
+    check_linear(kernel_backend, "bf16", *data(N * 1000 + I + O, N, I, O), version=2)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_linear_bf16_v2_same_bits_as_v1_with_the_same_split(kernel_backend, splits):
+    x, w, b, dy = data(5, 45, 200, 72)  # forward and weight: 7 k-tiles, data: 3
+    v1, v2 = linear_v1_v2(kernel_backend, x, w, b, dy, splits)
+    for name, a, c in zip(("y", "dx", "dw"), v1, v2):
+        np.testing.assert_array_equal(c, a, err_msg=name)
+
+
+def test_linear_bf16_v2_fiber_orders(kernel_backend, emu_order):
+    """Three stages over 7 and 3 k-tiles (the ring wraps), every fiber order."""
+    check_linear(kernel_backend, "bf16", *data(4, 70, 200, 72), version=2)
+
+
+@pytest.mark.parametrize("layer", list(FC_LAYERS))
+def test_linear_bf16_v2_alexnet_size_fc_layers(kernel_backend, layer):
+    I, O, O_layer = FC_LAYERS[layer]
+    assert O % 64 == O_layer % 64 and v2_takes(I, O_layer)
+    check_linear(kernel_backend, "bf16", *data(I + O, 2, I, O), version=2)
+
+
+def test_linear_bf16_v2_refuses_rows_it_cannot_copy(kernel_backend):
+    be = kernel_backend
+    x, w, b, dy = data(1, 4, 36, 16)
+    X, Wt, DY = (operand(be, "bf16", a) for a in (x, w, dy))
+    need = r"version 2 \(16-byte cp.async\) needs 16-byte aligned operands with rows of a multiple of 8 elements: "
+    with pytest.raises(ValueError, match=r"linear_forward: " + need + "x has rows of 36 elements"):
+        be.linear_forward(X, Wt, on(be, b), version=2, precision="bf16")
+    with pytest.raises(ValueError, match=r"linear_backward: " + need + "w has rows of 36 elements"):
+        be.linear_backward(DY, X, Wt, version=2, precision="bf16")
+    x8, w8, _, dy20 = data(2, 4, 40, 20)
+    with pytest.raises(ValueError, match=r"linear_backward: " + need + "dy has rows of 20 elements"):
+        be.linear_backward(*(operand(be, "bf16", a) for a in (dy20, x8, w8)), version=2, precision="bf16")
+    # A contiguous x that starts 2 bytes into an allocation.
+    flat = be.xp.zeros(4 * 40 + 8, dtype=np.uint16)
+    xs = flat[1:1 + 4 * 40].reshape(4, 40)
+    xs[...] = be.xp.asarray(bf16_bits(x8))
+    W8 = operand(be, "bf16", w8)
+    with pytest.raises(ValueError, match=r"linear_forward: " + need + "x is not 16-byte aligned"):
+        be.linear_forward(xs, W8, None, version=2, precision="bf16")
+    # The dispatcher's choice (0) is version 1, which takes them all.
+    y0 = be.to_numpy(be.linear_forward(xs, W8, None, precision="bf16"))
+    y1 = be.to_numpy(be.linear_forward(operand(be, "bf16", x8), W8, None, version=1, precision="bf16"))
+    np.testing.assert_array_equal(y0, y1)
+    with pytest.raises(ValueError, match=r"no kernel version 2 \(have 1;"):
+        be.linear_forward(x8, w8, None, version=2, precision="tf32")
 
 
 def test_linear_tensor_cores_plan_splits_fc_shapes(kernel_backend):

@@ -114,3 +114,85 @@ def test_tf32_conversion_is_cvt_rna(kb):
     # Ties away from zero (0x1000 is half a TF32 unit), the carry into the next binade, and to infinity.
     assert want[1] == 0x3F802000 and want[2] == 0x3F800000 and want[4] == 0xBF802000
     assert want[10] == 0x3F800000 and want[5] == 0x7F800000
+
+
+# ---- ldmatrix (common/mma_sync.h: ldmatrix_x4, ldmatrix_x4_trans) ---------------------------
+# The PTX ISA's ldmatrix .m8n8.x4.b16, written out here on its own: lane 8i + j supplies the
+# address of row j of matrix i; lane l receives in register i the two 16-bit elements of matrix
+# i at row l // 4, columns 2 (l % 4) and 2 (l % 4) + 1 (low half first); with .trans those at
+# column l // 4, rows 2 (l % 4) and 2 (l % 4) + 1. The wrong models below misplace elements
+# in ways a kernel could: they must not match.
+
+def ldsm_model(S, rows, cols, trans, wrong=None):
+    out = np.zeros((32, 4), np.uint32)
+    for lane in range(32):
+        for i in range(4):
+            word = 0
+            for h in range(2):
+                hh = 1 - h if wrong == "halves-swapped" else h
+                if wrong == "row-by-lane-mod-8":
+                    r, c = lane % 8, 2 * (lane // 8) + hh
+                elif trans != (wrong == "trans-flipped"):
+                    r, c = 2 * (lane % 4) + hh, lane // 4
+                else:
+                    r, c = lane // 4, 2 * (lane % 4) + hh
+                src = 8 * (lane // 8 if wrong == "matrix-by-lane-group" else i) + r  # the lane with the row's address
+                word |= int(S[rows[src], cols[src] + c]) << (16 * h)
+            out[lane, i] = word
+    return out
+
+
+LDSM_WRONG = ("halves-swapped", "row-by-lane-mod-8", "trans-flipped", "matrix-by-lane-group")
+
+
+def run_ldmatrix(be, S, rows, cols, trans):
+    dev = [be.xp.asarray(a) for a in (S, rows.astype(np.int32), cols.astype(np.int32), np.zeros(128, np.int32))]
+    be._mod.selftest.ldmatrix(*dev, trans)
+    be.synchronize()
+    return be.to_numpy(dev[3]).view(np.uint32).reshape(32, 4)
+
+
+def ldsm_inputs(seed):
+    rng = np.random.default_rng(seed)
+    S = rng.permutation(65536)[:4096].astype(np.uint16).reshape(64, 64)  # distinct values
+    rows = rng.choice(64, 32, replace=False)  # each lane its own row, in no order
+    cols = 8 * rng.integers(0, 8, 32)  # 16-byte aligned columns, different per lane
+    return S, rows, cols
+
+
+@pytest.mark.parametrize("trans", [False, True], ids=["x4", "x4.trans"])
+def test_ldmatrix_registers_per_lane_match_the_ptx_layout(kb, emu_order, trans):
+    for seed in range(2):
+        S, rows, cols = ldsm_inputs(seed)
+        got = run_ldmatrix(kb, S, rows, cols, trans)
+        np.testing.assert_array_equal(got, ldsm_model(S, rows, cols, trans))
+        for wrong in LDSM_WRONG:  # the comparison sees a misplaced element
+            assert (got != ldsm_model(S, rows, cols, trans, wrong)).sum() >= 64, wrong
+
+
+def test_ldmatrix_unaligned_row_is_an_error_on_emu():
+    be = alexnet_cuda.get_backend("emu")
+    S, rows, cols = ldsm_inputs(0)
+    cols[5] = 4  # 8 bytes into a row: not 16-byte aligned
+    with pytest.raises(RuntimeError, match=r"ldmatrix: lane 5's row address is not 16-byte aligned"):
+        run_ldmatrix(be, S, rows, cols, False)
+
+
+@pytest.mark.parametrize("b_kmajor", [True, False], ids=["b-k-contiguous", "b-n-contiguous"])
+@pytest.mark.parametrize("a_kmajor", [True, False], ids=["a-k-contiguous", "a-m-contiguous"])
+def test_ldmatrix_fed_mma_matches_numpy(kb, emu_order, a_kmajor, b_kmajor):
+    """D = A B (16 x 16 x 16) from ldmatrix fragments (plain for a k-contiguous tile, .trans
+    for the other) and two mma.sync: the NumPy product of the bf16-rounded inputs within the
+    FP32 bound of reference(); A read with the wrong form is wrong in most elements."""
+    rng = np.random.default_rng(int(a_kmajor) * 2 + int(b_kmajor))
+    a, b = (rng.standard_normal((16, 16)).astype(np.float32) for _ in range(2))
+    ref, bound = reference(0, a, b, np.zeros((16, 16), np.float32))
+    for wrong in (False, True):
+        dev = [kb.xp.asarray(v) for v in (a, b, np.zeros((16, 16), np.float32))]
+        kb._mod.selftest.ldmatrix_mma(*dev, a_kmajor, b_kmajor, wrong)
+        kb.synchronize()
+        bad = np.abs(kb.to_numpy(dev[2]) - ref) > bound
+        if wrong:
+            assert bad.sum() >= 128, bad.sum()
+        else:
+            assert not bad.any()

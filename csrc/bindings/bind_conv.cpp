@@ -169,7 +169,16 @@ struct LinIn {
 
 // The versions a linear op takes at a precision: gemm's (fp32) or gemm_tc's.
 int linear_versions(kernels::Precision p) {
-  return p == kernels::Precision::kFP32 ? kernels::kGemmVersions : kernels::kGemmTcVersions;
+  return p == kernels::Precision::kFP32 ? kernels::kGemmVersions : kernels::gemm_tc_versions(p);
+}
+
+// ValueError unless the linear GEMM's version takes operands A and B (gemm_tc's alignment needs).
+void check_linear_operands(const char* op, kernels::Precision p, int version, bool ta, bool tb, int M, int N, int K,
+                           const Array& A, int lda, const Array& B, int ldb) {
+  if (p == kernels::Precision::kFP32) return;
+  const std::string why =
+      kernels::gemm_tc_unsupported(version, ta, tb, M, N, K, A.ptr, lda, A.name.c_str(), B.ptr, ldb, B.name.c_str());
+  if (!why.empty()) value_error(op, why);
 }
 
 kernels::SplitPlan linear_plan(kernels::Precision p, int M, int N, int K, int version, int splits) {
@@ -215,6 +224,7 @@ void linear_gemm(const char* op, kernels::Precision p, bool ta, bool tb, int M, 
                  const Array& B, int ldb, const Array& C, const Array& bias, py::handle work, int version, int splits,
                  uintptr_t stream, bool relu = false) {
   check_version(op, version, linear_versions(p));
+  check_linear_operands(op, p, version, ta, tb, M, N, K, A, lda, B, ldb);
   const kernels::SplitPlan plan = linear_plan(p, M, N, K, version, splits);
   Array WK = workspace(work, op, plan.workspace);
   expect_no_overlap({&C, &WK}, {&A, &B, &bias, &WK});
@@ -241,8 +251,8 @@ void bind_conv(py::module_& m) {
                     kernels::kConvTcVersions);
   register_versions({"conv2d_backward_filter"}, kernels::kConvFilterVersions);
   register_versions({"linear_forward", "linear_backward"}, kernels::kGemmVersions);
-  register_versions({"linear_forward_tf32", "linear_backward_tf32", "linear_forward_bf16", "linear_backward_bf16"},
-                    kernels::kGemmTcVersions);
+  register_versions({"linear_forward_tf32", "linear_backward_tf32"}, kernels::kGemmTcVersions);
+  register_versions({"linear_forward_bf16", "linear_backward_bf16"}, kernels::kGemmTcBF16Versions);
 
   m.def(
       "balanced_splits",
@@ -397,9 +407,15 @@ void bind_conv(py::module_& m) {
         const char* op = fwd ? "linear_forward" : "linear_backward";
         const kernels::Precision p = precision_arg(op, precision);
         LinIn in = linear_inputs(op, x, w, p);
-        if (fwd) optional_bias(op, b, in.O, "one per output feature");
-        else linear_dy(op, dy, in, p);
         check_version(op, version, linear_versions(p));
+        if (fwd) {
+          optional_bias(op, b, in.O, "one per output feature");
+          check_linear_operands(op, p, version, false, true, in.N, in.O, in.I, in.X, in.I, in.Wt, in.I);
+        } else {  // the GEMMs of linear_backward_data (dx = dy w) and _weight (dw = dy^T x)
+          const Array DY = linear_dy(op, dy, in, p);
+          check_linear_operands(op, p, version, false, false, in.N, in.I, in.O, DY, in.O, in.Wt, in.I);
+          check_linear_operands(op, p, version, true, false, in.O, in.I, in.N, DY, in.O, in.X, in.I);
+        }
         auto plan = [](const kernels::SplitPlan& sp) {
           return py::dict("splits"_a = sp.splits, "workspace"_a = sp.workspace);
         };

@@ -64,6 +64,20 @@ void bind_selftest(py::module_& m) {
     py::gil_scoped_release g;
     st::mma(A.f32(), B.f32(), C.f32(), D.f32(), kind, variant, nullptr);
   });
+  t.def("ldmatrix", [](py::handle src, py::handle rows, py::handle cols, py::handle out, bool trans) {
+    Array S = arr(src, "src", DType::U16), R = arr(rows, "rows", DType::I32), C = arr(cols, "cols", DType::I32),
+          O = arr(out, "out", DType::I32);
+    need(S.numel() == 64 * 64 && R.numel() == 32 && C.numel() == 32 && O.numel() == 128,
+         "src must be 64 x 64, rows and cols 32 ints, out 128 ints");
+    py::gil_scoped_release g;
+    st::ldmatrix(S.as<uint16_t>(), R.as<int>(), C.as<int>(), O.as<uint32_t>(), trans, nullptr);
+  });
+  t.def("ldmatrix_mma", [](py::handle a, py::handle b, py::handle d, bool a_kmajor, bool b_kmajor, bool wrong) {
+    Array A = arr(a, "a", DType::F32), B = arr(b, "b", DType::F32), D = arr(d, "d", DType::F32);
+    need(A.numel() == 256 && B.numel() == 256 && D.numel() == 256, "a, b and d must be 16 x 16");
+    py::gil_scoped_release g;
+    st::ldmatrix_mma(A.f32(), B.f32(), D.f32(), a_kmajor, b_kmajor, wrong, nullptr);
+  });
   t.def("tf32", [](py::handle x, py::handle out) {
     Array X = arr(x, "x", DType::F32), O = arr(out, "out", DType::I32);
     need(O.numel() == X.numel(), "x and out need the same size");

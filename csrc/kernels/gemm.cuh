@@ -1,6 +1,7 @@
 // Launchers of gemm.cu (host code; no CUDA syntax, so the bindings include it in both builds).
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "common/cuda_common.h"
 
@@ -49,11 +50,24 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, int l
 // cvt.rna by the kernel) or BF16 (uint16 bit patterns in memory); accumulation is FP32.
 enum class Precision { kFP32 = 0, kTF32 = 1, kBF16 = 2 };
 
-// Numbered versions of gemm_tc: 1..kGemmTcVersions, the same list for TF32 and BF16.
+// Numbered versions of gemm_tc: 1..kGemmTcVersions at TF32, 1..kGemmTcBF16Versions at BF16
+// (version 2 is BF16 only); gemm_tc_versions(p) is the count at p.
 inline constexpr int kGemmTcVersions = 1;
+inline constexpr int kGemmTcBF16Versions = 2;
+inline constexpr int gemm_tc_versions(Precision p) {
+  return p == Precision::kBF16 ? kGemmTcBF16Versions : kGemmTcVersions;
+}
 
 // gemm_tc's plan, as gemm_plan for gemm.
 SplitPlan gemm_tc_plan(int M, int N, int K, int version, int splits);
+
+// Why gemm_tc `version` cannot take these operands, "" when it can (version 0 is the
+// dispatcher's choice, which takes any). Version 2 copies 16-byte chunks of rows: A and B
+// must be 16-byte aligned, lda and ldb multiples of 8 elements, and so the extents along
+// their contiguous dimensions (op(A): M if trans_a else K; op(B): K if trans_b else N).
+// `a` and `b` name the operands in the message.
+std::string gemm_tc_unsupported(int version, bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda,
+                                const char* a, const void* B, int ldb, const char* b);
 
 // gemm() on tensor cores at precision p (kTF32 or kBF16). A is float (TF32) or uint16 BF16 bit
 // patterns (BF16); B likewise, or float at BF16 too when `b_fp32` (FP32 master weights: each
@@ -61,7 +75,10 @@ SplitPlan gemm_tc_plan(int M, int N, int K, int version, int splits);
 // are float. C is the output's storage T: float, or uint16_t (BF16 bits, p == kBF16 only): the
 // FP32 sum (+ bias, ReLU) rounded once to nearest even on store, in the tile's store or, when
 // the reduction is split, in splitk_reduce. `work` holds at least gemm_tc_plan(...).workspace
-// floats; `relu` as gemm's. version 1: mma.sync tiles of 64 x 64 x 32, split-K; version 0: the best (1).
+// floats; `relu` as gemm's. version 1: mma.sync tiles of 64 x 64 x 32, split-K; version 2 (BF16
+// only, BF16 B only): the same tiles fed by 16-byte cp.async (3 stages) and ldmatrix, for operands
+// gemm_tc_unsupported accepts (std::invalid_argument otherwise); version 0: 1 (version 2 is not
+// measured on a GPU yet).
 template <class T>
 void gemm_tc(Precision p, bool trans_a, bool trans_b, int M, int N, int K, const void* A, int lda, const void* B,
              int ldb, T* C, const float* bias, float* work, int64_t work_floats, int version, int splits,

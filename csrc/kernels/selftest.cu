@@ -1,6 +1,6 @@
 // Self-test kernels: each uses one CUDA feature the engine relies on (barriers with
 // early exits, barrier reductions, the four shuffles, votes, atomics across blocks,
-// wmma tiles, the mma.sync fragment layouts, dynamic shared memory, half/bfloat16 conversions) in a way whose result
+// wmma tiles, the mma.sync fragment layouts, ldmatrix, dynamic shared memory, half/bfloat16 conversions) in a way whose result
 // Python can compute independently. tests/test_emu.py runs them on emu (in every fiber
 // order) and on cuda when a GPU is present; the deliberate race and the divergent
 // barrier are for the emulator's error paths.
@@ -203,6 +203,61 @@ __global__ void mma_kernel(const float* a, const float* b, const float* c, float
   else mma_tile<false>(a, b, c, d, variant);
 }
 
+// One warp: src (64 x 64 uint16, row-major) goes to shared memory in rows of 72 elements;
+// lane l addresses row rows[l] at column cols[l] (a multiple of 8 for a valid address; both
+// taken modulo 64, the column at most 56) and
+// out[4 l + i] = its register i after one ldmatrix.x4 (trans: .x4.trans).
+__global__ void ldmatrix_kernel(const uint16_t* src, const int* rows, const int* cols, uint32_t* out, bool trans) {
+  __shared__ __align__(16) uint16_t s[64 * 72];
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 64 * 64; i += 32) s[(i / 64) * 72 + i % 64] = src[i];
+  __syncwarp();
+  uint32_t r[4];
+  const int c = cols[lane] & 63;  // kept inside the tile whatever the caller passes
+  const uint16_t* p = s + (rows[lane] & 63) * 72 + (c > 56 ? 56 : c);
+  if (trans) mma::ldmatrix_x4_trans(r, p);
+  else mma::ldmatrix_x4(r, p);
+  for (int i = 0; i < 4; ++i) out[4 * lane + i] = r[i];
+}
+
+// One warp: D (16 x 16) = A (16 x 16) B (16 x 16) with two mma.sync m16n8k16 (columns 0-7 and
+// 8-15), A and B rounded to bf16 into shared tiles with rows of 24 elements: A as [m][k]
+// (a_kmajor) or [k][m], B as [n][k] (b_kmajor) or [k][n]. Fragments by ldmatrix.x4, plain
+// for a k-major tile and .trans for the other, the row addresses written out here from the
+// ISA's layouts on their own (not through tc_tile_async.cuh): with i = lane / 8, j = lane % 8,
+// A's matrix i is its quarter (rows 8 (i & 1), k 8 (i >> 1)) (registers a0..a3), B's matrix i
+// is (k 8 (i & 1), columns 8 (i >> 1)) (b0, b1 of columns 0-7, then of 8-15). `wrong` reads A
+// with the other form (plain for .trans and back), which must give a wrong D.
+__global__ void ldmatrix_mma_kernel(const float* A, const float* B, float* D, bool a_kmajor, bool b_kmajor,
+                                    bool wrong) {
+  __shared__ __align__(16) uint16_t sa[16 * 24], sb[16 * 24];
+  const int lane = threadIdx.x, g = lane >> 2, t = lane & 3, i = lane >> 3, j = lane & 7;
+  for (int e = lane; e < 256; e += 32) {
+    const int r = e / 16, c = e % 16;  // A[r][c] = A(m = r, k = c), B[r][c] = B(k = r, n = c)
+    sa[a_kmajor ? r * 24 + c : c * 24 + r] = __bfloat16_as_ushort(__float2bfloat16_rn(A[e]));
+    sb[b_kmajor ? c * 24 + r : r * 24 + c] = __bfloat16_as_ushort(__float2bfloat16_rn(B[e]));
+  }
+  __syncwarp();
+  const int am = 8 * (i & 1), ak = 8 * (i >> 1), bk = 8 * (i & 1), bn = 8 * (i >> 1);
+  const uint16_t* pa = a_kmajor ? sa + (am + j) * 24 + ak : sa + (ak + j) * 24 + am;
+  const uint16_t* pb = b_kmajor ? sb + (bn + j) * 24 + bk : sb + (bk + j) * 24 + bn;
+  uint32_t a[4], bv[4];
+  if (a_kmajor != wrong) mma::ldmatrix_x4(a, pa);
+  else mma::ldmatrix_x4_trans(a, pa);
+  if (b_kmajor) mma::ldmatrix_x4(bv, pb);
+  else mma::ldmatrix_x4_trans(bv, pb);
+  for (int nt = 0; nt < 2; ++nt) {
+    const uint32_t b[2] = {bv[2 * nt], bv[2 * nt + 1]};
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma::mma_bf16_m16n8k16(d, a, b, d);
+    const int c = 8 * nt + 2 * t;
+    D[g * 16 + c] = d[0];
+    D[g * 16 + c + 1] = d[1];
+    D[(g + 8) * 16 + c] = d[2];
+    D[(g + 8) * 16 + c + 1] = d[3];
+  }
+}
+
 __global__ void tf32_kernel(const float* x, uint32_t* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = mma::to_tf32(x[i]);
@@ -270,6 +325,14 @@ void mma(const float* a, const float* b, const float* c, float* d, int kind, int
   if (kind < 0 || kind > 1 || variant < 0 || variant > 4)
     throw std::invalid_argument("selftest.mma: kind must be 0..1 and variant 0..4");
   LAUNCH(mma_kernel, dim3(1), dim3(32), 0, s, a, b, c, d, kind, variant);
+}
+
+void ldmatrix(const uint16_t* src, const int* rows, const int* cols, uint32_t* out, bool trans, cudaStream_t s) {
+  LAUNCH(ldmatrix_kernel, dim3(1), dim3(32), 0, s, src, rows, cols, out, trans);
+}
+
+void ldmatrix_mma(const float* a, const float* b, float* d, bool a_kmajor, bool b_kmajor, bool wrong, cudaStream_t s) {
+  LAUNCH(ldmatrix_mma_kernel, dim3(1), dim3(32), 0, s, a, b, d, a_kmajor, b_kmajor, wrong);
 }
 
 void tf32(const float* x, uint32_t* out, int n, cudaStream_t s) {

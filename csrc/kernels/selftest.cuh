@@ -38,6 +38,16 @@ void wmma(const float* a, const float* b, const float* c, float* d, int kind, cu
 // registers or lanes on purpose (A registers 1 and 2 swapped, B from the neighbouring group,
 // D elements 1 and 2 swapped); 4 has half the warp issue the mma from another line.
 void mma(const float* a, const float* b, const float* c, float* d, int kind, int variant, cudaStream_t s);
+// One warp runs one ldmatrix.x4 (trans: .x4.trans) over src (64 x 64 uint16, row-major, put in
+// shared memory with rows of 72 elements): lane l supplies the address of row rows[l], column
+// cols[l] (taken modulo 64, the column at most 56; a multiple of 8 is 16-byte aligned, anything else is an error on
+// emu and undefined on a GPU); out[4 l + i] = register i of lane l.
+void ldmatrix(const uint16_t* src, const int* rows, const int* cols, uint32_t* out, bool trans, cudaStream_t s);
+// One warp: d (16 x 16) = a (16 x 16) b (16 x 16), all float row-major, the inputs rounded to bf16,
+// through ldmatrix-loaded fragments and two mma.sync m16n8k16; a stored k-contiguous in shared
+// memory (a_kmajor) or m-contiguous, b n-contiguous or k-contiguous (b_kmajor). `wrong` loads a
+// with the wrong ldmatrix form.
+void ldmatrix_mma(const float* a, const float* b, float* d, bool a_kmajor, bool b_kmajor, bool wrong, cudaStream_t s);
 // out[i] = the TF32 register of x[i] (cvt.rna.tf32.f32, as the tensor-core kernels round);
 // Python passes an int32 array and views it as uint32.
 void tf32(const float* x, uint32_t* out, int n, cudaStream_t s);
