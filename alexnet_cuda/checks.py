@@ -14,8 +14,8 @@ import operator
 
 import numpy as np
 
-__all__ = ["integer", "real", "probability", "u64", "lrn_params", "sgd_multi_args", "conv_hyper", "activation",
-           "FUSED_ACTIVATIONS", "bf16_storage", "out_storage"]
+__all__ = ["integer", "real", "probability", "u64", "lrn_params", "lrn_pool_params", "sgd_multi_args", "conv_hyper",
+           "activation", "FUSED_ACTIVATIONS", "bf16_storage", "out_storage"]
 
 # The activations conv2d_forward and linear_forward apply to their output ("none": the plain product).
 FUSED_ACTIVATIONS = ("none", "relu")
@@ -115,6 +115,17 @@ def lrn_params(fn, size, alpha, beta, k, alpha_scaled):
     if not isinstance(alpha_scaled, (bool, np.bool_)):
         raise TypeError(f"{fn}: alpha_scaled must be a bool, got {type(alpha_scaled).__name__}")
     return size, (alpha / size if alpha_scaled else alpha), beta, k
+
+
+def lrn_pool_params(fn, size, alpha, beta, k, alpha_scaled, pool_size, pool_stride, relu_input=False):
+    """(size, a, beta, k, pool_size, pool_stride, relu_input) of the fused LRN + max-pool ops: lrn_params,
+    the pooling window and stride (integers >= 1) and relu_input (a bool)."""
+    size, a, beta, k = lrn_params(fn, size, alpha, beta, k, alpha_scaled)
+    pool_size = integer(fn, "pool_size", pool_size, minimum=1)
+    pool_stride = integer(fn, "pool_stride", pool_stride, minimum=1)
+    if not isinstance(relu_input, (bool, np.bool_)):
+        raise TypeError(f"{fn}: relu_input must be a bool, got {type(relu_input).__name__}")
+    return size, a, beta, k, pool_size, pool_stride, bool(relu_input)
 
 
 def sgd_multi_args(params, grads, vels, lr, momentum, weight_decays):

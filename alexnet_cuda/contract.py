@@ -27,7 +27,8 @@ __all__ = ["Backend", "OPS"]
 OPS = (
     "conv2d_forward", "conv2d_backward", "linear_forward", "linear_backward",
     "relu_forward", "relu_backward", "tanh_forward", "tanh_backward", "lrn_forward", "lrn_backward",
-    "maxpool_forward", "maxpool_backward", "dropout_forward", "dropout_backward",
+    "maxpool_forward", "maxpool_backward", "lrn_maxpool_forward", "lrn_maxpool_backward",
+    "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "sgd_update", "sgd_update_multi", "topk_correct",
     "transfer_forward", "transfer_backward",
 )

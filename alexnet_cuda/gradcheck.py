@@ -116,6 +116,19 @@ def _activation_cases(rng, be):
         yield name, dx, numeric_grad(lambda: np.sum(forward(x) * g), x)
 
 
+def _lrn_pool_case(rng, be):
+    """LRN + max-pool as one op, the ReLU before it folded into its backward (relu_input): the gradient
+    with respect to the ReLU's input u (away from 0; the pooled LRN outputs are distinct by far more than h)."""
+    kw = dict(size=5, alpha=0.1, beta=0.75, k=2.0, pool_size=3, pool_stride=2)
+    u = _away_from_zero(rng, (2, 7, 7, 7))
+    x = ref.relu_forward(u)
+    y_pool, lrn_y, scale = _on(be, "lrn_maxpool_forward", x, **kw)
+    g = rng.standard_normal(y_pool.shape)
+    dx = _on(be, "lrn_maxpool_backward", g, x, lrn_y, scale, relu_input=True, **kw)
+    loss = lambda: np.sum(ref.lrn_maxpool_forward(ref.relu_forward(u), **kw)[0] * g)  # noqa: E731
+    yield "lrn + maxpool 3/2, relu folded", dx, numeric_grad(loss, u)
+
+
 def _cases(rng, be):
     """Yield (op name, analytic gradient from backend `be`, numeric gradient of the float64 reference
     forward) for every check."""
@@ -172,6 +185,8 @@ def _cases(rng, be):
         g = rng.standard_normal(y.shape)
         dx = _on(be, "maxpool_backward", g, x, y, **kw)
         yield name, dx, numeric_grad(lambda: np.sum(ref.maxpool_forward(x, **kw) * g), x)
+
+    yield from _lrn_pool_case(rng, be)
 
     # dropout, fixed mask (fixed seed and offset)
     kw = dict(p=0.4, seed=1234, offset=7)

@@ -262,11 +262,16 @@ class ReLU(Layer):
     `fused` (set by _pair_relus when a Conv2d or Linear precedes it): that layer's forward already
     applied max(0, .) in its kernel's epilogue, bit for bit relu_forward, so this layer only
     keeps y for its backward and the tracking.
+
+    `backward_folded` (set by _pair_lrn_pools when an LRN fused with its max-pool follows): that LRN's
+    backward already zeroed the gradient where y <= 0 (relu_input), bit for bit relu_backward, so
+    this layer's backward passes the gradient through.
     """
 
     track = False
     active = None
     fused = False
+    backward_folded = False
     tower_rule = "any"
 
     def __init__(self, name):
@@ -290,7 +295,7 @@ class ReLU(Layer):
             be.xp.logical_or(self.active, a, out=self.active)
 
     def backward(self, be, dy):
-        return be.relu_backward(dy, self._cache)
+        return dy if self.backward_folded else be.relu_backward(dy, self._cache)
 
 
 def _pair_relus(layers, on):
@@ -322,40 +327,76 @@ class Tanh(Layer):
 
 
 class LRN(Layer):
-    """Cross-channel LRN with the paper's constants (alpha not divided by size)."""
+    """Cross-channel LRN with the paper's constants (alpha not divided by size).
+
+    `pool` (set by _pair_lrn_pools: the MaxPool that follows it): forward and backward run the fused
+    LRN + max-pool ops (lrn_maxpool_forward/backward), bit for bit the two layers' ops, and the MaxPool
+    passes through. `relu_input` (set with it when a ReLU precedes this layer): the backward applies
+    that ReLU's backward too (x is the ReLU's output), and the ReLU skips its own."""
 
     tower_rule = "window"
+    pool = None
+    relu_input = False
 
     def __init__(self, name, size=5, alpha=1e-4, beta=0.75, k=2.0):
         self.name = name
         self.hp = dict(size=size, alpha=alpha, beta=beta, k=k)
 
+    def _pool_hp(self):
+        return dict(pool_size=self.pool.size, pool_stride=self.pool.stride)
+
     def forward(self, be, x, train, ctx):
-        y, scale = be.lrn_forward(x, **self.hp)
+        if self.pool is None:
+            out, scale = be.lrn_forward(x, **self.hp)
+            y = out
+        else:
+            out, y, scale = be.lrn_maxpool_forward(x, **self.hp, **self._pool_hp())
         if train:
             self._cache = (x, y, scale)
-        return y
+        return out
 
     def backward(self, be, dy):
         x, y, scale = self._cache
-        return be.lrn_backward(dy, x, y, scale, **self.hp)
+        if self.pool is None:
+            return be.lrn_backward(dy, x, y, scale, **self.hp)
+        return be.lrn_maxpool_backward(dy, x, y, scale, **self.hp, **self._pool_hp(), relu_input=self.relu_input)
 
 
 class MaxPool(Layer):
+    """Max pooling without padding. `fused_in_lrn` (set by _pair_lrn_pools): the LRN before it computed
+    the pooling in its own kernels, so forward and backward pass through."""
+
     tower_rule = "any"
+    fused_in_lrn = False
 
     def __init__(self, name, size=3, stride=2):
         self.name, self.size, self.stride = name, size, stride
 
     def forward(self, be, x, train, ctx):
+        if self.fused_in_lrn:
+            return x
         y = be.maxpool_forward(x, size=self.size, stride=self.stride)
         if train:
             self._cache = (x, y)
         return y
 
     def backward(self, be, dy):
+        if self.fused_in_lrn:
+            return dy
         x, y = self._cache
         return be.maxpool_backward(dy, x, y, size=self.size, stride=self.stride)
+
+
+def _pair_lrn_pools(layers, on):
+    """Marks each LRN followed by a MaxPool to compute both (`pool`, `fused_in_lrn`) and, when a ReLU precedes the
+    LRN, the LRN's backward to apply the ReLU's (`relu_input`, `backward_folded`); on=False unmarks them.
+    For one-device sequences only: with the towers on two devices the LRN is a HaloLRN stage
+    (alexnet_cuda.towers), which runs the separate ops."""
+    for i, (a, b) in enumerate(zip(layers, layers[1:])):
+        if isinstance(a, LRN) and isinstance(b, MaxPool):
+            a.pool, b.fused_in_lrn = (b if on else None), bool(on)
+            if i > 0 and isinstance(layers[i - 1], ReLU):
+                a.relu_input = layers[i - 1].backward_folded = bool(on)
 
 
 class Flatten(Layer):
@@ -455,6 +496,7 @@ class AlexNet:
         self.layers = self._build_layers(ch, p5, pool, activation, lrn, dropout)
         self._param_layers = [l for l in self.layers if l.params]
         self._place(devices)
+        self.fuse_lrn_pools(True)
         self._init(init)
         self.load_momentum_state_dict({n: np.zeros(s, self.dtype) for n, s in self.parameter_shapes().items()})
 
@@ -601,6 +643,16 @@ class AlexNet:
         _pair_relus(self.layers, on)
         for tower in (self._split.towers if self._split is not None else ()):
             _pair_relus(tower, on)
+
+    def fuse_lrn_pools(self, on=True):
+        """Compute each LRN and the max-pool after it in one kernel, with the ReLU before the LRN folded into
+        its backward (on, the default) or as separate passes (off): the same bits either way; the fused
+        forward skips a read of the LRN output, the fused backward the pooled gradient's and the LRN
+        gradient's round trips through memory and the ReLU's pass. With the towers on two devices
+        (alexnet_cuda.towers) the LRN exchanges a halo between the towers and the layers stay separate:
+        this does nothing there."""
+        if self._split is None:
+            _pair_lrn_pools(self.layers, on)
 
     # -- activity (alexnet_cuda.health) ---------------------------------------
 

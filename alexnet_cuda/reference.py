@@ -40,7 +40,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .checks import activation as _activation, conv_hyper, integer as _int, lrn_params as _lrn_params, probability as _prob, real as _real
-from .checks import bf16_storage, out_storage, u64 as _u64
+from .checks import bf16_storage, lrn_pool_params as _lrn_pool_params, out_storage, u64 as _u64
 from .precision import check_precision, round_to, to_bf16
 
 __all__ = [
@@ -56,6 +56,8 @@ __all__ = [
     "lrn_backward",
     "maxpool_forward",
     "maxpool_backward",
+    "lrn_maxpool_forward",
+    "lrn_maxpool_backward",
     "philox4x32_10",
     "dropout_mask",
     "dropout_forward",
@@ -556,6 +558,52 @@ def maxpool_backward(dy, x, y, *, size=3, stride=2):
             dx[:, :, r:r + stride * P:stride, s:s + stride * Q:stride] += \
                 np.where(first == r * size + s, dy, zero)
     return dx
+
+
+# ---------------------------------------------------------------------------
+# LRN and the max pooling after it, as one op (the kernels fuse them: lrn_pool.cu)
+# ---------------------------------------------------------------------------
+
+def _lrn_pool_args(fn, x, size, alpha, beta, k, alpha_scaled, pool_size, pool_stride, relu_input=False):
+    """Check x (N,C,H,W) and the hyper-parameters of the fused ops; return (lrn kwargs, pool kwargs,
+    relu_input, (N, C, P, Q))."""
+    _lrn_check_x(fn, x)
+    _, _, _, _, pool_size, pool_stride, relu_input = _lrn_pool_params(
+        fn, size, alpha, beta, k, alpha_scaled, pool_size, pool_stride, relu_input)
+    N, C, H, W = x.shape
+    if pool_size > H or pool_size > W:
+        raise ValueError(f"{fn}: pool_size={pool_size} pooling window is larger than the input x ({H}x{W})")
+    pooled = (N, C, (H - pool_size) // pool_stride + 1, (W - pool_size) // pool_stride + 1)
+    lrn = dict(size=size, alpha=alpha, beta=beta, k=k, alpha_scaled=alpha_scaled)
+    return lrn, dict(size=pool_size, stride=pool_stride), relu_input, pooled
+
+
+def lrn_maxpool_forward(x, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False, pool_size=3, pool_stride=2):
+    """``lrn_forward`` then ``maxpool_forward`` of its output (AlexNet's LRN and max-pool after conv1
+    and conv2): ``(y_pool, lrn_y, scale)``; lrn_y and scale are what the backward needs. The kernels
+    compute it in one pass (the pooling reads the LRN output where it was computed)."""
+    lrn, pool, _, _ = _lrn_pool_args("lrn_maxpool_forward", x, size, alpha, beta, k, alpha_scaled, pool_size,
+                                     pool_stride)
+    y, scale = lrn_forward(x, **lrn)
+    return maxpool_forward(y, **pool), y, scale
+
+
+def lrn_maxpool_backward(dy_pool, x, lrn_y, scale, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False,
+                         pool_size=3, pool_stride=2, relu_input=False):
+    """Gradient of ``lrn_maxpool_forward``: ``lrn_backward(maxpool_backward(dy_pool, lrn_y), x, lrn_y, scale)``.
+    With ``relu_input=True`` x is a ReLU's output and the ReLU's backward is applied too:
+    ``relu_backward(dx, x)`` (dx = 0 where x <= 0), so the ReLU layer skips its own."""
+    fn = "lrn_maxpool_backward"
+    lrn, pool, relu_input, pooled = _lrn_pool_args(fn, x, size, alpha, beta, k, alpha_scaled, pool_size,
+                                                   pool_stride, relu_input)
+    _array(fn, "dy_pool", dy_pool, ndim=4, like=("x", x))
+    _shape(fn, "dy_pool", dy_pool, pooled, "the pooled shape of x")
+    for name, a_ in (("lrn_y", lrn_y), ("scale", scale)):
+        _array(fn, name, a_, ndim=4, like=("x", x))
+        _shape(fn, name, a_, x.shape, "the shape of x")
+    # maxpool_backward checks its y argument for shape only: dy_pool has that shape
+    dx = lrn_backward(maxpool_backward(dy_pool, lrn_y, dy_pool, **pool), x, lrn_y, scale, **lrn)
+    return relu_backward(dx, x) if relu_input else dx
 
 
 # ---------------------------------------------------------------------------

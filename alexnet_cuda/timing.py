@@ -10,6 +10,11 @@ are timed the same way in PyTorch on the matching device (the GPU for the cuda b
 otherwise), cudnn.benchmark on, at the model's precision (`torch_precision`: fp32 with TF32 off, tf32
 with TF32 on, bf16 under autocast(bfloat16), PyTorch's mixed precision), and the ratio ours / PyTorch is
 printed. benchmarks/bench_train.py prints the same table below its end-to-end numbers.
+
+Fused layers keep their rows: a ReLU fused into the conv or linear forward before it, and a max-pool
+fused into the LRN before it (AlexNet.fuse_relus, fuse_lrn_pools), show near-zero rows, their work
+counted in the row of the layer that absorbed it (lrn1 holds pool1's forward and backward and relu1's
+backward). PyTorch's rows stay per layer, so compare such groups of rows, or the totals.
 """
 from __future__ import annotations
 

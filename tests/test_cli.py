@@ -159,13 +159,13 @@ def test_gradcheck_and_visualize_are_subcommands(capsys):
 def test_gradcheck_checks_the_backends_own_backward(backend, capsys, monkeypatch):
     assert cli.main(["gradcheck", "--backend", backend]) == 0
     out = capsys.readouterr().out
-    assert f"all 16 gradient checks passed on the {backend} backend" in out
+    assert f"all 17 gradient checks passed on the {backend} backend" in out
     from alexnet_cuda import get_backend
     be = get_backend(backend)
     right = be.relu_backward
     monkeypatch.setattr(be, "relu_backward", lambda dy, y: right(dy, y) * 1.001, raising=False)
     assert cli.main(["gradcheck", "--backend", backend]) == 1       # a 0.1% error in one backward is caught
-    assert "FAILED: 1 of 16 checks" in capsys.readouterr().out
+    assert "FAILED: 1 of 17 checks" in capsys.readouterr().out
 
 
 def test_python_m_help():

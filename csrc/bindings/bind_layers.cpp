@@ -17,6 +17,7 @@
 #include "common/philox.h"
 #include "kernels/dropout.cuh"
 #include "kernels/lrn.cuh"
+#include "kernels/lrn_pool.cuh"
 #include "kernels/pool.cuh"
 #include "kernels/sgd.cuh"
 #include "kernels/softmax_xent.cuh"
@@ -82,6 +83,32 @@ void with_checked_labels(const char* op, const Labeled& in, const Array& CK, uin
   }
   if (bad_row >= 0)
     value_error(op, "labels must be in [0, " + std::to_string(in.L.dim(1)) + "), found " + std::to_string(bad_value));
+}
+
+// f(T{}) with T the storage type of an activation of dtype d: float (float32) or uint16_t (BF16 bits).
+template <class F>
+void with_storage(DType d, F&& f) {
+  if (d == DType::U16)
+    f(uint16_t{});
+  else
+    f(float{});
+}
+
+// The LRN and pooling hyper-parameters of the fused LRN + max-pool ops against x (N, C, H, W):
+// (P, Q), or ValueError naming the argument.
+std::pair<int64_t, int64_t> lrn_pool_args(const char* op, const Array& X, int size, double alpha, double beta,
+                                          double k, int pool_size, int pool_stride) {
+  check_lrn_size(op, size);
+  finite(op, "alpha", alpha);
+  finite(op, "beta", beta);
+  finite(op, "k", k);
+  if (pool_size < 1) value_error(op, "pool_size must be >= 1, got " + std::to_string(pool_size));
+  if (pool_stride < 1) value_error(op, "pool_stride must be >= 1, got " + std::to_string(pool_stride));
+  const int64_t H = X.dim(2), W = X.dim(3);
+  if (pool_size > H || pool_size > W)
+    value_error(op, "pool_size=" + std::to_string(pool_size) + " pooling window is larger than the input x (" +
+                        std::to_string(H) + "x" + std::to_string(W) + ")");
+  return {(H - pool_size) / pool_stride + 1, (W - pool_size) / pool_stride + 1};
 }
 
 }  // namespace
@@ -365,6 +392,66 @@ void bind_layers(py::module_& m) {
       "params"_a, "grads"_a, "vels"_a, "table"_a, py::kw_only(), "lr"_a, "momentum"_a = 0.9, "weight_decays"_a,
       "stream"_a = 0,
       "sgd_update over many tensors with ONE launch; table: SGD_TABLE_WORDS int64 words of device memory per tensor.");
+
+  // ---- LRN + max pooling in one kernel (lrn_pool.cu) ----------------------------------------
+  register_versions({"lrn_maxpool_forward", "lrn_maxpool_backward"}, kernels::kLrnPoolVersions);
+  m.def(
+      "lrn_maxpool_forward",
+      [](py::handle x, py::handle y_pool, py::handle lrn_y, py::handle scale, int size, double alpha, double beta,
+         double k, int pool_size, int pool_stride, int version, uintptr_t stream) {
+        const char* op = "lrn_maxpool_forward";
+        Array X = input(x, op, "x", {DType::F32, DType::U16}, 4);
+        auto [P, Q] = lrn_pool_args(op, X, size, alpha, beta, k, pool_size, pool_stride);
+        Array YP = output(y_pool, op, "y_pool", {DType::F32, DType::U16}, 4);
+        Array LY = output(lrn_y, op, "lrn_y", {DType::F32, DType::U16});
+        Array S = output(scale, op, "scale", {DType::F32});
+        expect_same_dtype(X, YP);
+        expect_same_dtype(X, LY);
+        expect_shape(YP, {X.dim(0), X.dim(1), P, Q}, "(the pooled shape of x)");
+        expect_same_shape(X, LY);
+        expect_same_shape(X, S);
+        expect_no_overlap({&YP, &LY, &S}, {&X, &YP, &LY, &S});
+        py::gil_scoped_release nogil;
+        with_storage(X.dtype, [&](auto t) {
+          using T = decltype(t);
+          kernels::lrn_maxpool_forward<T>(X.as<T>(), YP.as<T>(), LY.as<T>(), S.f32(), X.dim(0), X.dim(1), X.dim(2),
+                                          X.dim(3), size, alpha, beta, k, pool_size, pool_stride, version,
+                                          as_stream(stream));
+        });
+      },
+      "x"_a, "y_pool"_a, "lrn_y"_a, "scale"_a, py::kw_only(), "size"_a = 5, "alpha"_a = 1e-4, "beta"_a = 0.75,
+      "k"_a = 2.0, "pool_size"_a = 3, "pool_stride"_a = 2, "version"_a = 0, "stream"_a = 0,
+      "lrn_forward (alpha applied to the sum) then maxpool_forward of its output, in one kernel: y_pool, lrn_y and "
+      "scale (float32) written in place. x, y_pool, lrn_y: float32, or uint16 BF16 bits, all the same.");
+
+  m.def(
+      "lrn_maxpool_backward",
+      [](py::handle dy_pool, py::handle x, py::handle lrn_y, py::handle scale, py::handle dx, int size, double alpha,
+         double beta, int pool_size, int pool_stride, bool relu_input, int version, uintptr_t stream) {
+        const char* op = "lrn_maxpool_backward";
+        Array X = input(x, op, "x", {DType::F32, DType::U16}, 4);
+        auto [P, Q] = lrn_pool_args(op, X, size, alpha, beta, 0.0, pool_size, pool_stride);
+        Array DY = input(dy_pool, op, "dy_pool", {DType::F32, DType::U16}, 4);
+        Array LY = input(lrn_y, op, "lrn_y", {DType::F32, DType::U16}, 4);
+        Array S = input(scale, op, "scale", {DType::F32}, 4);
+        Array DX = output(dx, op, "dx", {DType::F32, DType::U16});
+        for (const Array* a : {&DY, &LY, &DX}) expect_same_dtype(X, *a);
+        expect_shape(DY, {X.dim(0), X.dim(1), P, Q}, "(the pooled shape of x)");
+        for (const Array* a : {&LY, &S, &DX}) expect_same_shape(X, *a);
+        expect_no_overlap({&DX}, {&X, &DY, &LY, &S});
+        py::gil_scoped_release nogil;
+        with_storage(X.dtype, [&](auto t) {
+          using T = decltype(t);
+          kernels::lrn_maxpool_backward<T>(DY.as<T>(), X.as<T>(), LY.as<T>(), S.f32(), DX.as<T>(), X.dim(0), X.dim(1),
+                                           X.dim(2), X.dim(3), size, alpha, beta, pool_size, pool_stride, relu_input,
+                                           version, as_stream(stream));
+        });
+      },
+      "dy_pool"_a, "x"_a, "lrn_y"_a, "scale"_a, "dx"_a, py::kw_only(), "size"_a = 5, "alpha"_a = 1e-4,
+      "beta"_a = 0.75, "pool_size"_a = 3, "pool_stride"_a = 2, "relu_input"_a = false, "version"_a = 0,
+      "stream"_a = 0,
+      "dx = lrn_backward(maxpool_backward(dy_pool, lrn_y), x, lrn_y, scale) in one kernel; relu_input: dx = 0 where "
+      "x <= 0 as well (x is a ReLU's output). dx written in place.");
 }
 
 }  // namespace alexnet

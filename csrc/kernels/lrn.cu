@@ -36,8 +36,10 @@
 
 #include "common/launch.h"
 #include "common/storage.cuh"
+#include "kernels/lrn_math.cuh"
 
 namespace alexnet::kernels {
+using namespace lrn_math;
 namespace {
 
 constexpr int kThreads = 256;
@@ -45,15 +47,6 @@ constexpr int kTilePix = 32;   // pixels per block (version 2)
 constexpr int kTileRows = 8;   // threads along channels (version 2)
 constexpr int kChunk = 32;     // output channels per shared-memory chunk (version 2)
 constexpr int kMaxHalfV2 = 32;
-
-__device__ __forceinline__ float sq(float v) { return __fmul_rn(v, v); }
-__device__ __forceinline__ float fsub_rn(float a, float b) { return __fadd_rn(a, -b); }
-
-struct LrnParams {
-  int C, size, half;
-  int64_t HW;
-  float a, k, neg_beta, coef;  // coef = 2 * a * beta (double on the host, then rounded)
-};
 
 // ---- version 1: one thread per element ------------------------------------------------
 template <class T>
@@ -65,9 +58,9 @@ __global__ void lrn_forward_v1(const T* __restrict__ x, T* __restrict__ y, float
     const int lo = max(c - P.half, 0), hi = min(c + P.half, P.C - 1);
     float s = 0.0f;
     for (int cc = lo; cc <= hi; ++cc) s = __fadd_rn(s, sq(storage::load(col, int64_t(cc) * P.HW)));
-    const float sc = __fadd_rn(P.k, __fmul_rn(P.a, s));
+    const float sc = scale_of(P, s);
     scale[i] = sc;
-    storage::store(y, i, __fmul_rn(storage::load(x, i), powf(sc, P.neg_beta)));
+    storage::store(y, i, normalized(P, storage::load(x, i), sc));
   }
 }
 
@@ -81,11 +74,9 @@ __global__ void lrn_backward_v1(const T* __restrict__ dy, const T* __restrict__ 
     float cross = 0.0f;
     for (int cc = lo; cc <= hi; ++cc) {
       const int64_t j = col + int64_t(cc) * P.HW;
-      cross = __fadd_rn(cross, __fmul_rn(storage::load(dy, j), storage::load(y, j)) / scale[j]);
+      cross = __fadd_rn(cross, cross_term(storage::load(dy, j), storage::load(y, j), scale[j]));
     }
-    storage::store(dx, i,
-                   fsub_rn(__fmul_rn(storage::load(dy, i), powf(scale[i], P.neg_beta)),
-                           __fmul_rn(__fmul_rn(P.coef, storage::load(x, i)), cross)));
+    storage::store(dx, i, grad(P, direct_term(P, storage::load(dy, i), scale[i]), storage::load(x, i), cross));
   }
 }
 
@@ -112,12 +103,11 @@ __global__ void __launch_bounds__(kThreads) lrn_forward_v2(const T* __restrict__
       // channels outside [0, C) were staged as 0: adding +0 leaves the sum bitwise unchanged
       float s = 0.0f;
       for (int d = 0; d < P.size; ++d) s = __fadd_rn(s, sq(stage[(co + d) * kTilePix + tx]));
-      const float sc = __fadd_rn(P.k, __fmul_rn(P.a, s));
+      const float sc = scale_of(P, s);
       if (in) {
         const int64_t i = int64_t(c0 + co) * P.HW;
         scale[nimg * P.C * P.HW + p + i] = sc;
-        storage::store(y, nimg * P.C * P.HW + p + i,
-                       __fmul_rn(stage[(co + P.half) * kTilePix + tx], powf(sc, P.neg_beta)));
+        storage::store(y, nimg * P.C * P.HW + p + i, normalized(P, stage[(co + P.half) * kTilePix + tx], sc));
       }
     }
     __syncthreads();  // the next chunk overwrites stage
@@ -141,7 +131,7 @@ __global__ void __launch_bounds__(kThreads)
       float t = 0.0f;
       if (in && cc >= 0 && cc < P.C) {
         const int64_t j = base + int64_t(cc) * P.HW;
-        t = __fmul_rn(storage::load(dy, j), storage::load(y, j)) / scale[j];
+        t = cross_term(storage::load(dy, j), storage::load(y, j), scale[j]);
       }
       stage[r * kTilePix + tx] = t;
     }
@@ -151,29 +141,11 @@ __global__ void __launch_bounds__(kThreads)
       for (int d = 0; d < P.size; ++d) cross = __fadd_rn(cross, stage[(co + d) * kTilePix + tx]);
       if (in) {
         const int64_t i = base + int64_t(c0 + co) * P.HW;
-        storage::store(dx, i,
-                       fsub_rn(__fmul_rn(storage::load(dy, i), powf(scale[i], P.neg_beta)),
-                               __fmul_rn(__fmul_rn(P.coef, storage::load(x, i)), cross)));
+        storage::store(dx, i, grad(P, direct_term(P, storage::load(dy, i), scale[i]), storage::load(x, i), cross));
       }
     }
     __syncthreads();
   }
-}
-
-LrnParams params(const char* op, int64_t C, int64_t HW, int size, double a, double beta, double k) {
-  if (size < 1 || size % 2 == 0)
-    throw std::invalid_argument(std::string(op) + ": size must be odd and >= 1, got " + std::to_string(size));
-  LrnParams P;
-  P.C = int(C);
-  P.HW = HW;
-  // a window wider than 2C-1 covers every channel; clip so that the tiles stay small
-  P.half = size / 2 > int(C) - 1 ? int(C) - 1 : size / 2;
-  P.size = 2 * P.half + 1;
-  P.a = float(a);
-  P.k = float(k);
-  P.neg_beta = float(-beta);
-  P.coef = float(2.0 * a * beta);
-  return P;
 }
 
 int pick(const char* op, int version, const LrnParams& P) {

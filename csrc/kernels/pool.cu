@@ -41,41 +41,14 @@
 
 #include "common/launch.h"
 #include "common/storage.cuh"
+#include "kernels/pool_math.cuh"
 
 namespace alexnet::kernels {
+using namespace pool_math;
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kSmemBudgetFloats = 6144;  // 24 KiB per block (several blocks per SM)
-
-struct PoolGeom {
-  int64_t NC;
-  int H, W, P, Q, size, stride;
-};
-
-// The window's maximum and the row-major offset r*size+s of its first occurrence (a NaN
-// wins over numbers, the first NaN over later ones: np.max / np.argmax semantics).
-// win: global memory of storage T (version 1) or the staged floats (version 2).
-template <class T>
-__device__ __forceinline__ float window_first_max(const T* __restrict__ win, int row_stride, int size, int& arg) {
-  float m = storage::load(win, 0);
-  arg = 0;
-  for (int r = 0; r < size; ++r)
-    for (int s = 0; s < size; ++s) {
-      const float v = storage::load(win, r * row_stride + s);
-      if (v > m || (v != v && m == m)) {
-        m = v;
-        arg = r * size + s;
-      }
-    }
-  return m;
-}
-
-// Range of windows [lo, hi] along one axis that contain input coordinate h (empty: lo > hi).
-__device__ __forceinline__ void covering(int h, int size, int stride, int P, int& lo, int& hi) {
-  lo = h - size + 1 <= 0 ? 0 : (h - size + 1 + stride - 1) / stride;
-  hi = min(P - 1, h / stride);
-}
 
 // ---- version 1 ------------------------------------------------------------------------
 template <class T>
@@ -202,25 +175,6 @@ __global__ void __launch_bounds__(kThreads) maxpool_backward_v2(const T* __restr
 }
 
 // ---- host ---------------------------------------------------------------------------------
-PoolGeom geometry(const char* op, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride) {
-  if (size < 1 || stride < 1)
-    throw std::invalid_argument(std::string(op) + ": size and stride must be >= 1, got " + std::to_string(size) + ", " +
-                                std::to_string(stride));
-  if (size > H || size > W)
-    throw std::invalid_argument(std::string(op) + ": size=" + std::to_string(size) +
-                                " pooling window is larger than the input x (" + std::to_string(H) + "x" +
-                                std::to_string(W) + ")");
-  PoolGeom G;
-  G.NC = N * C;
-  G.H = int(H);
-  G.W = int(W);
-  G.size = size;
-  G.stride = stride;
-  G.P = int((H - size) / stride + 1);
-  G.Q = int((W - size) / stride + 1);
-  return G;
-}
-
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 
