@@ -42,11 +42,12 @@ class NumpyBackend(Backend):
             return getattr(reference, op)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {op!r}")
 
-    def sgd_update_multi(self, params, grads, vels, *, lr, momentum=0.9, weight_decays=None):
-        """sgd_update over every tensor; weight_decays[i] applies to params[i] (default 5e-4 each)."""
+    def sgd_update_multi(self, params, grads, vels, *, lr, momentum=0.9, weight_decays=None, loss=None):
+        """sgd_update over every tensor; weight_decays[i] applies to params[i] (default 5e-4 each); a
+        non-finite `loss` leaves every tensor as it was."""
         params, grads, vels, lr, momentum, wds = sgd_multi_args(params, grads, vels, lr, momentum, weight_decays)
         for w, dw, v, wd in zip(params, grads, vels, wds):
-            reference.sgd_update(w, dw, v, lr=lr, momentum=momentum, weight_decay=wd)
+            reference.sgd_update(w, dw, v, lr=lr, momentum=momentum, weight_decay=wd, loss=loss)
 
 
 _cache: dict = {}

@@ -63,6 +63,9 @@ def _train_arguments(t):
     t.add_argument("--workers", type=non_negative_int,
                    help="threads preparing batches ahead (default: up to 8 on cuda; 0, in the loop, on the "
                         "CPU backends)")
+    t.add_argument("--sync-every", type=positive_int,
+                   help="steps between two reads of the loss by the host (default: 20 on cuda, where the host "
+                        "queues the next steps meanwhile; 1 on the CPU backends); the results do not depend on it")
     t.add_argument("--patience", type=positive_int,
                    help="epochs without a lower val error before lr is divided by 10 (default 2)")
     t.add_argument("--schedule", help="'plateau' (default: the paper's, lr/10 on plateaus, at most 3 times) "
@@ -147,7 +150,7 @@ def _cmd_train(args):
                 _log(f"note: --{name.replace('_', '-')} is ignored with --resume (the checkpoint's is used)")
         return train.train(resume=True, out=_find_run_folder(args), log=_log,
                        overrides={"epochs": args.epochs, "workers": args.workers, "backend": args.backend,
-                                  "devices": args.devices})
+                                  "devices": args.devices, "sync_every": args.sync_every})
     backend, preset, note = _choose_backend(args)
     if note:
         _log(note)
@@ -158,7 +161,8 @@ def _cmd_train(args):
     cfg = train.default_config(preset=preset, backend=backend, data=str(src), out=args.out or f"runs/alexnet-{preset}",
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            seed=args.seed, workers=args.workers, patience=args.patience, schedule=args.schedule,
-                           init=args.init, devices=args.devices, precision=args.precision, **variant_config(args))
+                           init=args.init, devices=args.devices, precision=args.precision,
+                           sync_every=args.sync_every, **variant_config(args))
     return train.train(cfg, log=_log)
 
 

@@ -20,7 +20,7 @@ products (gradient, velocity and weight of 8 layers) and a few vector operations
 ReLU and forward one maximum over the batch; only `record()` copies some 40 numbers to the host.
 
     health = Health(model)          # switches the model's activity tracking on
-    ...  model.train_step(...); health.after_step()   # after every step whose loss was finite
+    ...  model.train_step(...); health.after_step()   # after every step (a non-finite loss ends the run)
     rec["health"] = health.record()                    # at the epoch end; resets
     for w in health.warnings(rec["health"]): log(w)
     tensors.update(health.state())                     # a mid-epoch checkpoint; health.load_state(tensors)
@@ -81,7 +81,8 @@ class Health:
         return xp.sqrt(sq)
 
     def after_step(self):
-        """Add the last step's gradient norms and update ratios (call after a train_step that updated)."""
+        """Add the last step's gradient norms and update ratios (call after each train_step; `train` stops at
+        a non-finite loss before it records them)."""
         xp, m, n = self.xp, self.model, len(self.layers)
         grads = dict(m.gradients())
         keys = [f"{name}.weight" for name in self.layers]

@@ -156,21 +156,23 @@ class LayerOps:
         return out.reshape(())
 
     # ---- SGD ----------------------------------------------------------------------------
-    def sgd_update(self, w, dw, v, *, lr, momentum=0.9, weight_decay=5e-4, version=0):
-        """In place: v = momentum*v - weight_decay*lr*w - lr*dw; w += v. Returns None."""
+    def sgd_update(self, w, dw, v, *, lr, momentum=0.9, weight_decay=5e-4, loss=None, version=0):
+        """In place: v = momentum*v - weight_decay*lr*w - lr*dw; w += v. Returns None. ``loss`` (optional,
+        a 0-d float32 array on the device): when it is not finite the kernel writes nothing; the host
+        does not read it."""
         fn = "sgd_update"
         lr = checks.real(fn, "lr", lr)
         momentum = checks.real(fn, "momentum", momentum)
         weight_decay = checks.real(fn, "weight_decay", weight_decay)
-        self._mod.sgd_update(w, dw, v, lr=lr, momentum=momentum, weight_decay=weight_decay, version=version,
-                             stream=self._stream())
+        self._mod.sgd_update(w, dw, v, lr=lr, momentum=momentum, weight_decay=weight_decay, loss=loss,
+                             version=version, stream=self._stream())
 
-    def sgd_update_multi(self, params, grads, vels, *, lr, momentum=0.9, weight_decays=None):
+    def sgd_update_multi(self, params, grads, vels, *, lr, momentum=0.9, weight_decays=None, loss=None):
         """sgd_update over every tensor of ``params`` (weight_decays[i] for params[i], default
         5e-4 each) with ONE kernel launch: the binding copies a table of pointers and sizes
-        into a device buffer allocated here."""
+        into a device buffer allocated here. ``loss`` as sgd_update's."""
         params, grads, vels, lr, momentum, weight_decays = checks.sgd_multi_args(
             params, grads, vels, lr, momentum, weight_decays)
         table = self._empty((max(1, len(params)) * self._mod.SGD_TABLE_WORDS,), np.int64)
         self._mod.sgd_update_multi(params, grads, vels, table, lr=lr, momentum=momentum,
-                                   weight_decays=weight_decays, stream=self._stream())
+                                   weight_decays=weight_decays, loss=loss, stream=self._stream())

@@ -489,6 +489,7 @@ class AlexNet:
                            activation=activation, pool=pool)
         self.num_classes, self.input_size, self.seed = int(num_classes), input_size, int(seed)
         self.step = 0
+        self._unseen_bad = None  # see train_step(sync=False)
         T = int(towers)
         ch = {n: scaled_channels(c, width, T) for n, c in BASE_CHANNELS.items()}
         self.channels = ch
@@ -806,38 +807,63 @@ class AlexNet:
             return self._split.gradients(self.parameter_shapes())
         return [(f"{l.name}.{p}", getattr(l, "grad_" + p)) for l in self._param_layers for p in l.params]
 
-    def apply_update(self, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY):
+    def apply_update(self, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, *, loss=None):
         """The SGD phase (separate from backward; where a multi-device run would reduce gradients):
-        v = momentum*v - wd*lr*w - lr*dw; w += v, with wd = 0 for biases."""
+        v = momentum*v - wd*lr*w - lr*dw; w += v, with wd = 0 for biases. `loss` (optional, a 0-d backend
+        array on the first device): when it is not finite the kernels write nothing (decided on the device)."""
         wds = self.weight_decays(weight_decay)
         if self._split is not None:
-            self._split.apply_update(float(lr), float(momentum), wds)
+            self._split.apply_update(float(lr), float(momentum), wds, loss)
             return
         names = [n for n, _ in self.named_parameters()]
         params = [a for _, a in self.named_parameters()]
         grads = [g for _, g in self.gradients()]
         self.backend.sgd_update_multi(params, grads, [self.momentum[n] for n in names], lr=float(lr),
-                                      momentum=float(momentum), weight_decays=[wds[n] for n in names])
+                                      momentum=float(momentum), weight_decays=[wds[n] for n in names], loss=loss)
 
-    def train_step(self, x, labels, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, *, average=None, row0=0):
-        """One SGD step on the batch (x, labels); returns the loss as a float.
+    def train_step(self, x, labels, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, *, average=None, row0=0,
+                   sync=True):
+        """One SGD step on the batch (x, labels); returns the loss.
 
-        Forward and backward, then the update as its own phase. A non-finite
-        loss skips the update (the weights stay as they were) and is returned
-        as is, for the caller to stop on. `step` advances either way.
+        Forward and backward, then the update as its own phase. A non-finite loss skips the update (the
+        weights and the momentum stay as they were); `step` advances either way.
+
+        sync=True: the loss is read back and returned as a float, for the caller to stop on.
+        sync=False: nothing is read from the device (on a GPU the host goes on queueing the next step): the
+        loss is returned as a 0-d backend array and the SGD kernels skip the update themselves. So that the
+        weights stay at the last good step until the caller reads the losses, a non-finite loss also skips
+        every later sync=False step, up to the next sync=True one.
         With `average` (a distributed.GradientAverager), (x, labels) are rows row0.. of the global
-        batch; the gradients and the loss are averaged over the ranks before the update.
+        batch; the gradients and the loss are averaged over the ranks before the update; that loss is an
+        all-reduce on the host, so such a step always syncs and returns a float.
         """
-        if average is None:
-            loss = float(self.backend.to_numpy(self.loss_and_grads(x, labels)))
-        else:
+        if average is not None:
             loss = self.loss_and_grads(x, labels, on_grads=average.layer_done, row0=row0)
             average.finish()
             loss, self.last_correct = average.step_totals(loss, self.last_correct)
+        elif sync:
+            loss = float(self.backend.to_numpy(self.loss_and_grads(x, labels)))
+        else:
+            loss = self.loss_and_grads(x, labels)
+            self.apply_update(lr, momentum, weight_decay, loss=self._mark_unseen(loss))
+            self.step += 1
+            return loss
+        self._unseen_bad = None
         if math.isfinite(loss):
             self.apply_update(lr, momentum, weight_decay)
         self.step += 1
         return loss
+
+    def _mark_unseen(self, loss):
+        """The 0-d array the SGD kernels of a sync=False step test: 0 while every loss since the last
+        sync=True step was finite, NaN from the first that was not on (x*0 is NaN for NaN and +-inf, and a
+        NaN stays in the sum). On the first device, where the loss is."""
+        be = self.backend
+        with be.use_device(self.devices[0]), np.errstate(invalid="ignore"):
+            if self._unseen_bad is None:
+                self._unseen_bad = be.zeros((), loss.dtype)
+            self._unseen_bad += loss * 0
+        return self._unseen_bad
 
     def __repr__(self):
         c = self.config

@@ -811,13 +811,25 @@ def softmax_cross_entropy(logits, labels):
     return loss, dlogits
 
 
-def sgd_update(w, dw, v, *, lr, momentum=0.9, weight_decay=5e-4):
+def _skips_update(fn, loss):
+    """Whether an SGD op with this `loss` writes nothing: loss is None (always update) or one float value
+    in an ndarray; True when it is NaN or infinite (the non-finite-loss rule of a training step)."""
+    if loss is None:
+        return False
+    _array(fn, "loss", loss)
+    if loss.size != 1:
+        raise ValueError(f"{fn}: loss must hold one value (a 0-d array), got shape {loss.shape}")
+    return not np.isfinite(loss.reshape(()))
+
+
+def sgd_update(w, dw, v, *, lr, momentum=0.9, weight_decay=5e-4, loss=None):
     """SGD with momentum and weight decay, the paper's rule (§5), in place:
 
         v = momentum * v - weight_decay * lr * w - lr * dw
         w = w + v
 
-    Computed in w's dtype (the Python scalars follow it). Returns None.
+    Computed in w's dtype (the Python scalars follow it). Returns None. `loss` (optional, a 0-d
+    array): when it is not finite, nothing is written (w and v stay as they were).
     """
     fn = "sgd_update"
     _array(fn, "w", w)
@@ -833,6 +845,8 @@ def sgd_update(w, dw, v, *, lr, momentum=0.9, weight_decay=5e-4):
     for name, a_ in (("w", w), ("v", v)):
         if not a_.flags.writeable:
             raise ValueError(f"{fn}: {name} must be writeable (it is updated in place)")
+    if _skips_update(fn, loss):
+        return None
     v[...] = momentum * v - weight_decay * lr * w - lr * dw
     w += v
     return None

@@ -446,16 +446,26 @@ class TowerNet:
         for s in self.stages:
             s.clear()
 
-    def apply_update(self, lr, momentum, weight_decays):
-        """The SGD phase on each device: the same update, element by element, as one device."""
+    def apply_update(self, lr, momentum, weight_decays, loss=None):
+        """The SGD phase on each device: the same update, element by element, as one device. `loss`
+        (optional, 0-d on the first device): not finite, no device writes anything; each other device
+        tests its own copy, taken on its stream after the first device's stream has written the loss."""
         be = self.be
+        if loss is not None:
+            with be.use_device(self.devices[0]):
+                written = be.record_event()
         for t, d in enumerate(self.devices):
             with be.use_device(d):
+                mine = loss
+                if loss is not None and d != self.devices[0]:
+                    be.wait_event(written)
+                    mine = be.empty((), loss.dtype)
+                    be.memcpy_peer(mine, d, loss, self.devices[0])
                 params = self._params(t)
                 be.sgd_update_multi([getattr(l, n.split(".")[1]) for n, l in params],
                                     [getattr(l, "grad_" + n.split(".")[1]) for n, l in params],
                                     [self.momentum[t][n] for n, _ in params], lr=lr, momentum=momentum,
-                                    weight_decays=[weight_decays[n] for n, _ in params])
+                                    weight_decays=[weight_decays[n] for n, _ in params], loss=mine)
 
     def relus(self):
         """{name: [tower t's copy]} of the layers that track activity."""

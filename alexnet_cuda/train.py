@@ -12,6 +12,10 @@
   on the CPU backends a resumed run's metrics equal an uninterrupted run's, bit for bit.
 * A NaN or infinite loss raises DivergedError naming the step; that step's update is not applied
   and the last good checkpoint is kept. Ctrl-C saves a checkpoint and raises TrainingInterrupted.
+* The host reads the losses and top-1 hits back every `sync_every` steps (--sync-every; 20 on cuda,
+  1 on the CPU backends): the steps between never wait for the device, and the SGD kernels apply the
+  non-finite-loss rule on the device (AlexNet.train_step(sync=False)). The epoch's numbers do not
+  depend on it: the losses are summed on the host in step order, the hits are integers.
 * A warning when the loss stays at ln(num_classes) (chance) for long, and per-layer health in
   every epoch's record (alexnet_cuda.health: weight and gradient norms, update-to-weight ratios,
   dead ReLUs) with a warning naming a layer whose updates are out of range or whose units died.
@@ -49,7 +53,7 @@ __all__ = ["default_config", "default_workers", "train", "train_one_epoch", "bui
            "PCA_STD"]
 
 # Config keys that `resume` may change; everything else comes from the checkpoint.
-RESUME_OVERRIDES = ("epochs", "workers", "backend", "devices")
+RESUME_OVERRIDES = ("epochs", "workers", "backend", "devices", "sync_every")
 # Config keys that describe where a run ran, not what it computes: ranks may differ in them, and a
 # resumed run takes this run's.
 PLACE_KEYS = ("ranks", "workers")
@@ -67,6 +71,13 @@ def default_workers(backend):
     if backend != "cuda":
         return 0
     return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def default_sync_every(backend):
+    """Steps between two reads of the losses when --sync-every is not given: 20 on cuda (the host queues
+    the next steps' kernels while the device runs), 1 on the CPU backends (the host computes: nothing to
+    gain)."""
+    return 20 if backend == "cuda" else 1
 
 
 def default_config(**kw):
@@ -110,6 +121,7 @@ def default_config(**kw):
         "flip": True,
         "eval_batch_size": 256,
         "precision": "fp32",     # fp32, tf32 or bf16 products where a tensor-core kernel exists (AlexNet)
+        "sync_every": None,      # None: default_sync_every(backend); steps between reads of the losses
         "ranks": 1,              # data-parallel processes (set from the MPI launch, not an option)
     }
     unknown = set(kw) - set(cfg)
@@ -147,6 +159,10 @@ def _check_numbers(cfg, world):
         cfg["workers"] = default_workers(cfg["backend"])
     if int(cfg["workers"]) < 0:
         raise TrainError(f"workers must be >= 0, got {cfg['workers']}")
+    if cfg.get("sync_every") is None:
+        cfg["sync_every"] = default_sync_every(cfg["backend"])
+    if int(cfg["sync_every"]) < 1:
+        raise TrainError(f"sync_every must be >= 1, got {cfg['sync_every']}")
 
 
 # ---------------------------------------------------------------------------
@@ -328,44 +344,103 @@ def _stop_agreed(run, intr):
     return intr.flag
 
 
-def _diverged(run, loss, epoch, b, lr):
-    msg = (f"the loss became {loss} at step {run.model.step} (epoch {epoch + 1}, batch {b + 1}/{len(run.loader)}, "
+def _diverged(run, loss, step, epoch, b, lr):
+    msg = (f"the loss became {loss} at step {step} (epoch {epoch + 1}, batch {b + 1}/{len(run.loader)}, "
            f"lr {lr:g}); stopping. ")
     msg += (f"The last good checkpoint is kept: {run.checkpoint}" if run.checkpoint.exists()
             else "No checkpoint was written (the first epoch had not finished).")
     return DivergedError(msg)
 
 
+class StepTotals:
+    """The losses and top-1 hits of the steps since the last read-back, kept on the device (a float64
+    vector of `every` losses, an int64 sum of hits) with each step's place on the host; `take` reads
+    them back at once."""
+
+    def __init__(self, backend, device, every):
+        self.be, self.device = backend, device
+        with backend.use_device(device):
+            self.losses = backend.zeros((every,), np.float64)  # float64: exact for float32 losses and for
+            self.hits = backend.zeros((), np.int64)            # the data-parallel loss, a host double
+        self.steps = []
+
+    def add(self, loss, hits, **where):
+        """Adds a step's loss and hits (backend arrays or host numbers) without reading them."""
+        with self.be.use_device(self.device):
+            self.losses[len(self.steps)] = loss
+            self.hits += hits
+        self.steps.append(where)
+
+    def __len__(self):
+        return len(self.steps)
+
+    def take(self):
+        """([(loss as a float, the `where` of its step), ...], the hits' sum): two copies back; empties."""
+        n, be = len(self.steps), self.be
+        with be.use_device(self.device):
+            losses, hits = be.to_numpy(self.losses[:n]), int(be.to_numpy(self.hits))
+            self.hits[...] = 0
+        steps, self.steps = self.steps, []
+        return [(float(l), w) for l, w in zip(losses, steps)], hits
+
+
+def _account(run, totals, epoch, watch, bar):
+    """The pending steps (at least one) on the host, in step order: the first non-finite loss raises
+    DivergedError naming its step (the SGD kernels skipped its update and every later one); else they go
+    into the epoch's sums and the chance watch. Returns the last step's (loss, where)."""
+    steps, hits = totals.take()
+    p = run.partial
+    for loss, w in steps:
+        if not math.isfinite(loss):
+            bar.close()
+            raise _diverged(run, loss, w["step"], epoch, w["batch"], w["lr"])
+        p.loss_sum += loss
+        p.loss_count += 1
+        p.train_seen += w["seen"]
+        warning = watch.update(loss)
+        if warning:
+            bar.close()
+            run.log(warning)
+    p.train_correct += hits
+    return steps[-1]
+
+
 def train_one_epoch(run, epoch, intr, watch, bar):
     """Train epoch `epoch` (0-based) from batch run.batch; returns the batches done (fewer than the
-    epoch's when interrupted). Adds to run.partial; raises DivergedError on a non-finite loss."""
+    epoch's when interrupted). Adds to run.partial; raises DivergedError on a non-finite loss.
+
+    The losses and hits stay on the device for cfg["sync_every"] steps, then are read back at once
+    (StepTotals); also at Ctrl-C and at the epoch's end, so run.partial holds exactly the steps done
+    whenever a checkpoint is written. Data-parallel steps read every step: their loss is already a host
+    all-reduce, and the ranks agree on stopping at every step."""
     cfg, model, nb = run.cfg, run.model, len(run.loader)
+    every = 1 if run.average is not None else int(cfg["sync_every"])
+    totals = StepTotals(model.backend, model.devices[0], min(every, max(nb, 1)))
     b0 = b = run.batch
     t0, s0 = time.perf_counter(), run.partial.train_seconds
+
+    def read_back():
+        if len(totals):
+            loss, where = _account(run, totals, epoch, watch, bar)
+            run.partial.train_seconds = s0 + time.perf_counter() - t0
+            bar.update(b, loss, where["lr"], (b - b0) * cfg["batch_size"] / max(time.perf_counter() - t0, 1e-9))
+
     gen = run.loader.epoch(epoch, start_batch=b0) if b0 < nb else iter(())
     try:
         for x, y in gen:
             lr = run.schedule.lr_at(epoch, model.step)
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a non-finite loss stops below
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a non-finite loss stops at the read
                 loss = model.train_step(x, y, lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
-                                        average=run.average, row0=run.loader.row0)
-            if not math.isfinite(loss):
-                bar.close()
-                raise _diverged(run, loss, epoch, b, lr)
+                                        average=run.average, row0=run.loader.row0, sync=False)
             run.health.after_step()
+            # step: the steps done, as in the checkpoint; last_correct is summed over the ranks
+            totals.add(loss, model.last_correct, step=model.step, batch=b, lr=lr, seen=len(y) * run.world.size)
             b += 1
-            run.partial.loss_sum += loss
-            run.partial.loss_count += 1
-            run.partial.train_correct += int(model.backend.to_numpy(model.last_correct))
-            run.partial.train_seen += len(y) * run.world.size  # last_correct is summed over the ranks
-            run.partial.train_seconds = s0 + time.perf_counter() - t0
-            bar.update(b, loss, lr, (b - b0) * cfg["batch_size"] / max(time.perf_counter() - t0, 1e-9))
-            warning = watch.update(loss)
-            if warning:
-                bar.close()
-                run.log(warning)
-            if _stop_agreed(run, intr):
-                break
+            if len(totals) == every or intr.flag:
+                read_back()
+                if _stop_agreed(run, intr):
+                    break
+        read_back()  # the epoch's last steps
     finally:
         if hasattr(gen, "close"):
             gen.close()

@@ -177,5 +177,5 @@ def test_python_m_help():
     r = subprocess.run([sys.executable, "-m", "alexnet_cuda", "train", "--help"], capture_output=True, text=True,
                        timeout=60)
     for flag in ("--data", "--out", "--epochs", "--batch-size", "--lr", "--preset", "--backend", "--seed",
-                 "--resume", "--workers", "--patience", "--schedule"):
+                 "--resume", "--workers", "--patience", "--schedule", "--sync-every"):
         assert flag in r.stdout

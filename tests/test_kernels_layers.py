@@ -4,7 +4,8 @@ numbered kernel version (plus version 0, the dispatcher) and, on emu, all three 
 orders (a missing __syncthreads in a tiled version gives a wrong answer in one of them).
 
 Tolerances (float32 kernels vs the float32 reference):
-* max-pooling, dropout, SGD and top-k are compared bit for bit: a max, a count, a
+* max-pooling, dropout, SGD and top-k are compared bit for bit (so is SGD's skip on a
+  non-finite loss: nothing may be written): a max, a count, a
   multiplication by 0/1 and a fixed scale, and the SGD rule are computed with the same
   float32 operations in the same order (the kernels round every product on its own,
   __fmul_rn, so no FMA contraction), and max-pool backward adds the overlapping
@@ -458,6 +459,33 @@ def test_sgd_update_multi_equals_per_tensor_updates(kernel_backend, emu_order, r
     be.sgd_update_multi([], [], [], lr=0.1)
 
 
+@pytest.mark.parametrize("backend", ["numpy"] + KERNEL_BACKENDS)
+def test_sgd_skips_on_a_non_finite_loss_and_is_unchanged_by_a_finite_one(backend, emu_order, rng):
+    """The optional `loss` of sgd_update (every version) and sgd_update_multi: NaN or +-inf writes
+    nothing (w and v bitwise as they were); a finite loss, however large, updates bitwise as without one."""
+    be = alexnet_cuda.get_backend(backend)
+    shapes, decays = [(1003,), (5, 7), (96,)], [5e-4, 5e-4, 0.0]
+    ws, gs, vs = ([randn(rng, s, sc) for s in shapes] for sc in (1.0, 0.1, 0.01))
+    hp = dict(lr=0.02, momentum=0.9)
+    want_w, want_v = [w.copy() for w in ws], [v.copy() for v in vs]
+    for w, g, v, wd in zip(want_w, gs, want_v, decays):
+        ref.sgd_update(w, g, v, weight_decay=wd, **hp)
+    singles = [{}] if backend == "numpy" else [{"version": v} for v in versions(be, "sgd_update")]
+    for value in (np.nan, np.inf, -np.inf, 2.3, 0.0, -1.0, 3.0e38):
+        loss = dev(be, np.array(value, np.float32))
+        want = (ws, vs) if not np.isfinite(value) else (want_w, want_v)
+        dws, dvs = [dev(be, w) for w in ws], [dev(be, v) for v in vs]
+        be.sgd_update_multi(dws, [dev(be, g) for g in gs], dvs, weight_decays=decays, loss=loss, **hp)
+        for i in range(len(shapes)):
+            assert_same(host(be, dws[i]), want[0][i], f"multi w[{i}], loss {value}")
+            assert_same(host(be, dvs[i]), want[1][i], f"multi v[{i}], loss {value}")
+        for kw in singles:
+            w, v = dev(be, ws[0]), dev(be, vs[0])
+            assert be.sgd_update(w, dev(be, gs[0]), v, weight_decay=decays[0], loss=loss, **hp, **kw) is None
+            assert_same(host(be, w), want[0][0], f"w, loss {value}, {kw}")
+            assert_same(host(be, v), want[1][0], f"v, loss {value}, {kw}")
+
+
 # ---------------------------------------------------------------------------
 # bad arguments
 # ---------------------------------------------------------------------------
@@ -537,6 +565,10 @@ BAD = [
     ("sgd lr type", lambda b, d: b.sgd_update(d(_f(4)), d(_f(4)), d(_f(4)), lr=None), TypeError, "lr"),
     ("sgd v is w", lambda b, d: (lambda w: b.sgd_update(w, d(_f(4)), w, lr=0.1))(d(_f(4))), ValueError, "v"),
     ("sgd non-contiguous", lambda b, d: b.sgd_update(d(_f(8))[::2], d(_f(4)), d(_f(4)), lr=0.1), ValueError, "w"),
+    ("sgd loss shape", lambda b, d: b.sgd_update(d(_f(4)), d(_f(4)), d(_f(4)), lr=0.1, loss=d(_f(2))), ValueError,
+     "loss must hold one value"),
+    ("sgd loss dtype", lambda b, d: b.sgd_update(d(_f(4)), d(_f(4)), d(_f(4)), lr=0.1,
+                                                 loss=d(np.zeros((), np.int32))), TypeError, "loss"),
 ]
 
 # Kernel backends only: the reference also takes float64 (the kernels are float32), and the
@@ -556,6 +588,12 @@ BAD_KERNEL_ONLY = [
                                                         weight_decays=[float("nan")]), ValueError, "weight_decays"),
     ("multi v is w", lambda b, d: (lambda w: b.sgd_update_multi([w], [d(_f(4))], [w], lr=0.1))(d(_f(4))),
      ValueError, "overlap"),
+    ("multi loss shape", lambda b, d: b.sgd_update_multi([d(_f(4))], [d(_f(4))], [d(_f(4))], lr=0.1,
+                                                         loss=d(_f(1, 2))), ValueError, "loss"),
+    ("multi loss is w", lambda b, d: (lambda w: b.sgd_update_multi([w], [d(_f(4))], [d(_f(4))], lr=0.1,
+                                                                   loss=w[:1]))(d(_f(4))), ValueError, "overlap"),
+    ("sgd loss float64", lambda b, d: b.sgd_update(d(_f(4)), d(_f(4)), d(_f(4)), lr=0.1,
+                                                   loss=d(np.zeros((), np.float64))), TypeError, "loss"),
 ]
 
 
@@ -617,6 +655,7 @@ def test_failed_checks_leave_outputs_unwritten(kernel_backend):
     cases.append(((w, v), lambda: mod.sgd_update(w, dev(be, _f(5)), v, lr=float("inf"))))
     cases.append(((w, v), lambda: mod.sgd_update(w, dev(be, _f(6)), v, lr=0.1)))
     cases.append(((w, v), lambda: mod.sgd_update(w, dev(be, _f(5)), v, lr=0.1, version=4)))
+    cases.append(((w, v), lambda: mod.sgd_update(w, dev(be, _f(5)), v, lr=0.1, loss=dev(be, _f(2)))))
     table = dev(be, np.zeros(2 * mod.SGD_TABLE_WORDS, np.int64))
     w2, v2 = _sentinel(be, (9,)), _sentinel(be, (9,))
     cases.append(((w, v, w2, v2), lambda: mod.sgd_update_multi([w, w2], [dev(be, _f(5)), dev(be, _f(8))], [v, v2],

@@ -214,6 +214,76 @@ def test_nonfinite_loss_skips_the_update():
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def _state(m):
+    return {**m.state_dict(), **{"momentum." + k: v for k, v in m.momentum_state_dict().items()}}
+
+
+def _assert_same_state(a, b, what):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{what}: {k}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unsynced_steps_equal_synced_ones_and_skip_from_a_nonfinite_loss_on(backend, monkeypatch):
+    """train_step(sync=False) returns the loss as a 0-d backend array and updates bit for bit as sync=True.
+    From a non-finite loss on, its SGD kernels skip that step's update and every later unsynced one (the
+    weights and momentum stay bitwise at the last good step) until a sync=True step. (The non-finite loss
+    is injected: a NaN pixel does not reach the loss on the kernel backends, whose ReLU is fmaxf.)"""
+    be = get_backend(backend)
+    a, b = tiny(backend), tiny(backend)
+    data = [batch(4, seed=s) for s in range(3)]
+    for x, y in data[:2]:
+        la = a.train_step(x, y, 0.01)
+        lb = b.train_step(x, y, 0.01, sync=False)
+        assert isinstance(la, float) and isinstance(lb, be.xp.ndarray) and lb.shape == ()
+        assert float(be.to_numpy(lb)) == la
+    _assert_same_state(_state(a), _state(b), "sync=False vs sync=True")
+    good = _state(b)
+    real = b.loss_and_grads
+    for bad in (np.inf, np.nan):                       # real gradients, a non-finite loss
+        monkeypatch.setattr(b, "loss_and_grads", lambda *args, **kw: (real(*args, **kw),
+                                                                       be.xp.asarray(np.array(bad, np.float32)))[1])
+        assert not math.isfinite(float(be.to_numpy(b.train_step(*data[2], 0.01, sync=False))))
+        _assert_same_state(good, _state(b), f"after a loss of {bad}")
+        monkeypatch.undo()
+    assert math.isfinite(float(be.to_numpy(b.train_step(*data[0], 0.01, sync=False))))   # finite, still skipped
+    _assert_same_state(good, _state(b), "a later unsynced step")
+    assert b.step == 5
+    b.train_step(*data[0], 0.01)                                     # synchronized: updates again
+    assert not np.array_equal(_state(b)["fc8.weight"], good["fc8.weight"])
+
+
+@pytest.mark.skipif("cuda" not in BACKENDS, reason="needs the cuda backend (a GPU)")
+def test_steady_state_steps_take_all_their_memory_from_cupys_pool():
+    """After warm-up steps, a training step gets every buffer from cupy's pool: no new device allocation
+    (cudaMalloc) through it, and the pool does not grow. (Nothing in the cuda build allocates device memory
+    outside cupy: the bindings' cudaMalloc is the emu build's `empty`.)"""
+    import cupy
+
+    class Count(cupy.cuda.MemoryHook):
+        name = "alexnet_cuda_test_device_allocations"
+
+        def __init__(self):
+            self.device_allocations = 0
+
+        def alloc_preprocess(self, **kw):           # a miss of the pool: memory from the device
+            self.device_allocations += 1
+
+    m = tiny("cuda")
+    x, y = (cupy.asarray(a) for a in batch(8))      # on the device, as the training feed hands them out
+    for _ in range(3):
+        m.train_step(x, y, 0.01, sync=False)
+    cupy.cuda.Device().synchronize()
+    pool = cupy.get_default_memory_pool()
+    total, hook = pool.total_bytes(), Count()
+    with hook:
+        for _ in range(3):
+            m.train_step(x, y, 0.01, sync=False)
+        cupy.cuda.Device().synchronize()
+    assert hook.device_allocations == 0 and pool.total_bytes() == total
+
+
 def test_dropout_masks_are_keyed_by_seed_and_step():
     x, y = batch(4)
     a, b = tiny(seed=0), tiny(seed=0)

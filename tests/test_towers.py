@@ -163,6 +163,32 @@ def test_without_peer_access_the_towers_go_through_staging_and_say_so_once(emu2,
     assert_close(one.state_dict(), two.state_dict(), "weights")
 
 
+def test_unsynced_steps_on_two_devices(emu2, monkeypatch):
+    """train_step(sync=False) with the towers on two devices updates bit for bit as sync=True, and a
+    non-finite loss on device 0 stops the update on both devices (device 1 tests its own copy)."""
+    a, b = AlexNet(backend="emu", devices=(0, 1), **KW), AlexNet(backend="emu", devices=(0, 1), **KW)
+    data = batches(2, seed=6)
+    a.train_step(*data[0], 0.01)
+    b.train_step(*data[0], 0.01, sync=False)
+
+    def state(m):
+        return {**m.state_dict(), **{"momentum." + k: v for k, v in m.momentum_state_dict().items()}}
+    good = state(b)
+    for k, v in state(a).items():
+        np.testing.assert_array_equal(v, good[k], err_msg=f"sync=False vs sync=True: {k}")
+    real = b.loss_and_grads
+
+    def nan_loss(*args, **kw):
+        real(*args, **kw)
+        loss = emu2.zeros((), np.float32)             # on device 0, where the loss lives
+        loss[...] = np.nan
+        return loss
+    monkeypatch.setattr(b, "loss_and_grads", nan_loss)
+    b.train_step(*data[1], 0.01, sync=False)
+    for k, v in state(b).items():
+        np.testing.assert_array_equal(v, good[k], err_msg=f"after a NaN loss: {k}")
+
+
 def test_health_on_two_devices_matches_one(emu2):
     one = AlexNet(backend="emu", **KW)
     two = AlexNet(backend="emu", devices=(0, 1), **KW)

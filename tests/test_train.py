@@ -260,6 +260,108 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
     assert len(read_metrics(out)) == 1
 
 
+def _same_run(a, b):
+    """Two run folders with the same metrics (timing aside) and the same checkpoint tensors, bit for bit."""
+    assert strip_timing(read_metrics(a)) == strip_timing(read_metrics(b))
+    wa, ia = rf.load_checkpoint(a / "checkpoint.safetensors")
+    wb, ib = rf.load_checkpoint(b / "checkpoint.safetensors")
+    assert wa.keys() == wb.keys() and ia["step"] == ib["step"]
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_sync_every_changes_the_reads_not_the_results(tiny_data, tmp_path, monkeypatch):
+    """--sync-every 5 on 6 steps per epoch: the losses and hits are read back after 5 steps and at the
+    epoch's end; the metrics (loss sums, training error, health) and the checkpoint are those of
+    --sync-every 1, bit for bit."""
+    reads, take = [], T.StepTotals.take
+    monkeypatch.setattr(T.StepTotals, "take", lambda self: reads.append(len(self)) or take(self))
+    steps, step = [], AlexNet.train_step
+
+    def recorded(self, *args, **kw):              # each step's loss and hits, read here (as before this option)
+        loss = step(self, *args, **kw)
+        steps.append((float(np.asarray(loss)), int(self.last_correct)))
+        return loss
+
+    monkeypatch.setattr(AlexNet, "train_step", recorded)
+    runs = {}
+    for every in (1, 5):
+        reads.clear()
+        steps.clear()
+        runs[every] = tmp_path / f"every{every}"
+        assert T.train(tiny_cfg(tiny_data, runs[every], sync_every=every), log=quiet) == 0
+        assert reads == ([1] * 6 if every == 1 else [5, 1]) * 2
+        assert json.loads((runs[every] / "config.json").read_text())["sync_every"] == every
+        for epoch, rec in enumerate(read_metrics(runs[every])):          # the per-step sums of before
+            mine = steps[6 * epoch:6 * epoch + 6]
+            loss_sum = 0.0
+            for loss, _ in mine:
+                loss_sum += loss
+            assert rec["train_loss"] == loss_sum / 6
+            assert rec["train_top1_err"] == 1.0 - sum(h for _, h in mine) / (6 * 8)
+    _same_run(runs[1], runs[5])
+    assert T.default_sync_every("cuda") == 20 and T.default_sync_every("numpy") == T.default_sync_every("emu") == 1
+    assert T.default_config()["sync_every"] is None                  # resolved from the backend at the start
+    with pytest.raises(T.TrainError, match="sync_every must be >= 1"):
+        T.train(tiny_cfg(tiny_data, tmp_path / "zero", sync_every=0), log=quiet)
+
+
+def test_ctrl_c_inside_a_block_saves_the_steps_done_and_resumes_equal(tiny_data, tmp_path, monkeypatch):
+    """Ctrl-C after step 9, in the middle of a block of 5 (steps 7..11): the pending steps are read back
+    before the checkpoint, which holds exactly 9 steps; the resumed run (with another --sync-every, which
+    --resume may change) equals an uninterrupted run with --sync-every 1."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert T.train(tiny_cfg(tiny_data, a, epochs=2, sync_every=1), log=quiet) == 0
+    orig = AlexNet.train_step
+
+    def step_then_sigint(self, *args, **kw):
+        loss = orig(self, *args, **kw)
+        if self.step == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(AlexNet, "train_step", step_then_sigint)
+    with pytest.raises(TrainingInterrupted):
+        T.train(tiny_cfg(tiny_data, b, epochs=2, sync_every=5), log=quiet)
+    monkeypatch.undo()
+    _, info = rf.load_checkpoint(b / "checkpoint.safetensors")
+    assert (info["epoch"], info["batch"], info["step"]) == (1, 3, 9)
+    assert info["partial"].loss_count == 3 and info["partial"].train_seen == 3 * 8
+    assert T.train(resume=True, out=b, overrides={"sync_every": 3}, log=quiet) == 0
+    assert json.loads((b / "config.json").read_text())["sync_every"] == 3
+    _same_run(a, b)
+
+
+def test_a_nonfinite_loss_inside_a_block_names_its_step_and_keeps_the_weights_before_it(tiny_data, tmp_path,
+                                                                                      monkeypatch):
+    """A NaN loss at step 8, inside a block of 5 (steps 7..11): found at the read-back after step 11 and
+    reported as step 8; the SGD kernels skipped steps 8 to 11, so the model holds the weights and momentum
+    of step 7, bit for bit; the checkpoint of epoch 1 is kept."""
+    seen = {}
+    real = AlexNet.loss_and_grads
+
+    def nan_at_step_8(self, *args, **kw):
+        loss = real(self, *args, **kw)
+        seen["model"] = self
+        if self.step == 7:                                   # the 8th step's forward and backward
+            seen["before"] = {**self.state_dict(), **self.momentum_state_dict()}
+            loss = self.backend.xp.asarray(np.array(np.nan, np.float32))
+        return loss
+
+    monkeypatch.setattr(AlexNet, "loss_and_grads", nan_at_step_8)
+    out = tmp_path / "nan"
+    with pytest.raises(DivergedError, match=r"became nan at step 8 \(epoch 2, batch 2/6") as e:
+        T.train(tiny_cfg(tiny_data, out, epochs=3, sync_every=5), log=quiet)
+    assert "last good checkpoint" in str(e.value)
+    m = seen["model"]
+    assert m.step == 11
+    after = {**m.state_dict(), **m.momentum_state_dict()}
+    for k, v in seen["before"].items():
+        np.testing.assert_array_equal(after[k], v, err_msg=k)
+    _, info = rf.load_checkpoint(out / "checkpoint.safetensors")
+    assert (info["epoch"], info["step"]) == (1, 6) and len(read_metrics(out)) == 1
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_huge_lr_diverges_with_a_message(tiny_data, tmp_path):
     logs = []

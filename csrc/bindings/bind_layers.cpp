@@ -85,15 +85,6 @@ void with_checked_labels(const char* op, const Labeled& in, const Array& CK, uin
     value_error(op, "labels must be in [0, " + std::to_string(in.L.dim(1)) + "), found " + std::to_string(bad_value));
 }
 
-// f(T{}) with T the storage type of an activation of dtype d: float (float32) or uint16_t (BF16 bits).
-template <class F>
-void with_storage(DType d, F&& f) {
-  if (d == DType::U16)
-    f(uint16_t{});
-  else
-    f(float{});
-}
-
 // The LRN and pooling hyper-parameters of the fused LRN + max-pool ops against x (N, C, H, W):
 // (P, Q), or ValueError naming the argument.
 std::pair<int64_t, int64_t> lrn_pool_args(const char* op, const Array& X, int size, double alpha, double beta,
@@ -109,6 +100,14 @@ std::pair<int64_t, int64_t> lrn_pool_args(const char* op, const Array& X, int si
     value_error(op, "pool_size=" + std::to_string(pool_size) + " pooling window is larger than the input x (" +
                         std::to_string(H) + "x" + std::to_string(W) + ")");
   return {(H - pool_size) / pool_stride + 1, (W - pool_size) / pool_stride + 1};
+}
+
+// The optional `loss` of the SGD ops: one float32 on the current device (an empty Array when None).
+Array optional_loss(const char* op, py::handle loss) {
+  if (loss.is_none()) return Array{};
+  Array L = input(loss, op, "loss", {DType::F32});
+  if (L.numel() != 1) value_error(op, "loss must hold one value (a 0-d array), got shape " + L.shape_str());
+  return L;
 }
 
 }  // namespace
@@ -335,8 +334,8 @@ void bind_layers(py::module_& m) {
   // ---- SGD -----------------------------------------------------------------------------------
   m.def(
       "sgd_update",
-      [](py::handle w, py::handle dw, py::handle v, double lr, double momentum, double weight_decay, int version,
-         uintptr_t stream) {
+      [](py::handle w, py::handle dw, py::handle v, double lr, double momentum, double weight_decay,
+         py::handle loss, int version, uintptr_t stream) {
         const char* op = "sgd_update";
         Array W = output(w, op, "w", {DType::F32});
         Array DW = input(dw, op, "dw", {DType::F32});
@@ -347,18 +346,22 @@ void bind_layers(py::module_& m) {
         finite(op, "lr", lr);
         finite(op, "momentum", momentum);
         finite(op, "weight_decay", weight_decay);
+        Array L = optional_loss(op, loss);
+        expect_no_overlap({&W, &V}, {&L});
         py::gil_scoped_release nogil;
-        kernels::sgd_update(W.f32(), DW.f32(), V.f32(), W.numel(), lr, momentum, weight_decay * lr, version,
-                            as_stream(stream));
+        kernels::sgd_update(W.f32(), DW.f32(), V.f32(), W.numel(), lr, momentum, weight_decay * lr,
+                            L.ptr ? L.f32() : nullptr, version, as_stream(stream));
       },
-      "w"_a, "dw"_a, "v"_a, py::kw_only(), "lr"_a, "momentum"_a = 0.9, "weight_decay"_a = 5e-4, "version"_a = 0,
-      "stream"_a = 0, "In place: v = momentum*v - weight_decay*lr*w - lr*dw; w += v.");
+      "w"_a, "dw"_a, "v"_a, py::kw_only(), "lr"_a, "momentum"_a = 0.9, "weight_decay"_a = 5e-4, "loss"_a = py::none(),
+      "version"_a = 0, "stream"_a = 0,
+      "In place: v = momentum*v - weight_decay*lr*w - lr*dw; w += v. loss (one float32 on the device, optional): "
+      "when it is not finite, nothing is written (decided by the kernel).");
 
   m.attr("SGD_TABLE_WORDS") = kernels::kSgdTableWords;
   m.def(
       "sgd_update_multi",
       [](py::sequence params, py::sequence grads, py::sequence vels, py::handle table, double lr, double momentum,
-         py::sequence weight_decays, uintptr_t stream) {
+         py::sequence weight_decays, py::handle loss, uintptr_t stream) {
         const char* op = "sgd_update_multi";
         const size_t n = py::len(params);
         if (py::len(grads) != n || py::len(vels) != n || py::len(weight_decays) != n)
@@ -370,6 +373,8 @@ void bind_layers(py::module_& m) {
         Array T = output(table, op, "table", {DType::I64}, 1);
         if (T.numel() < int64_t(n) * kernels::kSgdTableWords)
           value_error(op, "table must hold at least " + std::to_string(n * kernels::kSgdTableWords) + " int64 words");
+        Array L = optional_loss(op, loss);
+        expect_no_overlap(T, L);
         std::vector<kernels::SgdTensor> tensors(n);
         for (size_t i = 0; i < n; ++i) {
           const std::string s = "[" + std::to_string(i) + "]";
@@ -381,17 +386,19 @@ void bind_layers(py::module_& m) {
           expect_no_overlap(W, V);
           expect_no_overlap(T, W);
           expect_no_overlap(T, V);
+          expect_no_overlap({&W, &V}, {&L});
           const double wd = finite(op, ("weight_decays" + s).c_str(), weight_decays[i].cast<double>());
           tensors[i] = kernels::SgdTensor{W.f32(), DW.f32(), V.f32(), W.numel(), 0, float(wd * lr), 0};
         }
         if (n == 0) return;
         py::gil_scoped_release nogil;
         kernels::sgd_update_multi(tensors.data(), int(n), T.as<kernels::SgdTensor>(), lr, momentum,
-                                  as_stream(stream));
+                                  L.ptr ? L.f32() : nullptr, as_stream(stream));
       },
       "params"_a, "grads"_a, "vels"_a, "table"_a, py::kw_only(), "lr"_a, "momentum"_a = 0.9, "weight_decays"_a,
-      "stream"_a = 0,
-      "sgd_update over many tensors with ONE launch; table: SGD_TABLE_WORDS int64 words of device memory per tensor.");
+      "loss"_a = py::none(), "stream"_a = 0,
+      "sgd_update over many tensors with ONE launch; table: SGD_TABLE_WORDS int64 words of device memory per tensor; "
+      "loss as sgd_update's.");
 
   // ---- LRN + max pooling in one kernel (lrn_pool.cu) ----------------------------------------
   register_versions({"lrn_maxpool_forward", "lrn_maxpool_backward"}, kernels::kLrnPoolVersions);

@@ -15,6 +15,11 @@
 //            first_block_{i+1}), each block updates kMultiChunk consecutive elements of it
 //            (float4 when that tensor's three pointers are aligned). A block finds its tensor
 //            by binary search over first_block.
+// loss:      an optional argument of every version and of multi: a pointer to one float32 in
+//            device memory (the step's loss). When it is given and not finite (NaN or +-inf),
+//            every thread returns before it reads or writes anything: the update is skipped and
+//            w and v stay bitwise as they were, decided on the device, so the host need not read
+//            the loss before it launches the update. nullptr: always update (as before).
 #include "kernels/sgd.cuh"
 
 #include <stdexcept>
@@ -27,6 +32,12 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMultiChunk = kThreads * 16;  // elements per block of the multi kernel
 
+// true when the update must be skipped: a loss is given and its exponent bits are all ones (NaN or
+// infinity; a bit test, so no compiler flag can fold it away)
+__device__ __forceinline__ bool skip_update(const float* loss) {
+  return loss != nullptr && (__float_as_uint(*loss) & 0x7f800000u) == 0x7f800000u;
+}
+
 __device__ __forceinline__ void step(float& w, float dw, float& v, float lr, float mom, float wd_lr) {
   const float vn = __fadd_rn(__fadd_rn(__fmul_rn(mom, v), -__fmul_rn(wd_lr, w)), -__fmul_rn(lr, dw));
   v = vn;
@@ -35,7 +46,8 @@ __device__ __forceinline__ void step(float& w, float dw, float& v, float lr, flo
 
 // ---- version 1 ------------------------------------------------------------------------
 __global__ void sgd_v1(float* __restrict__ w, const float* __restrict__ dw, float* __restrict__ v, int64_t n, float lr,
-                       float mom, float wd_lr) {
+                       float mom, float wd_lr, const float* loss) {
+  if (skip_update(loss)) return;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float wi = w[i], vi = v[i];
     step(wi, dw[i], vi, lr, mom, wd_lr);
@@ -53,7 +65,8 @@ __device__ __forceinline__ void step4(float4& w, const float4 dw, float4& v, flo
 }
 
 __global__ void sgd_v2(float* __restrict__ w, const float* __restrict__ dw, float* __restrict__ v, int64_t n, float lr,
-                       float mom, float wd_lr) {
+                       float mom, float wd_lr, const float* loss) {
+  if (skip_update(loss)) return;
   const int64_t n4 = n / 4, stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   float4* w4 = reinterpret_cast<float4*>(w);
@@ -76,7 +89,8 @@ __global__ void sgd_v2(float* __restrict__ w, const float* __restrict__ dw, floa
 
 // ---- multi-tensor ---------------------------------------------------------------------
 __global__ void __launch_bounds__(kThreads)
-    sgd_multi(const SgdTensor* __restrict__ table, int count, float lr, float mom) {
+    sgd_multi(const SgdTensor* __restrict__ table, int count, float lr, float mom, const float* loss) {
+  if (skip_update(loss)) return;
   // the tensor of this block: the last entry with first_block <= blockIdx.x
   int lo = 0, hi = count - 1;
   while (lo < hi) {
@@ -117,22 +131,22 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void sgd_update(float* w, const float* dw, float* v, int64_t n, double lr, double momentum, double wd_lr, int version,
-                cudaStream_t stream) {
+void sgd_update(float* w, const float* dw, float* v, int64_t n, double lr, double momentum, double wd_lr,
+                const float* loss, int version, cudaStream_t stream) {
   const bool al = aligned16(w, dw, v);
   version = pick_version("sgd_update", version, kSgdVersions, al ? 2 : 1);
   if (version == 2 && !al) throw std::invalid_argument("sgd_update: version 2 needs 16-byte aligned w, dw and v");
   if (n == 0) return;
   if (version == 1)
     LAUNCH(sgd_v1, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, w, dw, v, n, float(lr),
-           float(momentum), float(wd_lr));
+           float(momentum), float(wd_lr), loss);
   else
     LAUNCH(sgd_v2, dim3(grid_stride_blocks((n + 3) / 4, kThreads)), dim3(kThreads), 0, stream, w, dw, v, n, float(lr),
-           float(momentum), float(wd_lr));
+           float(momentum), float(wd_lr), loss);
 }
 
 void sgd_update_multi(SgdTensor* tensors, int count, SgdTensor* device_table, double lr, double momentum,
-                      cudaStream_t stream) {
+                      const float* loss, cudaStream_t stream) {
   int64_t blocks = 0;
   for (int i = 0; i < count; ++i) {
     tensors[i].first_block = blocks;
@@ -143,7 +157,7 @@ void sgd_update_multi(SgdTensor* tensors, int count, SgdTensor* device_table, do
   if (blocks > 0x7fffffff) throw std::invalid_argument("sgd_update_multi: too many elements for one launch");
   CUDA_CHECK(cudaMemcpyAsync(device_table, tensors, sizeof(SgdTensor) * size_t(count), cudaMemcpyHostToDevice, stream));
   LAUNCH(sgd_multi, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, static_cast<const SgdTensor*>(device_table), count,
-         float(lr), float(momentum));
+         float(lr), float(momentum), loss);
 }
 
 }  // namespace alexnet::kernels

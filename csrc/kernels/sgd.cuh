@@ -9,8 +9,10 @@ inline constexpr int kSgdVersions = 2;
 
 // In place over n float32 elements (the paper's rule):
 //   v = momentum*v - wd_lr*w - lr*dw;  w = w + v,   wd_lr = weight_decay * lr (in double, by the caller).
-void sgd_update(float* w, const float* dw, float* v, int64_t n, double lr, double momentum, double wd_lr, int version,
-                cudaStream_t stream);
+// loss: nullptr, or one float32 of device memory; when it is not finite the kernel writes nothing
+// (the update is skipped on the device, without a read by the host).
+void sgd_update(float* w, const float* dw, float* v, int64_t n, double lr, double momentum, double wd_lr,
+                const float* loss, int version, cudaStream_t stream);
 
 // One entry of the multi-tensor table (plain data; filled on the host, copied to the device).
 struct SgdTensor {
@@ -27,6 +29,7 @@ constexpr int kSgdTableWords = int(sizeof(SgdTensor) / 8);  // int64 words per e
 // Updates every tensor of `tensors` (count entries, host memory) with ONE kernel launch:
 // the table is copied (cudaMemcpyAsync, host buffer reusable on return) into device_table
 // (count * kSgdTableWords int64 words of device memory), then a grid spanning all tensors runs.
+// loss: as sgd_update's (not finite: nothing is written to any tensor).
 void sgd_update_multi(SgdTensor* tensors, int count, SgdTensor* device_table, double lr, double momentum,
-                      cudaStream_t stream);
+                      const float* loss, cudaStream_t stream);
 }  // namespace alexnet::kernels
