@@ -33,7 +33,9 @@
 // constants 1/6 and 1/24, Cg in the channel sum, 8 in A^T M A, 1 for the bias). For inputs of one
 // magnitude the bracket is (c_i c_j / 9) sum |x||w| at output (i, j) of a tile, c = the row sums of
 // |A^T||G||B^T| over taps and inputs = 16, 17, 24, 48: up to 256x the bound of direct summation
-// (F(2x2, 3x3): 7.1x). That is a worst case; tests/test_conv_winograd.py measures the errors.
+// (F(2x2, 3x3): 7.1x). That is a worst case: measured (tests/test_conv_winograd.py) the error is at
+// most 0.4 u times the bracket, and relative to sum |x||w| it is 1.3-2.0e-6 at conv3-5's sizes against
+// 2.5-2.8e-7 for the implicit GEMM of conv.cu (5-7x).
 //
 // Backward data. dx[n, c, h, w] = sum_{k, r, s} dy[n, k, h + pad - r, w + pad - s] w[k, c, r, s] is the
 // 3x3, stride-1 convolution of dy zero-padded by 2 - pad with the filter f[c, k, r, s] = w[k, c, 2 - r,
