@@ -23,7 +23,7 @@ G has an entry off by 1e-4 of itself, which the rigorous 2 gamma_n E lets pass
 
 Against the FP32 implicit GEMM (conv.cu version 2), max |error| / sum |x||w| at batch 1 (seed 3):
 conv3 2.0e-6 (34 u) for Winograd against 2.8e-7 (5 u); conv4 1.5e-6 against 2.5e-7; conv5 1.3e-6
-against 2.5e-7 (test_alexnet_conv5_real_size asserts < 2^-16 and < 2^-19): 5-7x the implicit
+against 2.5e-7 (test_alexnet_size_conv5 asserts < 2^-16 and < 2^-19): 5-7x the implicit
 GEMM's error. Relative to max |y| (bench_conv.py's column) that is 0.8-1.4e-5 for Winograd against
 1.5-1.9e-6 at those sizes (2-3e-6 on this file's smaller shapes).
 """
@@ -193,7 +193,7 @@ def test_op_backward_and_version_zero(kernel_backend):
     np.testing.assert_array_equal(winograd_data(be, dy, x, w, 0, **geo), winograd_data(be, dy, x, w, 2, **geo))
 
 
-def test_alexnet_conv5_real_size(kernel_backend):
+def test_alexnet_size_conv5(kernel_backend):
     """conv5 at its real size (384 -> 256 channels in 2 groups, 13x13, padding 1) at batch 1: forward
     (version 2) and data gradient (version 1) within 4 u E, and the FP32 implicit GEMM beside it within
     test_kernels_conv.py's bound 2 gamma_(Cg*9+2) sum |x||w|. Measured here: max |error| / sum |x||w| =
