@@ -79,7 +79,10 @@ class ConvOps:
         dy, x, w = self._operands(fn, precision, dy, x, w)
         wino = _algorithm(fn, algorithm, precision) == "winograd"
         geo = dict(stride=stride, padding=padding, groups=groups)
-        data_work = self._winograd_plan(x, w, geo, version, "data")["workspace"] if wino and need_dx else 0
+        data_work = 0
+        if wino:  # checked also without dx: a geometry Winograd does not take is refused either way
+            winograd_work = self._winograd_plan(x, w, geo, version, "data")["workspace"]
+            data_work = winograd_work if need_dx else 0
         rest = 0 if wino else version  # the version of the filter and bias kernels
         plan = self._mod.conv2d_backward_check(dy, x, w, version=rest, precision=precision, **geo)
         dx = self._empty(x.shape) if need_dx else None

@@ -324,8 +324,9 @@ def test_bad_geometry_raises(kernel_backend, case):
     with pytest.raises(ValueError, match=r"conv2d_forward: algorithm 'winograd' " + msg):
         be.conv2d_forward(x, w, None, algorithm="winograd", **geo)
     dy = be.zeros(be.conv2d_forward(x, w, None, **geo).shape)
-    with pytest.raises(ValueError, match=r"conv2d_backward: algorithm 'winograd' " + msg):
-        be.conv2d_backward(dy, x, w, algorithm="winograd", **geo)
+    for need_dx in (True, False):
+        with pytest.raises(ValueError, match=r"conv2d_backward: algorithm 'winograd' " + msg):
+            be.conv2d_backward(dy, x, w, algorithm="winograd", need_dx=need_dx, **geo)
     with pytest.raises(ValueError, match=r"conv2d_forward: algorithm 'winograd' " + msg):
         be._mod.conv2d_winograd_check(x, w, **geo)
 
