@@ -19,7 +19,10 @@ is at most 0.38 u E (0.14-0.20 u E at conv3-5's sizes; 0.77 u E on a 1-channel 9
 nothing averages). We assert |y^ - y| <= 4 u E: a fixed multiple of u, 10x above the worst measured
 here and 70x below n u at conv3. That fails a result missing one input channel of 256, and one whose
 G has an entry off by 1e-4 of itself, which the rigorous 2 gamma_n E lets pass
-(test_tolerance_catches_a_dropped_channel_and_a_wrong_constant).
+(test_tolerance_catches_a_dropped_channel_and_a_wrong_constant). Checked by mutation of the kernels
+(2026-12-02, emu): without wino_gemm_v2's __syncthreads every case of
+test_winograd_matches_reference fails; with 1/24 in the filter transform made 1/24.0024 (1e-4 off)
+they and test_alexnet_size_conv5 all fail.
 
 Against the FP32 implicit GEMM (conv.cu version 2), max |error| / sum |x||w| at batch 1 (seed 3):
 conv3 2.0e-6 (34 u) for Winograd against 2.8e-7 (5 u); conv4 1.5e-6 against 2.5e-7; conv5 1.3e-6
