@@ -15,10 +15,15 @@ import operator
 import numpy as np
 
 __all__ = ["integer", "real", "probability", "u64", "lrn_params", "lrn_pool_params", "sgd_multi_args", "conv_hyper",
-           "activation", "FUSED_ACTIVATIONS", "bf16_storage", "out_storage"]
+           "activation", "FUSED_ACTIVATIONS", "bf16_storage", "out_storage", "conv_algorithm", "CONV_ALGORITHMS"]
 
 # The activations conv2d_forward and linear_forward apply to their output ("none": the plain product).
 FUSED_ACTIVATIONS = ("none", "relu")
+
+# The algorithms of the kernel backends' conv2d_forward and conv2d_backward data gradient: "gemm" (direct
+# loops and implicit GEMM, every geometry and precision) or "winograd" (F(4x4, 3x3): 3x3, stride 1,
+# padding <= 2, fp32; csrc/kernels/conv_winograd.cu).
+CONV_ALGORITHMS = ("gemm", "winograd")
 
 DEFAULT_WEIGHT_DECAY = 5e-4
 
@@ -103,6 +108,16 @@ def out_storage(fn, out_dtype, *, precision, x_bf16, bf16_dtype):
     if storage == "bf16":
         bf16_storage(fn, f"out_dtype={out_dtype!r}", precision)
     return storage
+
+
+def conv_algorithm(fn, algorithm, precision="fp32"):
+    """The conv algorithm of a kernel backend ("gemm" or "winograd"), checked; winograd runs at fp32 only
+    (its geometry is checked by the extension)."""
+    if not isinstance(algorithm, str) or algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"{fn}: algorithm must be one of {', '.join(CONV_ALGORITHMS)}, got {algorithm!r}")
+    if algorithm == "winograd" and precision != "fp32":
+        raise ValueError(f"{fn}: algorithm 'winograd' runs at precision fp32 only, got {precision!r}")
+    return algorithm
 
 
 def lrn_params(fn, size, alpha, beta, k, alpha_scaled):

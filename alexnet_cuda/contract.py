@@ -5,7 +5,8 @@
 `current_device`, `device_of`, `use_device`, `can_access_peer`, `enable_peer_access`, `memcpy_peer`,
 `record_event`, `wait_event`: one device, 0, on numpy; the kernel backends' own are in
 alexnet_cuda.kernel_ops). `OPS` lists the ops each backend
-implements with the reference's signatures (the kernel backends add ``version=``).
+implements with the reference's signatures (the kernel backends add ``version=``, and
+``algorithm=`` to the conv2d ops).
 
 BF16 storage (docs/design.md, "Reduced precision"): `bf16_dtype` is the dtype of a BF16 array on the
 backend (``ml_dtypes.bfloat16`` on numpy and emu; ``uint16`` bit patterns on cuda, where cupy has no

@@ -19,12 +19,20 @@ float32 x or dy is rounded to BF16 bits first (one pass), and w, the FP32 master
 rounded by the kernels as they stage it (no pass). The forward output's storage is ``out_dtype``
 (None: x's), dx has x's storage, dw and db are float32. On emu a uint16 array is the older form
 of BF16 operands (bit patterns), read as BF16 values but FP32 storage as far as outputs go.
+
+The conv2d ops take ``algorithm`` ("gemm", the default, or "winograd": F(4x4, 3x3) for 3x3,
+stride-1 convolutions with padding <= 2 at fp32, csrc/kernels/conv_winograd.cu); with
+"winograd", ``version`` numbers its kernels (``versions("conv2d_forward_winograd")``,
+``versions("conv2d_backward_winograd")``) for the forward pass and the data gradient, and the
+filter and bias gradients run their version 0. Its workspace (the transformed tensors) is
+allocated per call like the split reductions'.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .checks import activation as _activation, bf16_storage, conv_hyper as _hyper, integer, out_storage
+from .checks import activation as _activation, bf16_storage, conv_algorithm as _algorithm, conv_hyper as _hyper
+from .checks import integer, out_storage
 from .precision import as_bf16_bits, check_precision
 
 
@@ -69,50 +77,72 @@ class ConvOps:
 
     # ---- conv2d ---------------------------------------------------------------------------
     def conv2d_forward(self, x, w, b, *, stride=1, padding=0, groups=1, version=0, precision="fp32",
-                       activation="none", out_dtype=None):
+                       activation="none", out_dtype=None, algorithm="gemm"):
         """y; precision tf32 or bf16 runs the tensor-core forward (x, w as in linear_forward);
         activation "relu" fuses max(0, .) into every version's epilogue. out_dtype: y's storage
         (None: x's; "fp32"/float32, or "bf16"/the backend's bf16_dtype at bf16: the FP32 epilogue
-        value rounded once)."""
+        value rounded once). algorithm "winograd" runs conv_winograd.cu (3x3, stride 1, padding <= 2,
+        fp32)."""
         fn = "conv2d_forward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
         activation = _activation(fn, activation)
         check_precision(fn, precision)
+        algorithm = _algorithm(fn, algorithm, precision)
         storage = out_storage(fn, out_dtype, precision=precision, x_bf16=self._stored_bf16(fn, precision, "x", x),
                               bf16_dtype=self.bf16_dtype)
         (x,) = self._operands(fn, precision, x)
         w = self._weights(precision, w)
         geo = dict(stride=stride, padding=padding, groups=groups, precision=precision)
-        y = self._output(self._mod.conv2d_forward_check(x, w, b, **geo), storage)
+        shape = self._mod.conv2d_forward_check(x, w, b, **geo)
+        extra = {}
+        if algorithm == "winograd":
+            plan = self._winograd_plan(x, w, geo, version, "forward")
+            extra = dict(algorithm=algorithm, work=self._work(plan["workspace"]))
+        y = self._output(shape, storage)
         self._mod.conv2d_forward(x, w, b, self._out_arg(y), version=version, activation=activation,
-                                 stream=self._stream(), **geo)
+                                 stream=self._stream(), **geo, **extra)
         return y
 
-    def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True, precision="fp32"):
+    def _winograd_plan(self, x, w, geo, version, direction):
+        """{'workspace': floats} of the Winograd kernels (ValueError for a geometry they do not take)."""
+        return self._mod.conv2d_winograd_check(x, w, stride=geo["stride"], padding=geo["padding"],
+                                               groups=geo["groups"], version=version, direction=direction)
+
+    def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True, precision="fp32",
+                        algorithm="gemm"):
         """(dx, dw, db); precision tf32 or bf16 runs the tensor-core data and filter kernels (dy, x,
         w as in linear_backward; at bf16 db sums dy's BF16 values). dx has x's storage, dw and db
-        are float32."""
+        are float32. algorithm "winograd": dx by conv_winograd.cu's `version`, dw and db by their
+        version 0."""
         fn = "conv2d_backward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
         check_precision(fn, precision)
+        wino = _algorithm(fn, algorithm, precision) == "winograd"
         self._stored_bf16(fn, precision, "dy", dy)
         x_bf16 = self._stored_bf16(fn, precision, "x", x)
         dy, x = self._operands(fn, precision, dy, x)
         w = self._weights(precision, w)
         geo = dict(stride=stride, padding=padding, groups=groups)
-        plan = self._mod.conv2d_backward_check(dy, x, w, version=version, precision=precision, **geo)
+        data_work = 0
+        if wino:  # checked also without dx: a geometry Winograd does not take is refused either way
+            winograd_work = self._winograd_plan(x, w, geo, version, "data")["workspace"]
+            data_work = winograd_work if need_dx else 0
+        rest = 0 if wino else version  # the version of the filter and bias kernels
+        plan = self._mod.conv2d_backward_check(dy, x, w, version=rest, precision=precision, **geo)
         dx = self._output(x.shape, "bf16" if x_bf16 else "fp32") if need_dx else None
         dw = self._empty(w.shape)
         db = self._empty((w.shape[0],))
-        work = self._work(plan["workspace"])
+        # The data and filter kernels run one after the other on one stream: one workspace.
+        work = self._work(max(plan["workspace"], data_work))
         s = self._stream()
-        kw = dict(version=version, precision=precision, stream=s, **geo)
+        kw = dict(precision=precision, stream=s, **geo)
         if need_dx:  # the first layer's dx (the image's gradient) is never used: skip its kernel
-            self._mod.conv2d_backward_data(dy, x, w, self._out_arg(dx), **kw)
-        self._mod.conv2d_backward_filter(dy, x, w, dw, work, **kw)
-        bias_version = version if precision == "fp32" else 0  # the bias sums have the fp32 versions
+            wk = dict(algorithm="winograd", work=work) if wino else {}
+            self._mod.conv2d_backward_data(dy, x, w, self._out_arg(dx), version=version, **kw, **wk)
+        self._mod.conv2d_backward_filter(dy, x, w, dw, work, version=rest, **kw)
+        bias_version = rest if precision == "fp32" else 0  # the bias sums have the fp32 versions
         self._mod.conv2d_backward_bias(dy, db, version=bias_version, stream=s)  # at bf16: the bits, widened
         return dx, dw, db
 

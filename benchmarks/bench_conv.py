@@ -23,6 +23,11 @@ zero-padded copy of x). The filter gradient has a version 3 (conv_wgrad.cu) that
 directions do not: its rows are listed, the "sum" rows are of versions every direction has.
 The bias gradient is listed separately (cuDNN's weight gradient does not compute it) and is
 not in the sums.
+Winograd (csrc/kernels/conv_winograd.cu, algorithm="winograd": F(4x4, 3x3), fp32) runs the forward
+and data rows of the 3x3, stride-1 layers (conv3-5) as "ours winograd v0, v1, v2" (every version of
+conv2d_forward_winograd; its workspace, the transformed tensors, preallocated like the others'); the
+row "ours v0 + winograd" of the sums is version 0 with Winograd v0 in those rows (the time a step
+would take with it). Its TFLOP/s counts the direct convolution's FLOPs, as cuDNN's do.
 "max |err|" is our version-0 result against cuDNN's, relative to max |cuDNN result|.
 
 cuDNN settings: torch.backends.cudnn.benchmark = True (it picks its fastest algorithm per
@@ -107,6 +112,11 @@ class OurConv:
         for v in [0] + be.versions(op_name(precision, "filter")):
             n = self.m.conv2d_backward_check(dy, x, w, version=v, precision=precision, **geo)["workspace"]
             self.work[v] = xp.empty(n, dtype=np.float32) if n else None
+        self.wino_versions = winograd_versions(be, x, w, geo) if precision == "fp32" else []
+        if self.wino_versions:  # one workspace for every Winograd direction and version (they run one at a time)
+            n = max(self.m.conv2d_winograd_check(x, w, version=v, direction=d, **geo)["workspace"]
+                    for v in self.wino_versions for d in ("forward", "data"))
+            self.wino_work = xp.empty(n, dtype=np.float32)
 
     def stream(self):
         return self.be._stream()
@@ -129,8 +139,28 @@ class OurConv:
                                                   stream=self.stream())
         raise ValueError(direction)
 
+    def fn_winograd(self, direction, v):
+        m, g = self.m, dict(self.geo, algorithm="winograd", work=self.wino_work, version=v)
+        if direction == "forward":
+            return lambda: m.conv2d_forward(self.x, self.w, self.b, self.y, stream=self.stream(), **g)
+        if direction == "data":
+            return lambda: m.conv2d_backward_data(self.dy, self.x, self.w, self.dx, stream=self.stream(), **g)
+        raise ValueError(direction)
+
     def result(self, direction):
         return {"forward": self.y, "data": self.dx, "filter": self.dw, "bias": self.db}[direction]
+
+
+WINOGRAD_DIRECTIONS = ("forward", "data")
+
+
+def winograd_versions(be, x, w, geo):
+    """[0] + the Winograd versions when its kernels take this layer (3x3, stride 1, padding <= 2), else []."""
+    try:
+        be._mod.conv2d_winograd_check(x, w, **geo)
+    except ValueError:
+        return []
+    return [0] + be.versions("conv2d_forward_winograd")
 
 
 def torch_fns(torch, x, w, b, dy, geo):
@@ -142,6 +172,9 @@ def torch_fns(torch, x, w, b, dy, geo):
         "filter": lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, stride=st, padding=pad, groups=g),
         "bias": lambda: dy.sum(dim=(0, 2, 3)),
     }
+
+
+WITH_WINOGRAD = "ours v0 + winograd"  # the sum row: Winograd v0 in its rows, version 0 elsewhere
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +224,15 @@ def check(args):
                 err = np.abs(got - want["filter"]).max() / max(1e-30, np.abs(want["filter"]).max())
                 print(f"  {lname} v{v}: max |err| / max |ref|  filter {err:.1e}")
                 worst, ok = max(worst, err), ok and bool(err < common.CHECK_LIMIT)
+        for v in ours.wino_versions:  # Winograd's forward and data gradient (3x3, stride 1)
+            errs = {}
+            for k in WINOGRAD_DIRECTIONS:
+                ours.fn_winograd(k, v)()
+                got = be.to_numpy(ours.result(k)).astype(np.float64)
+                errs[k] = np.abs(got - want[k]).max() / max(1e-30, np.abs(want[k]).max())
+                ok &= bool(errs[k] < common.CHECK_LIMIT)
+            worst = max([worst] + list(errs.values()))
+            print(f"  {lname} winograd v{v}: max |err| / max |ref|  " + "  ".join(f"{k} {e:.1e}" for k, e in errs.items()))
     print(("OK" if ok else "MISMATCH") + f": worst relative error {worst:.2e} (limit 1e-5)")
     return 0 if ok else 1
 
@@ -251,6 +293,7 @@ def main(argv=None):
             if is_conv:
                 sums["cuDNN"] = sums.get("cuDNN", 0.0) + t_ms
             print(f"{lname} {direction:8s} cuDNN    {t_ms:9.3f} ms", flush=True)
+            v0_ms = None  # version 0's time (when --versions has 0)
             for v in (v for v in versions if ours.has(direction, v)):
                 iters = args.v1_iters if v == 1 else args.iters
                 ms = common.time_cuda(ours.fn(direction, v), warmup=1 if v == 1 else args.warmup, iters=iters)
@@ -264,6 +307,21 @@ def main(argv=None):
                     sums[f"ours v{v}"] = sums.get(f"ours v{v}", 0.0) + ms
                 print(f"{lname} {direction:8s} ours v{v}  {ms:9.3f} ms  x cuDNN {ms / t_ms:6.2f}"
                       + (f"  max|err| {err:.1e}" if v == 0 else ""), flush=True)
+                if v == 0:
+                    v0_ms = ms
+            if is_conv:
+                with_wino = v0_ms  # the step with Winograd's version 0 where it runs, version 0 elsewhere
+                for v in ours.wino_versions if direction in WINOGRAD_DIRECTIONS else []:
+                    ms = common.time_cuda(ours.fn_winograd(direction, v), warmup=args.warmup, iters=args.iters)
+                    vs0 = float(cupy.abs(ours.result(direction) - r0).max() / max(float(cupy.abs(r0).max()), 1e-30))
+                    rows.append({"layer": lname, "shape": shape, "direction": direction,
+                                 "impl": f"ours winograd v{v}", "ms": ms, "TFLOP/s": fl / (ms * 1e-3) / 1e12,
+                                 "x cuDNN": ms / t_ms, "max |err|": f"{vs0:.1e} vs v0"})
+                    print(f"{lname} {direction:8s} ours winograd v{v}  {ms:9.3f} ms  x cuDNN {ms / t_ms:6.2f}",
+                          flush=True)
+                    with_wino = ms if v == 0 and with_wino is not None else with_wino
+                if p == "fp32" and with_wino is not None:
+                    sums[WITH_WINOGRAD] = sums.get(WITH_WINOGRAD, 0.0) + with_wino
         del ours, x, w, b, dy
     total_fl = sum(flops(N, LAYERS[l]) for l in only) * len(DIRECTIONS)
     for impl, ms in sums.items():

@@ -116,7 +116,7 @@ fi
 # 5. sanitizers over the cuda kernel tests (tests select small sizes; -k cuda keeps emu out)
 # (test_emu.py is left out: its kernels test the emulator, and under the sanitizers its large
 # reductions and atomics cases alone took the whole time limit on an H200)
-KTESTS=$(ls tests/test_kernels_*.py tests/test_elementwise.py 2>/dev/null)
+KTESTS=$(ls tests/test_kernels_*.py tests/test_elementwise.py tests/test_conv_winograd.py 2>/dev/null)
 if command -v compute-sanitizer > /dev/null; then
   for tool in memcheck racecheck; do
     step "sanitizer_$tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 3 --target-processes all \

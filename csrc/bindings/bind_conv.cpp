@@ -12,6 +12,7 @@
 #include "bindings/arrays.h"
 #include "kernels/conv.cuh"
 #include "kernels/conv_tc.cuh"
+#include "kernels/conv_winograd.cuh"
 #include "kernels/gemm.cuh"
 
 namespace alexnet {
@@ -100,6 +101,23 @@ kernels::Precision precision_arg(const char* op, const std::string& p) {
 bool activation_arg(const char* op, const std::string& a) {
   if (a != "none" && a != "relu") value_error(op, "activation must be none or relu, got '" + a + "'");
   return a == "relu";
+}
+
+// The algorithm argument of conv2d_forward and conv2d_backward_data: "gemm" (conv.cu, conv_tc.cu) or
+// "winograd" (conv_winograd.cu: FP32 only); true for winograd.
+bool algorithm_arg(const char* op, const std::string& a, kernels::Precision p) {
+  if (a != "gemm" && a != "winograd") value_error(op, "algorithm must be gemm or winograd, got '" + a + "'");
+  if (a == "winograd" && p != kernels::Precision::kFP32)
+    value_error(op, "algorithm 'winograd' runs at precision fp32 only");
+  return a == "winograd";
+}
+
+// The geometry and version checks of the Winograd kernels; returns the workspace (floats) they need.
+int64_t winograd_need(const char* op, const kernels::ConvShape& s, bool data, int version) {
+  const std::string why = kernels::conv_winograd_unsupported(s);
+  if (!why.empty()) value_error(op, why);
+  check_version(op, version, kernels::kConvWinogradVersions);
+  return kernels::conv2d_winograd_workspace(s, data, version);
 }
 
 // The dtype of a GEMM operand at a precision: uint16 BF16 bit patterns for bf16, else float32.
@@ -250,6 +268,7 @@ void bind_conv(py::module_& m) {
   register_versions({"conv2d_forward_tf32", "conv2d_forward_bf16", "conv2d_backward_tf32", "conv2d_backward_bf16"},
                     kernels::kConvTcVersions);
   register_versions({"conv2d_backward_filter"}, kernels::kConvFilterVersions);
+  register_versions({"conv2d_forward_winograd", "conv2d_backward_winograd"}, kernels::kConvWinogradVersions);
   register_versions({"linear_forward", "linear_backward"}, kernels::kGemmVersions);
   register_versions({"linear_forward_tf32", "linear_backward_tf32"}, kernels::kGemmTcVersions);
   register_versions({"linear_forward_bf16", "linear_backward_bf16"}, kernels::kGemmTcBF16Versions);
@@ -277,20 +296,28 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_forward",
       [](py::handle x, py::handle w, py::handle b, py::handle y, int64_t stride, int64_t padding, int64_t groups,
-         int version, const std::string& precision, const std::string& activation, uintptr_t stream) {
+         int version, const std::string& precision, const std::string& activation, const std::string& algorithm,
+         py::handle work, uintptr_t stream) {
         const char* op = "conv2d_forward";
         const kernels::Precision p = precision_arg(op, precision);
         const bool relu = activation_arg(op, activation);
+        const bool wino = algorithm_arg(op, algorithm, p);
         Array B;
         ConvIn in = forward_inputs(op, x, w, b, stride, padding, groups, &B, p);
         Array Y = storage_output(y, op, "y", 4, p);
         expect_shape(Y, y_shape(in.s), "(N, K, P, Q)");
-        expect_no_overlap({&Y}, {&in.X, &in.Wt, &B});
-        check_version(op, version, p == kernels::Precision::kFP32 ? kernels::kConvVersions : kernels::kConvTcVersions);
+        Array WK = workspace(work, op, wino ? winograd_need(op, in.s, false, version) : 0);
+        expect_no_overlap({&Y, &WK}, {&in.X, &in.Wt, &B, &Y, &WK});
+        check_version(op, version,
+                      wino ? kernels::kConvWinogradVersions
+                           : p == kernels::Precision::kFP32 ? kernels::kConvVersions : kernels::kConvTcVersions);
         py::gil_scoped_release nogil;
         const float* bp = B.ptr ? B.f32() : nullptr;
         const bool w32 = fp32_weights(p, in.Wt);
-        if (p == kernels::Precision::kFP32)
+        if (wino)
+          kernels::conv2d_forward_winograd(in.X.f32(), in.Wt.f32(), bp, Y.f32(), WK.ptr ? WK.f32() : nullptr,
+                                           WK.numel(), in.s, version, as_stream(stream), relu);
+        else if (p == kernels::Precision::kFP32)
           kernels::conv2d_forward(in.X.f32(), in.Wt.f32(), bp, Y.f32(), in.s, version, as_stream(stream), relu);
         else if (Y.dtype == DType::U16)
           kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.as<uint16_t>(), in.s, version, as_stream(stream),
@@ -299,11 +326,29 @@ void bind_conv(py::module_& m) {
           kernels::conv2d_forward_tc(p, in.X.ptr, in.Wt.ptr, bp, Y.f32(), in.s, version, as_stream(stream), relu, w32);
       },
       "x"_a, "w"_a, "b"_a, "y"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
-      "precision"_a = "fp32", "activation"_a = "none", "stream"_a = 0,
+      "precision"_a = "fp32", "activation"_a = "none", "algorithm"_a = "gemm", "work"_a = py::none(), "stream"_a = 0,
       "y = conv2d(x, w) + b (b may be None), written into y (float32; at bf16 also uint16 BF16 storage: rounded "
       "once). precision: fp32, tf32 (float32 x, w on tensor cores) or bf16 (uint16 BF16 x; w uint16 BF16 or "
       "float32, rounded as the kernel stages it). activation 'relu': y = max(0, conv2d(x, w) + b) in the "
-      "kernel's epilogue.");
+      "kernel's epilogue. algorithm 'winograd' (fp32, 3x3, stride 1, padding <= 2): conv_winograd.cu, whose "
+      "versions `version` numbers, with the float32 workspace `work` of conv2d_winograd_check's size.");
+
+  m.def(
+      "conv2d_winograd_check",
+      [](py::handle x, py::handle w, int64_t stride, int64_t padding, int64_t groups, int version,
+         const std::string& direction) {
+        if (direction != "forward" && direction != "data")
+          value_error("conv2d_winograd_check", "direction must be forward or data, got '" + direction + "'");
+        const bool data = direction == "data";
+        const char* op = data ? "conv2d_backward" : "conv2d_forward";
+        ConvIn in = forward_inputs(op, x, w, py::none(), stride, padding, groups, nullptr);
+        return py::dict("workspace"_a = winograd_need(op, in.s, data, version));
+      },
+      "x"_a, "w"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
+      "direction"_a = "forward",
+      "Checks that the Winograd kernels (conv_winograd.cu) take this convolution (3x3, stride 1, padding <= 2) "
+      "and `version`; returns {'workspace': floats} of the forward pass (direction 'forward') or of the data "
+      "gradient ('data').");
 
   m.def(
       "conv2d_backward_check",
@@ -326,18 +371,23 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_backward_data",
       [](py::handle dy, py::handle x, py::handle w, py::handle dx, int64_t stride, int64_t padding, int64_t groups,
-         int version, const std::string& precision, uintptr_t stream) {
+         int version, const std::string& precision, const std::string& algorithm, py::handle work, uintptr_t stream) {
         const char* op = "conv2d_backward";
         const kernels::Precision p = precision_arg(op, precision);
+        const bool wino = algorithm_arg(op, algorithm, p);
         Array DY;
         ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY, p);
         Array DX = storage_output(dx, op, "dx", 4, p);
         expect_same_shape(in.X, DX);
-        expect_no_overlap({&DX}, {&DY, &in.Wt});
-        check_version(op, version, conv_versions(p));
+        Array WK = workspace(work, op, wino ? winograd_need(op, in.s, true, version) : 0);
+        expect_no_overlap({&DX, &WK}, {&DY, &in.Wt, &DX, &WK});
+        check_version(op, version, wino ? kernels::kConvWinogradVersions : conv_versions(p));
         py::gil_scoped_release nogil;
         const bool w32 = fp32_weights(p, in.Wt);
-        if (p == kernels::Precision::kFP32)
+        if (wino)
+          kernels::conv2d_backward_data_winograd(DY.f32(), in.Wt.f32(), DX.f32(), WK.ptr ? WK.f32() : nullptr,
+                                                 WK.numel(), in.s, version, as_stream(stream));
+        else if (p == kernels::Precision::kFP32)
           kernels::conv2d_backward_data(DY.f32(), in.Wt.f32(), DX.f32(), in.s, version, as_stream(stream));
         else if (DX.dtype == DType::U16)
           kernels::conv2d_backward_data_tc(p, DY.ptr, in.Wt.ptr, DX.as<uint16_t>(), in.s, version, as_stream(stream),
@@ -346,8 +396,9 @@ void bind_conv(py::module_& m) {
           kernels::conv2d_backward_data_tc(p, DY.ptr, in.Wt.ptr, DX.f32(), in.s, version, as_stream(stream), w32);
       },
       "dy"_a, "x"_a, "w"_a, "dx"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
-      "precision"_a = "fp32", "stream"_a = 0,
-      "dx of conv2d (float32; at bf16 also uint16 BF16 storage: rounded once; x is read only for its shape).");
+      "precision"_a = "fp32", "algorithm"_a = "gemm", "work"_a = py::none(), "stream"_a = 0,
+      "dx of conv2d (float32; at bf16 also uint16 BF16 storage: rounded once; x is read only for its shape). algorithm 'winograd' as conv2d_forward's (its "
+      "workspace: conv2d_winograd_check(direction='data')).");
 
   m.def(
       "conv2d_backward_filter",

@@ -2,6 +2,7 @@
 //
 //   async_copy_f32(dst, src, valid)  *dst = valid ? *src : 0.0f
 //   async_copy_16(dst, src, bytes)   16 bytes to dst: the first `bytes` (0..16) from src, then zeros
+//   async_copy_f32x4(dst, src, n)    async_copy_16 of n floats (n in 0..4), then zeros
 //   async_commit()                   closes the group of copies issued since the last commit
 //   async_wait_all()                 waits for every committed group of this thread
 //   async_wait_pending<N>()          waits until at most the N newest committed groups are pending
@@ -47,6 +48,12 @@ __device__ __forceinline__ void async_copy_16(void* dst, const void* src, int by
   const unsigned char* p = static_cast<const unsigned char*>(src);
   for (int i = 0; i < 16; ++i) d[i] = i < bytes ? p[i] : 0;
 #endif
+}
+
+// dst[0..3] = src[0..valid-1], zero past them (valid in 0..4; src and dst 16-byte aligned; src
+// is not read when valid is 0).
+__device__ __forceinline__ void async_copy_f32x4(float* dst, const float* src, int valid) {
+  async_copy_16(dst, src, 4 * valid);
 }
 
 __device__ __forceinline__ void async_commit() {
