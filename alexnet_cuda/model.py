@@ -200,6 +200,12 @@ class Layer:
         self.__dict__.pop("_cache", None)
 
 
+def _storage(be, ctx):
+    """The storage of a product's output: BF16 at precision bf16 (activations and their gradients between
+    layers; the ops that follow keep it), else None (FP32, as the input)."""
+    return be.bf16_dtype if ctx["precision"] == "bf16" else None
+
+
 class Conv2d(Layer):
     params = ("weight", "bias")
     fuse_relu = False  # set by _pair_relus: the forward also applies the next layer's ReLU
@@ -219,7 +225,7 @@ class Conv2d(Layer):
             self._cache = x
         return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
                                  groups=self.groups, precision=self._precision,
-                                 activation="relu" if self.fuse_relu else "none")
+                                 activation="relu" if self.fuse_relu else "none", out_dtype=_storage(be, ctx))
 
     def backward(self, be, dy, need_dx=True):
         dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
@@ -232,6 +238,7 @@ class Linear(Layer):
     params = ("weight", "bias")
     tower_rule = "gather_in"
     fuse_relu = False  # as Conv2d's
+    logits = False  # the last layer: its output (the logits) is FP32 at every precision
 
     def __init__(self, name, in_f, out_f):
         self.name = name
@@ -243,7 +250,8 @@ class Linear(Layer):
         if train:
             self._cache = x
         return be.linear_forward(x, self.weight, self.bias, precision=self._precision,
-                                 activation="relu" if self.fuse_relu else "none")
+                                 activation="relu" if self.fuse_relu else "none",
+                                 out_dtype=np.float32 if self.logits else _storage(be, ctx))
 
     def backward(self, be, dy):
         dx, self.grad_weight, self.grad_bias = be.linear_backward(dy, self._cache, self.weight,
@@ -287,8 +295,8 @@ class ReLU(Layer):
 
     def _observe(self, be, y):
         # y >= 0 after the ReLU, so "some example > 0" is "the maximum over the batch > 0", a
-        # reduction that needs no bool array of y's size
-        a = y.max(axis=0) > 0
+        # reduction that needs no bool array of y's size (of the FP32 values, for BF16 storage)
+        a = (be.from_bf16(y) if be.is_bf16(y) else y).max(axis=0) > 0
         if self.active is None:
             self.active = a
         else:
@@ -482,7 +490,9 @@ class AlexNet:
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
         # The products that have tensor-core kernels (conv and linear, forward and backward)
-        # take TF32- or BF16-rounded operands (alexnet_cuda.precision); storage stays FP32.
+        # take TF32- or BF16-rounded operands (alexnet_cuda.precision); at bf16 the activations and
+        # their gradients are stored in BF16 between layers (conv1's input and the logits stay FP32;
+        # weights, momentum, the update and every reduction are FP32).
         self.precision = check_precision("AlexNet", precision)
         self.config = dict(num_classes=int(num_classes), input_size=input_size, width=float(width),
                            towers=int(towers), dropout=float(dropout), lrn=bool(lrn), seed=int(seed), init=init,
@@ -546,6 +556,7 @@ class AlexNet:
         L += [Linear("fc6", ch["conv5"] * p5 * p5, ch["fc6"]), act(6), Dropout("drop6", dropout, 0),
               Linear("fc7", ch["fc6"], ch["fc7"]), act(7), Dropout("drop7", dropout, 1),
               Linear("fc8", ch["fc7"], self.num_classes)]
+        L[-1].logits = True
         _pair_relus(L, True)
         return L
 
@@ -758,14 +769,14 @@ class AlexNet:
         be = self.backend
         ctx = self.context()
         if self._split is not None:
-            out = self._split.run(x, False, ctx, stop)
+            x = self._split.run(x, False, ctx, stop)
             self._split.clear()
-            return out
-        for l in self.layers:
-            x = l.forward(be, x, False, ctx)
-            if l.name == stop:
-                break
-        return x
+        else:
+            for l in self.layers:
+                x = l.forward(be, x, False, ctx)
+                if l.name == stop:
+                    break
+        return be.from_bf16(x) if be.is_bf16(x) else x  # FP32 for the caller at every precision
 
     def loss_and_grads(self, x, labels, *, on_grads=None, row0=0):
         """Forward (train mode) and backward; fills each parameter's gradient and `last_correct` (the batch's

@@ -566,8 +566,9 @@ def maxpool_backward(dy, x, y, *, size=3, stride=2):
 
 def _lrn_pool_args(fn, x, size, alpha, beta, k, alpha_scaled, pool_size, pool_stride, relu_input=False):
     """Check x (N,C,H,W) and the hyper-parameters of the fused ops; return (lrn kwargs, pool kwargs,
-    relu_input, (N, C, P, Q))."""
-    _lrn_check_x(fn, x)
+    relu_input, (N, C, P, Q)). x may be BF16 storage: the composed ops then run at BF16 storage, rounding
+    where the kernels store (lrn_y, y_pool, the pooled gradient, dx)."""
+    _lrn_check_x(fn, x.astype(np.float32) if getattr(x, "dtype", None) == _BF16 else x)
     _, _, _, _, pool_size, pool_stride, relu_input = _lrn_pool_params(
         fn, size, alpha, beta, k, alpha_scaled, pool_size, pool_stride, relu_input)
     N, C, H, W = x.shape
@@ -596,10 +597,12 @@ def lrn_maxpool_backward(dy_pool, x, lrn_y, scale, *, size=5, alpha=1e-4, beta=0
     fn = "lrn_maxpool_backward"
     lrn, pool, relu_input, pooled = _lrn_pool_args(fn, x, size, alpha, beta, k, alpha_scaled, pool_size,
                                                    pool_stride, relu_input)
-    _array(fn, "dy_pool", dy_pool, ndim=4, like=("x", x))
+    bf16 = x.dtype == _BF16  # BF16 storage: dy_pool and lrn_y BF16 too, scale float32
+    act = dict(dtypes=(_BF16,)) if bf16 else dict(like=("x", x))
+    _array(fn, "dy_pool", dy_pool, ndim=4, **act)
     _shape(fn, "dy_pool", dy_pool, pooled, "the pooled shape of x")
     for name, a_ in (("lrn_y", lrn_y), ("scale", scale)):
-        _array(fn, name, a_, ndim=4, like=("x", x))
+        _array(fn, name, a_, ndim=4, **(dict(dtypes=(np.dtype(np.float32),)) if bf16 and name == "scale" else act))
         _shape(fn, name, a_, x.shape, "the shape of x")
     # maxpool_backward checks its y argument for shape only: dy_pool has that shape
     dx = lrn_backward(maxpool_backward(dy_pool, lrn_y, dy_pool, **pool), x, lrn_y, scale, **lrn)
