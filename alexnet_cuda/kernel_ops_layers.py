@@ -21,16 +21,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import checks
-from .precision import as_bf16_bits
-
-
-def _storage(a):
-    """(what the kernels take, how to give an output back) for an activation of a storage-templated op:
-    float32 and uint16 (BF16 bits) arrays as they are; an ml_dtypes.bfloat16 numpy array as its uint16
-    view, its outputs viewed as bfloat16 again (docs/design.md, BF16 arrays in Python)."""
-    if getattr(getattr(a, "dtype", None), "name", "") == "bfloat16":
-        return as_bf16_bits(a), lambda out: out.view(a.dtype)
-    return a, lambda out: out
 
 
 class LayerOps:
@@ -76,28 +66,30 @@ class LayerOps:
         return dx
 
     # ---- LRN + max pooling in one kernel (lrn_pool.cu) ------------------------------------
-    def _like(self, a, shape=None):
-        """An output of a's storage dtype (float32 or uint16), a's shape unless given."""
-        dtype = np.uint16 if getattr(a, "dtype", None) == np.uint16 else np.float32
-        return self._empty(getattr(a, "shape", (0,)) if shape is None else shape, dtype)
+    def _fused_like(self, x, shape=None):
+        """As _like, and a raw uint16 x (BF16 bits, the kernels' own form) gets raw uint16 outputs."""
+        if getattr(x, "dtype", None) == np.uint16 and not self.is_bf16(x):
+            out = self._empty(x.shape if shape is None else shape, np.uint16)
+            return out, out
+        return self._like(x, shape)
 
     def lrn_maxpool_forward(self, x, *, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_scaled=False, pool_size=3,
                             pool_stride=2, version=0):
         """(y_pool, lrn_y, scale): lrn_forward then maxpool_forward in one kernel, bit for bit. x float32 or BF16
-        (uint16 bits, or ml_dtypes.bfloat16 on emu); y_pool and lrn_y in x's form, scale float32."""
+        storage; y_pool and lrn_y in x's storage, scale float32."""
         size, a, beta, k, pool_size, pool_stride, _ = checks.lrn_pool_params(
             "lrn_maxpool_forward", size, alpha, beta, k, alpha_scaled, pool_size, pool_stride)
-        x, back = _storage(x)
         shape = getattr(x, "shape", ())
         pooled = (0,)
         if len(shape) == 4 and pool_size <= min(shape[2], shape[3]):
             N, C, H, W = shape
             pooled = (N, C, (H - pool_size) // pool_stride + 1, (W - pool_size) // pool_stride + 1)
-        y_pool, lrn_y, scale = self._like(x, pooled), self._like(x), self._empty_like(x)
-        self._mod.lrn_maxpool_forward(x, y_pool, lrn_y, scale, size=size, alpha=a, beta=beta, k=k,
+        (y_pool, yp_bits), (lrn_y, ly_bits) = self._fused_like(x, pooled), self._fused_like(x)
+        scale = self._empty_like(x)
+        self._mod.lrn_maxpool_forward(self._bits(x), yp_bits, ly_bits, scale, size=size, alpha=a, beta=beta, k=k,
                                       pool_size=pool_size, pool_stride=pool_stride, version=version,
                                       stream=self._stream())
-        return back(y_pool), back(lrn_y), scale
+        return y_pool, lrn_y, scale
 
     def lrn_maxpool_backward(self, dy_pool, x, lrn_y, scale, *, size=5, alpha=1e-4, beta=0.75, k=2.0,
                              alpha_scaled=False, pool_size=3, pool_stride=2, relu_input=False, version=0):
@@ -105,13 +97,11 @@ class LayerOps:
         also zeroes dx where x <= 0 (relu_backward(dx, x): x is a ReLU's output)."""
         size, a, beta, k, pool_size, pool_stride, relu_input = checks.lrn_pool_params(
             "lrn_maxpool_backward", size, alpha, beta, k, alpha_scaled, pool_size, pool_stride, relu_input)
-        x, back = _storage(x)
-        dy_pool, lrn_y = _storage(dy_pool)[0], _storage(lrn_y)[0]
-        dx = self._like(x)
-        self._mod.lrn_maxpool_backward(dy_pool, x, lrn_y, scale, dx, size=size, alpha=a, beta=beta,
-                                       pool_size=pool_size, pool_stride=pool_stride, relu_input=relu_input,
-                                       version=version, stream=self._stream())
-        return back(dx)
+        dx, dx_bits = self._fused_like(x)
+        self._mod.lrn_maxpool_backward(self._bits(dy_pool), self._bits(x), self._bits(lrn_y), scale, dx_bits,
+                                       size=size, alpha=a, beta=beta, pool_size=pool_size, pool_stride=pool_stride,
+                                       relu_input=relu_input, version=version, stream=self._stream())
+        return dx
 
     # ---- dropout ------------------------------------------------------------------------
     def dropout_forward(self, x, *, p=0.5, seed, offset=0, start=0, version=0):

@@ -190,6 +190,8 @@ def check_linear(be, case, *, versions=None, activation="none"):
     adb = np.abs(dy.astype(np.float64)).sum(axis=0)
     assert be.versions("linear_forward_bf16") == be.versions("linear_backward_bf16")  # one list for both
     for v in tc_versions(be, "linear_forward") if versions is None else versions:
+        if v == 2 and (I % 8 or O % 8):  # gemm_tc version 2 (cp.async) takes rows of multiples of 8 only
+            continue
         name = f"{case} v{v}"
         kw = dict(version=v, precision="bf16")
         y16 = be.linear_forward(X16, Wt, B, activation=activation, **kw)
