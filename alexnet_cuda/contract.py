@@ -42,21 +42,23 @@ class Backend:
     xp = np
     # BF16 arrays of this backend (alexnet_cuda.precision): ml_dtypes.bfloat16 on numpy and emu,
     # uint16 bit patterns on cuda (set there).
-    bf16_dtype = ml_dtypes.bfloat16
+    bf16_dtype = np.dtype(ml_dtypes.bfloat16)
 
     def is_bf16(self, a):
         """True when `a` is a BF16 array of this backend (dtype bf16_dtype)."""
         return getattr(a, "dtype", None) == self.bf16_dtype
 
     def to_bf16(self, a):
-        """A BF16 array of this backend holding `a` rounded to nearest even."""
-        out = self.empty(a.shape, self.bf16_dtype)
-        out[...] = bf16_bits(a).view(self.bf16_dtype)
-        return out
+        """The BF16 array of this backend holding the float32 array `a` rounded to nearest even (NaN
+        stays NaN, overflow goes to infinity)."""
+        return self.asarray(bf16_bits(a), dtype=np.uint16).view(self.bf16_dtype)
 
     def from_bf16(self, a):
-        """The float32 values of a BF16 array of this backend (exact)."""
-        return from_bf16_bits(a.view(self.xp.uint16))
+        """The float32 array of this backend holding the values of the BF16 array `a` (exact)."""
+        if not self.is_bf16(a):
+            raise TypeError(f"from_bf16: a must be a BF16 array ({self.bf16_dtype}) of the {self.name} backend, "
+                            f"got {getattr(a, 'dtype', type(a).__name__)}")
+        return self.asarray(from_bf16_bits(a.view(np.uint16)), dtype=np.float32)
 
     def asarray(self, a, dtype=None):
         """A C-contiguous array of this backend holding `a` (copied only when needed).

@@ -74,11 +74,22 @@ def test_the_parity_sees_the_conv_backward_precision(backend, p, monkeypatch):
 
     grads = run(backend, p)[2]
     fp32_backward = reference.conv2d_backward
-    monkeypatch.setattr(reference, "conv2d_backward",
-                        lambda *a, precision="fp32", **kw: fp32_backward(*a, **kw))
+    def at_fp32(dy, x, w, precision="fp32", **kw):  # BF16 storage (at bf16) widened, dx stored back in x's
+        import ml_dtypes
+
+        from alexnet_cuda.precision import to_bf16
+        wide = lambda a: a.astype(np.float32) if a.dtype == ml_dtypes.bfloat16 else a  # noqa: E731
+        dx, dw, db = fp32_backward(wide(dy), wide(x), w, **kw)
+        return (to_bf16(dx) if dx is not None and x.dtype == ml_dtypes.bfloat16 else dx), dw, db
+
+    monkeypatch.setattr(reference, "conv2d_backward", at_fp32)
     wrong = run("numpy", p)[2]
     names = [n for n in grads if n.startswith("conv") and n.endswith("weight")]
     assert len(names) == 5
+    if p == "bf16":
+        # With BF16 storage conv5's x and dy are BF16 values already, so rounding them changes nothing: its
+        # filter gradient is the same either way; the rounding of w in its data gradient reaches conv1-conv4.
+        names.remove("conv5.weight")
     for n in names:
         assert np.abs(grads[n] - wrong[n]).max() > tolerance(p) * np.abs(wrong[n]).max(), n
 
