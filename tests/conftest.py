@@ -97,3 +97,24 @@ def pytest_terminal_summary(terminalreporter):
     why = cuda_unusable_reason()
     skipped = "" if why is None else f"; the cuda tests were not collected ({why})"
     terminalreporter.write_line(f"alexnet-cuda: the suite ran on the {', '.join(ALL_BACKENDS)} backends{skipped}")
+
+
+# A small network that the fusion tests train with a fusion switched on or off.
+TINY_NET = dict(num_classes=5, input_size=67, width=1 / 16, init="he", seed=5)
+
+
+def run_with_fusion(backend, switch, on, steps=3, **kw):
+    """(losses, logits, activity, state_dict) after `steps` train steps of the TINY_NET model with
+    `switch` (an AlexNet method name: "fuse_relus", "fuse_lrn_pools") set to `on`."""
+    from alexnet_cuda.model import AlexNet
+    m = AlexNet(backend=backend, **TINY_NET, **kw)
+    getattr(m, switch)(on)
+    m.track_activity()
+    rng = np.random.default_rng(11)
+    losses = []
+    for _ in range(steps):
+        x = (rng.standard_normal((8, 3, 67, 67)) * 0.5).astype(np.float32)
+        losses.append(m.train_step(x, rng.integers(0, 5, 8), lr=0.01))
+    act = {k: np.asarray(m.backend.to_numpy(v)) for k, v in m.take_activity().items()}
+    logits = np.asarray(m.backend.to_numpy(m.forward(x)))
+    return np.array(losses), logits, act, m.state_dict()

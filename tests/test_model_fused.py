@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from alexnet_cuda import available_backends, get_backend
+from conftest import TINY_NET, run_with_fusion
 from alexnet_cuda.model import AlexNet
 
-TINY = dict(num_classes=5, input_size=67, width=1 / 16, init="he", seed=5)
+TINY = TINY_NET
 BACKENDS = [b for b in ("numpy", "emu") if b in available_backends()]
 FUSED_PAIRS = [("conv1", "relu1"), ("conv2", "relu2"), ("conv3", "relu3"), ("conv4", "relu4"),
                ("conv5", "relu5"), ("fc6", "relu6"), ("fc7", "relu7")]
@@ -31,17 +32,7 @@ def _count_relu_calls(monkeypatch, be):
 
 
 def _run(backend, fused, steps=3, **kw):
-    m = AlexNet(backend=backend, **TINY, **kw)
-    m.fuse_relus(fused)
-    m.track_activity()
-    rng = np.random.default_rng(11)
-    losses = []
-    for _ in range(steps):
-        x = (rng.standard_normal((8, 3, 67, 67)) * 0.5).astype(np.float32)
-        losses.append(m.train_step(x, rng.integers(0, 5, 8), lr=0.01))
-    act = {k: np.asarray(m.backend.to_numpy(v)) for k, v in m.take_activity().items()}
-    logits = np.asarray(m.backend.to_numpy(m.forward(x)))
-    return np.array(losses), logits, act, m.state_dict()
+    return run_with_fusion(backend, "fuse_relus", fused, steps, **kw)
 
 
 def test_the_pairs_are_marked():

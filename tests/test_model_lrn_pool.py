@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from alexnet_cuda import available_backends, get_backend
+from conftest import TINY_NET, run_with_fusion
 from alexnet_cuda.model import LRN, AlexNet, MaxPool, ReLU
 
-TINY = dict(num_classes=5, input_size=67, width=1 / 16, init="he", seed=5)
+TINY = TINY_NET
 BACKENDS = [b for b in ("numpy", "emu") if b in available_backends()]
 SEPARATE = ("lrn_forward", "lrn_backward", "maxpool_forward", "maxpool_backward", "relu_backward")
 FUSED = ("lrn_maxpool_forward", "lrn_maxpool_backward")
@@ -33,17 +34,7 @@ def _count_calls(monkeypatch, be, ops):
 
 
 def _run(backend, fused, steps=3, **kw):
-    m = AlexNet(backend=backend, **TINY, **kw)
-    m.fuse_lrn_pools(fused)
-    m.track_activity()
-    rng = np.random.default_rng(11)
-    losses = []
-    for _ in range(steps):
-        x = (rng.standard_normal((8, 3, 67, 67)) * 0.5).astype(np.float32)
-        losses.append(m.train_step(x, rng.integers(0, 5, 8), lr=0.01))
-    act = {k: np.asarray(m.backend.to_numpy(v)) for k, v in m.take_activity().items()}
-    logits = np.asarray(m.backend.to_numpy(m.forward(x)))
-    return np.array(losses), logits, act, m.state_dict()
+    return run_with_fusion(backend, "fuse_lrn_pools", fused, steps, **kw)
 
 
 def _assert_same_runs(a, b):
