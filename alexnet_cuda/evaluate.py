@@ -43,15 +43,20 @@ def evaluate_model(model, loader, *, stop=None, world=None):
     c1 = c5 = 0
     n = 0
     k5 = min(5, model.num_classes)
+    with be.use_device(model.devices[0]):  # where the logits are
+        bad = be.zeros((2,), np.int64)  # a label out of range, recorded on the device (no read per batch)
     for x, y in loader:
         if stop is not None and stop():
             return None
         yb = be.asarray(y, dtype=np.int64)
         scores = _scores(model, x)
-        c1 = c1 + be.topk_correct(scores, yb, 1)
-        c5 = c5 + be.topk_correct(scores, yb, k5)
+        c1 = c1 + be.topk_correct(scores, yb, 1, bad_labels=bad)
+        c5 = c5 + be.topk_correct(scores, yb, k5, bad_labels=bad)
         n += len(y)
     c1, c5 = int(be.to_numpy(c1)), int(be.to_numpy(c5))
+    row1, label = (int(v) for v in be.to_numpy(bad))
+    if row1:
+        raise DataError(f"a validation label is out of range: {label}; the model has {model.num_classes} classes")
     if world is not None:
         c1, c5, n = (int(v) for v in world.sum_values([c1, c5, n]))
     if n == 0:

@@ -10,11 +10,13 @@ workspaces are allocated here with the backend's array module and passed in.
 BF16 storage: LRN, max-pooling and dropout take all-FP32 or all-BF16 activations (x, y, dy; LRN's
 scale is float32 and dropout's mask uint8 either way) and return their storage (kernel_ops `_like`).
 
-Labels out of range: the binding scans the labels on the device (one tiny kernel, one
-4-byte copy back and a stream synchronization) and raises ValueError before the op's
-kernels run. softmax_cross_entropy and topk_correct therefore synchronize the stream once
-per call; their results (the loss, the count) are read right after in training and
-evaluation anyway.
+Labels out of range: by default the binding scans the labels on the device (one tiny kernel,
+one 4-byte copy back and a stream synchronization) and raises ValueError before the op's
+kernels run, so softmax_cross_entropy and topk_correct synchronize the stream once per call.
+Given ``bad_labels`` (an int64 pair on the device, zeroed by the caller) they synchronize
+nothing: the scan records the first bad label there (row + 1, label) and the kernels give its
+row a NaN loss and never count it; the caller reads the pair when it reads the loss (a training
+step without a host synchronization: alexnet_cuda.model, evaluate).
 """
 from __future__ import annotations
 
@@ -125,24 +127,25 @@ class LayerOps:
         return dx
 
     # ---- loss and metric ----------------------------------------------------------------
-    def softmax_cross_entropy(self, logits, labels, *, version=0):
-        """(loss as a 0-d float32 array, dlogits). Labels int32 or int64."""
+    def softmax_cross_entropy(self, logits, labels, *, bad_labels=None, version=0):
+        """(loss as a 0-d float32 array, dlogits). Labels int32 or int64. bad_labels: see the module doc."""
         shape = getattr(logits, "shape", (0, 0))
         n = shape[0] if len(shape) == 2 else 0
         loss = self._empty((1,))
         dlogits = self._empty_like(logits)
         row_loss = self._empty((n,))
         check = self._empty((1,), np.int32)
-        self._mod.softmax_cross_entropy(logits, labels, loss, dlogits, row_loss, check, version=version,
-                                        stream=self._stream())
+        self._mod.softmax_cross_entropy(logits, labels, loss, dlogits, row_loss, check, bad_labels=bad_labels,
+                                        version=version, stream=self._stream())
         return loss.reshape(()), dlogits
 
-    def topk_correct(self, logits, labels, k, *, version=0):
+    def topk_correct(self, logits, labels, k, *, bad_labels=None, version=0):
         """0-d int64 array (on the backend's device): rows whose label is in the top k."""
         k = checks.integer("topk_correct", "k", k, minimum=1)
         out = self._empty((1,), np.int64)
         check = self._empty((1,), np.int32)
-        self._mod.topk_correct(logits, labels, out, check, k=k, version=version, stream=self._stream())
+        self._mod.topk_correct(logits, labels, out, check, bad_labels=bad_labels, k=k, version=version,
+                               stream=self._stream())
         return out.reshape(())
 
     # ---- SGD ----------------------------------------------------------------------------
@@ -159,10 +162,13 @@ class LayerOps:
 
     def sgd_update_multi(self, params, grads, vels, *, lr, momentum=0.9, weight_decays=None, loss=None):
         """sgd_update over every tensor of ``params`` (weight_decays[i] for params[i], default
-        5e-4 each) with ONE kernel launch: the binding copies a table of pointers and sizes
-        into a device buffer allocated here. ``loss`` as sgd_update's."""
+        5e-4 each) with ONE kernel launch. The table of pointers and sizes is a kernel parameter
+        up to SGD_PARAM_TENSORS tensors (no copy; AlexNet's 16); beyond, the binding copies it into
+        a device buffer allocated here. ``loss`` as sgd_update's."""
         params, grads, vels, lr, momentum, weight_decays = checks.sgd_multi_args(
             params, grads, vels, lr, momentum, weight_decays)
-        table = self._empty((max(1, len(params)) * self._mod.SGD_TABLE_WORDS,), np.int64)
+        table = None
+        if len(params) > self._mod.SGD_PARAM_TENSORS:
+            table = self._empty((len(params) * self._mod.SGD_TABLE_WORDS,), np.int64)
         self._mod.sgd_update_multi(params, grads, vels, table, lr=lr, momentum=momentum,
                                    weight_decays=weight_decays, loss=loss, stream=self._stream())

@@ -500,6 +500,7 @@ class AlexNet:
         self.num_classes, self.input_size, self.seed = int(num_classes), input_size, int(seed)
         self.step = 0
         self._unseen_bad = None  # see train_step(sync=False)
+        self._bad_labels = None  # the same steps' record of a label out of range (take_bad_label)
         T = int(towers)
         ch = {n: scaled_channels(c, width, T) for n, c in BASE_CHANNELS.items()}
         self.channels = ch
@@ -778,13 +779,15 @@ class AlexNet:
                     break
         return be.from_bf16(x) if be.is_bf16(x) else x  # FP32 for the caller at every precision
 
-    def loss_and_grads(self, x, labels, *, on_grads=None, row0=0):
+    def loss_and_grads(self, x, labels, *, on_grads=None, row0=0, bad_labels=None):
         """Forward (train mode) and backward; fills each parameter's gradient and `last_correct` (the batch's
         examples whose label had the largest logit, a 0-d backend array). Returns the loss (0-d array).
 
         on_grads(layer), if given, is called as soon as each parameter layer's gradients are complete
         (data parallelism starts averaging them there). row0: the index of x's first row in the global
-        batch (keys the dropout masks; 0 for a single process)."""
+        batch (keys the dropout masks; 0 for a single process). bad_labels: None (a label out of range
+        raises ValueError, after a read back on a GPU) or the loss op's record of one (see
+        kernel_ops_layers: nothing is read; the loss is NaN)."""
         be = self.backend
         x = self._input(x)
         with be.use_device(self.devices[0]):  # where the logits are
@@ -793,8 +796,8 @@ class AlexNet:
                 raise ValueError(f"AlexNet: labels has shape {tuple(labels.shape)}, expected ({x.shape[0]},)")
             logits = self._run(x, True, row0)
             # the batch's top-1 hits (a 0-d backend array): the training error `train` records per epoch
-            self.last_correct = be.topk_correct(logits, labels, 1)
-            loss, d = be.softmax_cross_entropy(logits, labels)
+            self.last_correct = be.topk_correct(logits, labels, 1, bad_labels=bad_labels)
+            loss, d = be.softmax_cross_entropy(logits, labels, bad_labels=bad_labels)
         if self._split is not None:
             if on_grads is not None:
                 raise ValueError("AlexNet: averaging gradients over data-parallel ranks is not supported with the "
@@ -843,7 +846,8 @@ class AlexNet:
         sync=False: nothing is read from the device (on a GPU the host goes on queueing the next step): the
         loss is returned as a 0-d backend array and the SGD kernels skip the update themselves. So that the
         weights stay at the last good step until the caller reads the losses, a non-finite loss also skips
-        every later sync=False step, up to the next sync=True one.
+        every later sync=False step, up to the next sync=True one. A label out of range does not raise
+        then: its step's loss is NaN and take_bad_label() names it when the caller reads the losses.
         With `average` (a distributed.GradientAverager), (x, labels) are rows row0.. of the global
         batch; the gradients and the loss are averaged over the ranks before the update; that loss is an
         all-reduce on the host, so such a step always syncs and returns a float.
@@ -855,7 +859,7 @@ class AlexNet:
         elif sync:
             loss = float(self.backend.to_numpy(self.loss_and_grads(x, labels)))
         else:
-            loss = self.loss_and_grads(x, labels)
+            loss = self.loss_and_grads(x, labels, bad_labels=self._label_record())
             self.apply_update(lr, momentum, weight_decay, loss=self._mark_unseen(loss))
             self.step += 1
             return loss
@@ -864,6 +868,28 @@ class AlexNet:
             self.apply_update(lr, momentum, weight_decay)
         self.step += 1
         return loss
+
+    def _label_record(self):
+        """The int64 pair (first bad row + 1, its label) the loss ops of sync=False steps record a label out of
+        range in; zeros while there was none. On the first device, where the logits are."""
+        if self._bad_labels is None:
+            with self.backend.use_device(self.devices[0]):
+                self._bad_labels = self.backend.zeros((2,), np.int64)
+        return self._bad_labels
+
+    def take_bad_label(self):
+        """(row, label) of the first label out of range that a sync=False step met since the last call (that
+        step's loss is NaN and it skipped its update, as every later sync=False step did), or None; clears
+        the record. Reads 16 bytes back."""
+        if self._bad_labels is None:
+            return None
+        be = self.backend
+        with be.use_device(self.devices[0]):
+            row1, label = (int(v) for v in be.to_numpy(self._bad_labels))
+            if row1 == 0:
+                return None
+            self._bad_labels[...] = 0
+        return row1 - 1, label
 
     def _mark_unseen(self, loss):
         """The 0-d array the SGD kernels of a sync=False step test: 0 while every loss since the last

@@ -145,14 +145,29 @@ def _shape(fn, name, a, expected, why=""):
         raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {expected}{extra}")
 
 
-def _labels(fn, labels, n, classes):
-    """Require labels: 1-D int32/int64 of length n with values in [0, classes)."""
+def _labels(fn, labels, n, classes, bad_labels=None):
+    """Require labels: 1-D int32/int64 of length n with values in [0, classes); returns the mask of
+    the rows whose label is good.
+
+    bad_labels None: a value out of range raises ValueError. Else (the ops' recorded check, for a
+    caller that reads it later): bad_labels is an int64 pair; when a label is bad and
+    bad_labels[0] is still 0, (first bad row + 1, its label) is written there and nothing raises."""
     _array(fn, "labels", labels, ndim=1, dtypes=_LABEL_DTYPES)
     if labels.shape[0] != n:
         raise ValueError(f"{fn}: labels has {labels.shape[0]} entries, expected {n} (one per row of logits)")
-    if n and (labels.min() < 0 or labels.max() >= classes):
-        bad = labels[(labels < 0) | (labels >= classes)][0]
-        raise ValueError(f"{fn}: labels must be in [0, {classes}), found {int(bad)}")
+    good = (labels >= 0) & (labels < classes)
+    if bad_labels is None:
+        if not good.all():
+            raise ValueError(f"{fn}: labels must be in [0, {classes}), found {int(labels[~good][0])}")
+        return good
+    _array(fn, "bad_labels", bad_labels, dtypes=(np.dtype(np.int64),))
+    _shape(fn, "bad_labels", bad_labels, (2,), "two int64: the first bad row + 1 and its label")
+    if not bad_labels.flags.writeable or np.may_share_memory(bad_labels, labels):
+        raise ValueError(f"{fn}: bad_labels must be writeable and apart from labels")
+    if not good.all() and bad_labels[0] == 0:
+        row = int(np.flatnonzero(~good)[0])
+        bad_labels[:] = (row + 1, int(labels[row]))
+    return good
 
 
 def _bias(fn, b, k, like):
@@ -769,12 +784,15 @@ def dropout_backward(dy, mask, *, p=0.5):
 # Loss, optimizer, metric
 # ---------------------------------------------------------------------------
 
-def _logits_labels(fn, logits, labels):
+def _logits_labels(fn, logits, labels, bad_labels=None):
+    """Checks (logits, labels) as _labels does; returns (the rows, their labels with the bad ones
+    replaced by 0, the mask of good rows)."""
     _array(fn, "logits", logits, ndim=2)
     N, classes = logits.shape
     if N < 1 or classes < 1:
         raise ValueError(f"{fn}: logits must have at least one row and one class, got shape {logits.shape}")
-    _labels(fn, labels, N, classes)
+    good = _labels(fn, labels, N, classes, bad_labels)
+    return np.arange(N), np.where(good, labels, 0), good
 
 
 def softmax(logits, xp=np):
@@ -788,7 +806,7 @@ def softmax(logits, xp=np):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, *, bad_labels=None):
     """Mean softmax cross-entropy over the batch and its gradient.
 
         m[n]     = max_j logits[n,j]
@@ -798,18 +816,19 @@ def softmax_cross_entropy(logits, labels):
 
     logits (N, classes) float, labels (N,) int32/int64 in [0, classes).
     Returns (loss as a 0-d array of logits' dtype, dlogits (N, classes)).
+    bad_labels (an int64 pair, see _labels): a label out of range is recorded there instead of
+    raising; its row's loss is NaN (so the mean is) and its dlogits row has no one-hot term.
     """
     fn = "softmax_cross_entropy"
-    _logits_labels(fn, logits, labels)
+    rows, safe, good = _logits_labels(fn, logits, labels, bad_labels)
     N = logits.shape[0]
-    rows = np.arange(N)
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     sumexp = e.sum(axis=1)
-    logp_label = z[rows, labels] - np.log(sumexp)
+    logp_label = np.where(good, z[rows, safe] - np.log(sumexp), np.nan)
     loss = np.asarray(-logp_label.mean(), dtype=logits.dtype)
     dlogits = e / sumexp[:, None]
-    dlogits[rows, labels] -= 1
+    dlogits[rows[good], safe[good]] -= 1
     dlogits /= N
     return loss, dlogits
 
@@ -855,20 +874,21 @@ def sgd_update(w, dw, v, *, lr, momentum=0.9, weight_decay=5e-4, loss=None):
     return None
 
 
-def topk_correct(logits, labels, k):
+def topk_correct(logits, labels, k, *, bad_labels=None):
     """Number of rows n whose label is in the top k:
 
         correct[n] = #{j : logits[n,j] > logits[n, labels[n]]} < k
 
     (ties count in the label's favour: only strictly greater logits rank
-    ahead of it). Returns a 0-d int64 array.
+    ahead of it). Returns a 0-d int64 array. bad_labels as softmax_cross_entropy's
+    (a row with a bad label is not counted).
     """
     fn = "topk_correct"
-    _logits_labels(fn, logits, labels)
     k = _int(fn, "k", k, minimum=1)
-    label_logit = logits[np.arange(logits.shape[0]), labels]
+    rows, safe, good = _logits_labels(fn, logits, labels, bad_labels)
+    label_logit = logits[rows, safe]
     ahead = (logits > label_logit[:, None]).sum(axis=1)
-    return np.asarray((ahead < k).sum(), dtype=np.int64)
+    return np.asarray(((ahead < k) & good).sum(), dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from . import runfolder as rf
 from .backends import resolve_backend
 from .data import EvalLoader, PreparedDataset, TrainLoader, ensure_prepared, is_prepared
 from .data.feed import feed_for
-from .errors import EXIT_OK, DivergedError, TrainError, TrainingInterrupted
+from .errors import EXIT_OK, DataError, DivergedError, TrainError, TrainingInterrupted
 from .evaluate import evaluate_model
 from .health import Health
 from .model import MOMENTUM, PRESETS, WEIGHT_DECAY, AlexNet
@@ -384,15 +384,27 @@ class StepTotals:
         return [(float(l), w) for l, w in zip(losses, steps)], hits
 
 
+def _bad_label(run, bad, w, epoch):
+    row, label = bad
+    return DataError(f"a training label is out of range: {label} at row {row} of the batch of step {w['step']} "
+                     f"(epoch {epoch + 1}, batch {w['batch'] + 1}/{len(run.loader)}); the model has "
+                     f"{run.model.num_classes} classes, so labels must be in [0, {run.model.num_classes}). "
+                     "That step and the later ones since the last read-back were not applied.")
+
+
 def _account(run, totals, epoch, watch, bar):
     """The pending steps (at least one) on the host, in step order: the first non-finite loss raises
-    DivergedError naming its step (the SGD kernels skipped its update and every later one); else they go
-    into the epoch's sums and the chance watch. Returns the last step's (loss, where)."""
+    DataError when the steps met a label out of range (its step has the first NaN loss), else DivergedError
+    naming its step (the SGD kernels skipped its update and every later one); else they go into the epoch's
+    sums and the chance watch. Returns the last step's (loss, where)."""
     steps, hits = totals.take()
+    bad = run.model.take_bad_label()
     p = run.partial
     for loss, w in steps:
         if not math.isfinite(loss):
             bar.close()
+            if bad is not None:
+                raise _bad_label(run, bad, w, epoch)
             raise _diverged(run, loss, w["step"], epoch, w["batch"], w["lr"])
         p.loss_sum += loss
         p.loss_count += 1

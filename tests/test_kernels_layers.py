@@ -459,6 +459,31 @@ def test_sgd_update_multi_equals_per_tensor_updates(kernel_backend, emu_order, r
     be.sgd_update_multi([], [], [], lr=0.1)
 
 
+def test_sgd_update_multi_beyond_the_parameter_table(kernel_backend, emu_order, rng):
+    """Up to SGD_PARAM_TENSORS tensors the table is a kernel parameter (the module takes table=None); one
+    more and it goes through device memory: both equal the reference, and without a table the binding
+    refuses more than SGD_PARAM_TENSORS tensors before writing anything."""
+    be, mod = kernel_backend, kernel_backend._mod
+    limit = mod.SGD_PARAM_TENSORS
+    for count in (limit, limit + 1):
+        shapes = [(int(n),) for n in rng.integers(1, 9, count)]
+        ws = [randn(rng, s) for s in shapes]
+        gs = [randn(rng, s, 0.1) for s in shapes]
+        vs = [randn(rng, s, 0.01) for s in shapes]
+        dws, dvs = [dev(be, w) for w in ws], [dev(be, v) for v in vs]
+        be.sgd_update_multi(dws, [dev(be, g) for g in gs], dvs, lr=0.05, weight_decays=[1e-3] * count)
+        for i, (w, g, v) in enumerate(zip(ws, gs, vs)):
+            ref.sgd_update(w, g, v, lr=0.05, weight_decay=1e-3)
+            assert_same(host(be, dws[i]), w, f"w[{i}] of {count}")
+            assert_same(host(be, dvs[i]), v, f"v[{i}] of {count}")
+    kept = [host(be, w) for w in dws]
+    with pytest.raises(ValueError, match="table must hold"):
+        mod.sgd_update_multi(dws, [dev(be, g) for g in gs], dvs, None, lr=0.05, weight_decays=[0.0] * (limit + 1))
+    for w, k in zip(dws, kept):
+        np.testing.assert_array_equal(host(be, w), k)
+    mod.sgd_update_multi(dws[:2], [dev(be, g) for g in gs[:2]], dvs[:2], None, lr=0.05, weight_decays=[0.0] * 2)
+
+
 @pytest.mark.parametrize("backend", ["numpy"] + KERNEL_BACKENDS)
 def test_sgd_skips_on_a_non_finite_loss_and_is_unchanged_by_a_finite_one(backend, emu_order, rng):
     """The optional `loss` of sgd_update (every version) and sgd_update_multi: NaN or +-inf writes

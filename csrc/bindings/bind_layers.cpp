@@ -5,7 +5,8 @@
 // in; every check below runs before anything is launched or written, except the label
 // range check, which scans the labels on the device first (kernels::first_bad_label, one
 // 4-byte copy back) and raises ValueError before the op's own kernels are launched, so a
-// bad label leaves the outputs unwritten as well.
+// bad label leaves the outputs unwritten as well; or, given `bad_labels`, records the first
+// bad label on the device for the caller to read later (kernels::record_bad_label, no sync).
 #include <pybind11/stl.h>
 
 #include <array>
@@ -68,17 +69,33 @@ Labeled logits_labels(const char* op, py::handle logits, py::handle labels) {
   return in;
 }
 
-// Scans the labels on the device (kernels::first_bad_label; CK: its one int of workspace),
-// then, still without the GIL, launch(labels are int64) when every label is in range; else
-// ValueError naming the first bad label, with nothing launched.
+// The optional `bad_labels` of the loss and top-k ops: two int64 on the current device (an empty
+// Array when None), apart from every other argument.
+Array optional_bad_labels(const char* op, py::handle bad_labels, std::initializer_list<const Array*> others) {
+  if (bad_labels.is_none()) return Array{};
+  Array B = output(bad_labels, op, "bad_labels", {DType::I64});
+  expect_shape(B, {2}, "(two int64: the first bad row + 1 and its label)");
+  for (const Array* a : others) expect_no_overlap(B, *a);
+  return B;
+}
+
+// Without BL (bad_labels None): scans the labels on the device (kernels::first_bad_label; CK: its
+// one int of workspace), then, still without the GIL, launch(labels are int64) when every label
+// is in range; else ValueError naming the first bad label, with nothing launched.
+// With BL: records the first bad label there (kernels::record_bad_label) and launches; nothing is
+// read back (the kernels give bad rows a NaN loss and never count them).
 template <class Launch>
-void with_checked_labels(const char* op, const Labeled& in, const Array& CK, uintptr_t stream, Launch&& launch) {
+void with_checked_labels(const char* op, const Labeled& in, const Array& CK, const Array& BL, uintptr_t stream,
+                         Launch&& launch) {
   const bool is64 = in.Y.dtype == DType::I64;
-  int64_t bad_row, bad_value = 0;
+  int64_t bad_row = -1, bad_value = 0;
   {
     py::gil_scoped_release nogil;
-    bad_row = kernels::first_bad_label(in.Y.ptr, is64, in.Y.dim(0), in.L.dim(1), CK.as<int>(), &bad_value,
-                                       as_stream(stream));
+    if (BL.ptr)
+      kernels::record_bad_label(in.Y.ptr, is64, in.Y.dim(0), in.L.dim(1), BL.as<int64_t>(), as_stream(stream));
+    else
+      bad_row = kernels::first_bad_label(in.Y.ptr, is64, in.Y.dim(0), in.L.dim(1), CK.as<int>(), &bad_value,
+                                         as_stream(stream));
     if (bad_row < 0) launch(is64);
   }
   if (bad_row >= 0)
@@ -283,7 +300,7 @@ void bind_layers(py::module_& m) {
   m.def(
       "softmax_cross_entropy",
       [](py::handle logits, py::handle labels, py::handle loss, py::handle dlogits, py::handle row_loss,
-         py::handle check, int version, uintptr_t stream) {
+         py::handle check, py::handle bad_labels, int version, uintptr_t stream) {
         const char* op = "softmax_cross_entropy";
         const Labeled in = logits_labels(op, logits, labels);
         const Array &L = in.L, &Y = in.Y;
@@ -297,21 +314,23 @@ void bind_layers(py::module_& m) {
         expect_shape(CK, {1});
         expect_no_overlap({&LO, &DL, &RL, &CK}, {&L, &Y, &LO, &DL, &RL, &CK});
         check_version(op, version, kernels::kSoftmaxXentVersions);
-        with_checked_labels(op, in, CK, stream, [&](bool is64) {
+        const Array BL = optional_bad_labels(op, bad_labels, {&L, &Y, &LO, &DL, &RL, &CK});
+        with_checked_labels(op, in, CK, BL, stream, [&](bool is64) {
           kernels::softmax_cross_entropy(L.f32(), Y.ptr, is64, LO.f32(), DL.f32(), RL.f32(), L.dim(0), L.dim(1),
                                          version, as_stream(stream));
         });
       },
-      "logits"_a, "labels"_a, "loss"_a, "dlogits"_a, "row_loss"_a, "check"_a, py::kw_only(), "version"_a = 0,
-      "stream"_a = 0,
+      "logits"_a, "labels"_a, "loss"_a, "dlogits"_a, "row_loss"_a, "check"_a, py::kw_only(), "bad_labels"_a = py::none(),
+      "version"_a = 0, "stream"_a = 0,
       "loss[0] = mean softmax cross-entropy, dlogits = (softmax - onehot)/N. row_loss (N floats) and check (1 int32) "
-      "are workspaces. Labels out of range raise ValueError before anything is written (device check, one sync).");
+      "are workspaces. Labels out of range raise ValueError before anything is written (device check, one sync); "
+      "with bad_labels (2 int64 on the device) the first bad one is recorded there instead (no sync) and loss is NaN.");
 
   // ---- top-k -------------------------------------------------------------------------------
   m.def(
       "topk_correct",
-      [](py::handle logits, py::handle labels, py::handle out, py::handle check, int64_t k, int version,
-         uintptr_t stream) {
+      [](py::handle logits, py::handle labels, py::handle out, py::handle check, py::handle bad_labels, int64_t k,
+         int version, uintptr_t stream) {
         const char* op = "topk_correct";
         const Labeled in = logits_labels(op, logits, labels);
         const Array &L = in.L, &Y = in.Y;
@@ -322,14 +341,16 @@ void bind_layers(py::module_& m) {
         expect_no_overlap({&O, &CK}, {&L, &Y, &O, &CK});
         if (k < 1) value_error(op, "k must be >= 1, got " + std::to_string(k));
         check_version(op, version, kernels::kTopkVersions);
-        with_checked_labels(op, in, CK, stream, [&](bool is64) {
+        const Array BL = optional_bad_labels(op, bad_labels, {&L, &Y, &O, &CK});
+        with_checked_labels(op, in, CK, BL, stream, [&](bool is64) {
           kernels::topk_correct(L.f32(), Y.ptr, is64, L.dim(0), L.dim(1), k, O.as<int64_t>(), version,
                                 as_stream(stream));
         });
       },
-      "logits"_a, "labels"_a, "out"_a, "check"_a, py::kw_only(), "k"_a, "version"_a = 0, "stream"_a = 0,
+      "logits"_a, "labels"_a, "out"_a, "check"_a, py::kw_only(), "bad_labels"_a = py::none(), "k"_a, "version"_a = 0,
+      "stream"_a = 0,
       "out[0] (int64) = number of rows whose label is in the top k (ties in the label's favour). check: 1 int32 of "
-      "workspace.");
+      "workspace. bad_labels as softmax_cross_entropy's (bad rows are not counted).");
 
   // ---- SGD -----------------------------------------------------------------------------------
   m.def(
@@ -358,6 +379,7 @@ void bind_layers(py::module_& m) {
       "when it is not finite, nothing is written (decided by the kernel).");
 
   m.attr("SGD_TABLE_WORDS") = kernels::kSgdTableWords;
+  m.attr("SGD_PARAM_TENSORS") = kernels::kSgdParamTensors;
   m.def(
       "sgd_update_multi",
       [](py::sequence params, py::sequence grads, py::sequence vels, py::handle table, double lr, double momentum,
@@ -370,9 +392,11 @@ void bind_layers(py::module_& m) {
                               std::to_string(py::len(weight_decays)) + ")");
         finite(op, "lr", lr);
         finite(op, "momentum", momentum);
-        Array T = output(table, op, "table", {DType::I64}, 1);
-        if (T.numel() < int64_t(n) * kernels::kSgdTableWords)
-          value_error(op, "table must hold at least " + std::to_string(n * kernels::kSgdTableWords) + " int64 words");
+        // table: needed only beyond SGD_PARAM_TENSORS tensors (else the launch carries it; None is fine)
+        Array T = table.is_none() ? Array{} : output(table, op, "table", {DType::I64}, 1);
+        if (n > size_t(kernels::kSgdParamTensors) && T.numel() < int64_t(n) * kernels::kSgdTableWords)
+          value_error(op, "table must hold at least " + std::to_string(n * kernels::kSgdTableWords) +
+                              " int64 words (more than " + std::to_string(kernels::kSgdParamTensors) + " tensors)");
         Array L = optional_loss(op, loss);
         expect_no_overlap(T, L);
         std::vector<kernels::SgdTensor> tensors(n);
@@ -392,13 +416,13 @@ void bind_layers(py::module_& m) {
         }
         if (n == 0) return;
         py::gil_scoped_release nogil;
-        kernels::sgd_update_multi(tensors.data(), int(n), T.as<kernels::SgdTensor>(), lr, momentum,
+        kernels::sgd_update_multi(tensors.data(), int(n), T.ptr ? T.as<kernels::SgdTensor>() : nullptr, lr, momentum,
                                   L.ptr ? L.f32() : nullptr, as_stream(stream));
       },
       "params"_a, "grads"_a, "vels"_a, "table"_a, py::kw_only(), "lr"_a, "momentum"_a = 0.9, "weight_decays"_a,
       "loss"_a = py::none(), "stream"_a = 0,
-      "sgd_update over many tensors with ONE launch; table: SGD_TABLE_WORDS int64 words of device memory per tensor; "
-      "loss as sgd_update's.");
+      "sgd_update over many tensors with ONE launch; table: None, or SGD_TABLE_WORDS int64 words of device memory per "
+      "tensor (needed beyond SGD_PARAM_TENSORS tensors, where the table is copied there first); loss as sgd_update's.");
 
   // ---- LRN + max pooling in one kernel (lrn_pool.cu) ----------------------------------------
   register_versions({"lrn_maxpool_forward", "lrn_maxpool_backward"}, kernels::kLrnPoolVersions);

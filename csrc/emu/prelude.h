@@ -23,6 +23,7 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __constant__
+#define __grid_constant__  // a kernel parameter read in place (its address may be taken)
 // One copy per block: blocks run one at a time on each OS thread, so a thread-local
 // static is the block's shared memory. emu/shared_begin.cpp explains the poisoning.
 #define __shared__ static __thread

@@ -11,10 +11,13 @@
 // version 2: float4 loads and stores (needs w, dw, v 16-byte aligned; the dispatcher picks
 //            version 1 otherwise); the n % 4 tail by the first threads.
 // multi:     every parameter tensor of the model in ONE launch. A table of (w, dw, v, n,
-//            wd_lr) lives in device memory; tensor i owns blocks [first_block_i,
-//            first_block_{i+1}), each block updates kMultiChunk consecutive elements of it
-//            (float4 when that tensor's three pointers are aligned). A block finds its tensor
-//            by binary search over first_block.
+//            wd_lr); tensor i owns blocks [first_block_i, first_block_{i+1}), each block
+//            updates kMultiChunk consecutive elements of it (float4 when that tensor's three
+//            pointers are aligned). A block finds its tensor by binary search over first_block.
+//            Up to kSgdParamTensors tensors (AlexNet has 16) the table is a kernel parameter
+//            (__grid_constant__: read in place from the parameter space, no copy per thread), so
+//            the launch needs no copy at all; beyond that it is copied into device memory first
+//            (cudaMemcpyAsync from the caller's host array, which may wait for the stream).
 // loss:      an optional argument of every version and of multi: a pointer to one float32 in
 //            device memory (the step's loss). When it is given and not finite (NaN or +-inf),
 //            every thread returns before it reads or writes anything: the update is skipped and
@@ -22,7 +25,9 @@
 //            the loss before it launches the update. nullptr: always update (as before).
 #include "kernels/sgd.cuh"
 
+#include <algorithm>
 #include <stdexcept>
+#include <string>
 
 #include "common/launch.h"
 
@@ -88,8 +93,9 @@ __global__ void sgd_v2(float* __restrict__ w, const float* __restrict__ dw, floa
 }
 
 // ---- multi-tensor ---------------------------------------------------------------------
-__global__ void __launch_bounds__(kThreads)
-    sgd_multi(const SgdTensor* __restrict__ table, int count, float lr, float mom, const float* loss) {
+// The block's share of the multi-tensor update (table: `count` entries, in device or parameter memory).
+__device__ __forceinline__ void multi_block(const SgdTensor* __restrict__ table, int count, float lr, float mom,
+                                            const float* loss) {
   if (skip_update(loss)) return;
   // the tensor of this block: the last entry with first_block <= blockIdx.x
   int lo = 0, hi = count - 1;
@@ -129,6 +135,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+__global__ void __launch_bounds__(kThreads)
+    sgd_multi(const SgdTensor* __restrict__ table, int count, float lr, float mom, const float* loss) {
+  multi_block(table, count, lr, mom, loss);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    sgd_multi_param(const __grid_constant__ SgdParamTable table, float lr, float mom, const float* loss) {
+  multi_block(table.tensors, table.count, lr, mom, loss);
+}
+
 }  // namespace
 
 void sgd_update(float* w, const float* dw, float* v, int64_t n, double lr, double momentum, double wd_lr,
@@ -155,6 +171,16 @@ void sgd_update_multi(SgdTensor* tensors, int count, SgdTensor* device_table, do
   }
   if (blocks == 0) return;
   if (blocks > 0x7fffffff) throw std::invalid_argument("sgd_update_multi: too many elements for one launch");
+  if (count <= kSgdParamTensors) {
+    SgdParamTable param{};
+    param.count = count;
+    std::copy(tensors, tensors + count, param.tensors);
+    LAUNCH(sgd_multi_param, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, param, float(lr), float(momentum), loss);
+    return;
+  }
+  if (device_table == nullptr)
+    throw std::invalid_argument("sgd_update_multi: more than " + std::to_string(kSgdParamTensors) +
+                                " tensors need a device table");
   CUDA_CHECK(cudaMemcpyAsync(device_table, tensors, sizeof(SgdTensor) * size_t(count), cudaMemcpyHostToDevice, stream));
   LAUNCH(sgd_multi, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, static_cast<const SgdTensor*>(device_table), count,
          float(lr), float(momentum), loss);

@@ -26,9 +26,19 @@ struct SgdTensor {
 };
 constexpr int kSgdTableWords = int(sizeof(SgdTensor) / 8);  // int64 words per entry
 
-// Updates every tensor of `tensors` (count entries, host memory) with ONE kernel launch:
-// the table is copied (cudaMemcpyAsync, host buffer reusable on return) into device_table
-// (count * kSgdTableWords int64 words of device memory), then a grid spanning all tensors runs.
+// Up to this many tensors the table travels as a kernel parameter (within the 4 KiB a kernel's
+// parameters may take on every architecture we build for).
+constexpr int kSgdParamTensors = 64;
+struct SgdParamTable {
+  SgdTensor tensors[kSgdParamTensors];
+  int count;
+};
+static_assert(sizeof(SgdParamTable) + 32 <= 4096, "the table and the other parameters fit in 4 KiB");
+
+// Updates every tensor of `tensors` (count entries, host memory) with ONE kernel launch. Up to
+// kSgdParamTensors: the table is a kernel parameter (nothing is copied; device_table may be
+// nullptr). More: it is copied (cudaMemcpyAsync, host buffer reusable on return) into
+// device_table (count * kSgdTableWords int64 words of device memory) first.
 // loss: as sgd_update's (not finite: nothing is written to any tensor).
 void sgd_update_multi(SgdTensor* tensors, int count, SgdTensor* device_table, double lr, double momentum,
                       const float* loss, cudaStream_t stream);

@@ -22,10 +22,11 @@
 // The loss pass: one block of 256 threads; thread t sums rows t, t+256, ... in order, then a
 // shared-memory tree; loss = total / N.
 //
-// Labels: check_labels scans the labels on the device (one block, first bad row by a block
-// min-reduction), copies one int back and synchronizes the stream: the binding raises
-// ValueError before any output is written. That costs one tiny launch and one stream sync
-// per call (the caller reads the loss or the count right after anyway).
+// Labels (labels.cuh): first_bad_label scans them on the device and copies the first bad row
+// back (one stream sync), so the binding raises ValueError before any output is written;
+// record_bad_label scans them into a device pair and reads nothing back (a training step
+// without a host synchronization); the rows it finds bad get row_loss = NaN (so loss is NaN)
+// and dz = softmax / N (no one-hot term), and the label itself is never used as an index.
 #include "kernels/softmax_xent.cuh"
 
 #include <climits>
@@ -34,31 +35,30 @@
 #include <string>
 
 #include "common/launch.h"
+#include "kernels/labels.cuh"
 
 namespace alexnet::kernels {
 namespace {
 
 constexpr int kThreads = 256;
+static_assert(kThreads == label_guard::kLabelThreads, "the label scans run one block of kThreads");
 
-// ---- label check -------------------------------------------------------------------------
+// ---- label check (labels.cuh) -----------------------------------------------------------------
 template <typename L>
-__global__ void first_bad_label_kernel(const L* __restrict__ labels, int64_t n, int64_t classes, int* __restrict__ out) {
-  __shared__ int best[kThreads];
-  int mine = INT_MAX;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-    const int64_t v = int64_t(labels[i]);
-    if (v < 0 || v >= classes) {
-      mine = int(i);
-      break;  // rows ascend: this is the thread's first
-    }
+__global__ void __launch_bounds__(label_guard::kLabelThreads)
+    first_bad_label_kernel(const L* __restrict__ y, int64_t n, int64_t classes, int* __restrict__ out) {
+  const int best = label_guard::block_first_bad(y, n, classes);
+  if (threadIdx.x == 0) out[0] = best;
+}
+
+template <typename L>
+__global__ void __launch_bounds__(label_guard::kLabelThreads)
+    record_bad_label_kernel(const L* __restrict__ y, int64_t n, int64_t classes, int64_t* __restrict__ flag) {
+  const int best = label_guard::block_first_bad(y, n, classes);
+  if (threadIdx.x == 0 && best != INT_MAX && flag[0] == 0) {
+    flag[0] = int64_t(best) + 1;
+    flag[1] = int64_t(y[best]);
   }
-  best[threadIdx.x] = mine;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half >>= 1) {
-    if (int(threadIdx.x) < half) best[threadIdx.x] = min(best[threadIdx.x], best[threadIdx.x + half]);
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) out[0] = best[0];
 }
 
 // ---- block reductions (shared-memory tree; `red` has blockDim.x floats) ----------------------
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float red[kThreads];
   const float* z = logits + int64_t(blockIdx.x) * classes;
   float* dz = dlogits + int64_t(blockIdx.x) * classes;
-  const int label = int(labels[blockIdx.x]);
+  const int label = label_guard::label_or_bad(labels, blockIdx.x, classes);
 
   float m = -INFINITY;
   for (int j = threadIdx.x; j < classes; j += kThreads) m = fmaxf(m, z[j]);
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kThreads)
     if (j == label) d = __fadd_rn(d, -1.0f);
     dz[j] = d / n_count;
   }
-  if (threadIdx.x == 0) row_loss[blockIdx.x] = __fadd_rn(logf(s), -(z[label] - m));
+  if (threadIdx.x == 0) row_loss[blockIdx.x] = label < 0 ? NAN : __fadd_rn(logf(s), -(z[label] - m));
 }
 
 // ---- version 2 -----------------------------------------------------------------------------
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ MaxSum row;
   const float* z = logits + int64_t(blockIdx.x) * classes;
   float* dz = dlogits + int64_t(blockIdx.x) * classes;
-  const int label = int(labels[blockIdx.x]);
+  const int label = label_guard::label_or_bad(labels, blockIdx.x, classes);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 
   MaxSum acc{-INFINITY, 0.0f};
@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kThreads)
     if (j == label) d = __fadd_rn(d, -1.0f);
     dz[j] = d / n_count;
   }
-  if (threadIdx.x == 0) row_loss[blockIdx.x] = __fadd_rn(logf(s), -(z[label] - m));
+  if (threadIdx.x == 0) row_loss[blockIdx.x] = label < 0 ? NAN : __fadd_rn(logf(s), -(z[label] - m));
 }
 
 // ---- the mean -------------------------------------------------------------------------------
@@ -196,6 +196,18 @@ int64_t first_bad_label(const void* labels, bool labels64, int64_t n, int64_t cl
   CUDA_CHECK(cudaStreamSynchronize(stream));
   *bad_value = labels64 ? v64 : int64_t(v32);
   return row;
+}
+
+void record_bad_label(const void* labels, bool labels64, int64_t n, int64_t classes, int64_t* flag,
+                      cudaStream_t stream) {
+  if (n == 0) return;
+  if (n > INT_MAX) throw std::invalid_argument("labels: more than 2^31-1 entries");
+  if (labels64)
+    LAUNCH(record_bad_label_kernel<int64_t>, dim3(1), dim3(kThreads), 0, stream, static_cast<const int64_t*>(labels),
+           n, classes, flag);
+  else
+    LAUNCH(record_bad_label_kernel<int32_t>, dim3(1), dim3(kThreads), 0, stream, static_cast<const int32_t*>(labels),
+           n, classes, flag);
 }
 
 void softmax_cross_entropy(const float* logits, const void* labels, bool labels64, float* loss, float* dlogits,

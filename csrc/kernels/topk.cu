@@ -2,8 +2,9 @@
 //
 // Math:    correct[n] = #{j : z[n,j] > z[n, label[n]]} < k   (ties count in the label's favour;
 //          a NaN compares false, as in the reference);  out = sum_n correct[n] (int64).
-// Layout:  logits (N, classes) float32; labels (N,) int32 or int64 (template L), already checked
-//          to lie in [0, classes) by first_bad_label; out: one int64 of device memory.
+// Layout:  logits (N, classes) float32; labels (N,) int32 or int64 (template L), checked by
+//          first_bad_label (none bad) or record_bad_label (bad rows never count: labels.cuh);
+//          out: one int64 of device memory.
 // Threads: out is zeroed (cudaMemsetAsync) and each correct row adds 1 with an integer
 //          atomicAdd: integer addition is associative, so the count is deterministic.
 //
@@ -19,6 +20,7 @@
 #include <string>
 
 #include "common/launch.h"
+#include "kernels/labels.cuh"
 
 namespace alexnet::kernels {
 namespace {
@@ -31,7 +33,9 @@ __global__ void topk_v1(const float* __restrict__ logits, const L* __restrict__ 
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
   const float* z = logits + n * classes;
-  const float target = z[labels[n]];
+  const int label = label_guard::label_or_bad(labels, n, classes);
+  if (label < 0) return;  // a bad label (recorded by the caller's scan) is never counted
+  const float target = z[label];
   int64_t ahead = 0;
   for (int j = 0; j < classes && ahead < k; ++j) ahead += z[j] > target;
   if (ahead < k) atomicAdd(out, 1ull);
@@ -44,7 +48,9 @@ __global__ void topk_v2(const float* __restrict__ logits, const L* __restrict__ 
   const int64_t n = int64_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
   if (n >= N) return;  // whole warps leave together
   const float* z = logits + n * classes;
-  const float target = z[labels[n]];
+  const int label = label_guard::label_or_bad(labels, n, classes);
+  if (label < 0) return;  // the whole warp (one row) leaves together
+  const float target = z[label];
   int64_t ahead = 0;
   // 128 logits per step: the four loads are issued before any of them is needed
   for (int j0 = 0; j0 < classes && ahead < k; j0 += 128) {
