@@ -69,8 +69,11 @@ def torch_alexnet(state, num_classes, device):
 
 
 def bench_ours(x, y, steps, warmup, lr, precision, sync_every=1):
-    """(images/s, ms per step, losses) of our step; the loss read back every `sync_every` steps (1: after
-    each, as PyTorch's loop here does with .item(); 20: `train`'s default on cuda)."""
+    """(images/s, ms per step, losses, host ms) of our step; the loss read back every `sync_every` steps (1:
+    after each, as PyTorch's loop here does with .item(); 20: `train`'s default on cuda). host ms: the
+    median time the host spends queueing a step that reads nothing back (None when every step reads):
+    when it is well below the ms per step, the GPU never waits for a launch, and capturing the step in
+    a CUDA graph has no launch gaps to remove."""
     from alexnet_cuda import AlexNet, get_backend
     be = get_backend("cuda")
     model = AlexNet(num_classes=1000, backend=be, seed=0, precision=precision)
@@ -79,14 +82,18 @@ def bench_ours(x, y, steps, warmup, lr, precision, sync_every=1):
         model.train_step(xd, yd, lr)
     be.synchronize()
     t = time.perf_counter()
-    losses = []
+    losses, queued = [], []
     for i in range(steps):
         last = (i + 1) % sync_every == 0 or i + 1 == steps
+        t_step = time.perf_counter()
         losses.append(model.train_step(xd, yd, lr, sync=last))
+        if not last:
+            queued.append(time.perf_counter() - t_step)
     be.synchronize()
     dt = time.perf_counter() - t
     losses = [float(be.to_numpy(v)) for v in losses]
-    return x.shape[0] * steps / dt, dt / steps * 1e3, losses
+    host_ms = float(np.median(queued)) * 1e3 if queued else None
+    return x.shape[0] * steps / dt, dt / steps * 1e3, losses, host_ms
 
 
 def bench_torch(state, x, y, steps, warmup, lr, precision, channels_last):
@@ -161,15 +168,20 @@ def main(argv=None):
     x = (rng.standard_normal((args.batch_size, 3, 227, 227)) * 50).astype(np.float32)
     y = rng.integers(0, 1000, args.batch_size).astype(np.int64)
 
-    ours_ips, ours_ms, ours_losses = bench_ours(x, y, args.steps, args.warmup, args.lr, args.precision)
+    ours_ips, ours_ms, ours_losses, _ = bench_ours(x, y, args.steps, args.warmup, args.lr, args.precision)
     rows = [{"impl": f"alexnet-cuda (ours, --precision {args.precision})", "ms_per_step": ours_ms,
              "images_per_sec": ours_ips}]
-    ips20, ms20, _ = bench_ours(x, y, args.steps, args.warmup, args.lr, args.precision, sync_every=20)
+    ips20, ms20, _, host_ms = bench_ours(x, y, args.steps, args.warmup, args.lr, args.precision, sync_every=20)
     rows.append({"impl": f"alexnet-cuda (ours, --precision {args.precision}, loss read every 20 steps)",
                  "ms_per_step": ms20, "images_per_sec": ips20})
     notes = [f"Full model (60.97 M parameters), batch {args.batch_size}, 227x227, precision {args.precision} "
              f"({TORCH_SETTING[args.precision]} on PyTorch's side); {args.warmup} warm-up steps, {args.steps} timed; "
              "loss read back every step (and, in the last row, every 20 steps: `train --sync-every`'s cuda default)."]
+    if host_ms is not None:
+        notes.append(f"Host time to queue one step that reads nothing back (median): {host_ms:.2f} ms, against "
+                     f"{ms20:.2f} ms per step: " + ("the GPU does not wait for the host, so a CUDA graph of the step "
+                                                    "would have no launch gaps to remove." if host_ms < 0.5 * ms20
+                                                    else "the host is close to the GPU's pace; a CUDA graph could pay."))
     try:
         import torch
         if not torch.cuda.is_available():
