@@ -723,8 +723,9 @@ class AlexNet:
 
     def _input(self, x):
         be = self.backend
-        if self._split is not None:  # on the host; TowerNet puts it on every tower's device
-            x = np.asarray(be.to_numpy(x), dtype=self.dtype)
+        if self._split is not None:  # TowerNet puts it on every tower's device
+            if be.device_of(x) is None:
+                x = np.asarray(be.to_numpy(x), dtype=self.dtype)
         else:
             x = be.asarray(x, dtype=self.dtype)
         s = self.input_size

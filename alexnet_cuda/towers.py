@@ -410,15 +410,31 @@ class TowerNet:
         return out
 
     def _inputs(self, x):
-        """The image batch on every tower's device."""
-        out = []
+        """The image batch on every tower's device: uploaded from the host, or, when a device already holds
+        it (the training feed uploads there), copied from that device with cudaMemcpyPeerAsync, ordered
+        after the holder's work and before the holder's next (so it may reuse the buffer): no host trip."""
+        be, src = self.be, self.be.device_of(x)
+        if src is None:
+            out = []
+            for d in self.devices:
+                with be.use_device(d):
+                    out.append(be.asarray(x, dtype=self.dtype))
+            return out
+        with be.use_device(src):
+            x = be.asarray(x, dtype=self.dtype)
+        ids = sorted(set(self.devices) | {src})
+        self.exchange.order(ids, [ids.index(src)], range(len(ids)))
+        copies = {src: x}
         for d in self.devices:
-            with self.be.use_device(d):
-                out.append(self.be.asarray(x, dtype=self.dtype))
-        return out
+            if d not in copies:
+                with be.use_device(d):
+                    copies[d] = be.empty(x.shape, x.dtype)
+                    be.memcpy_peer(copies[d], d, x, src)
+        self.exchange.order(ids, range(len(ids)), [ids.index(src)])
+        return [copies[d] for d in self.devices]
 
     def run(self, x, train, ctx, stop=None):
-        """Forward from the host batch x; the logits (or the output of layer `stop`) on the first
+        """Forward from the batch x (host or device memory); the logits (or the output of layer `stop`) on the first
         device."""
         xs = self._inputs(x)
         for s in self.stages:

@@ -95,6 +95,25 @@ def test_two_devices_train_step_for_step_like_one(emu2):
             assert moved > 100 * TOL, f"{n} moved only {moved:.1e}: the comparison would not show a difference"
 
 
+def test_a_batch_already_on_a_device_reaches_both_towers_without_the_host(emu2):
+    """The training feed uploads a batch to one device: the towers copy it from there (a peer copy), with
+    the same logits and steps, bit for bit, as from the host, whichever device holds it."""
+    x, y = batches(1, seed=7)[0]
+    ref_model = AlexNet(backend="emu", devices=(0, 1), **KW)
+    want_logits = np.asarray(ref_model.forward(x))
+    want_loss = ref_model.train_step(x, y, 0.01)
+    for holder in (0, 1):
+        m = AlexNet(backend="emu", devices=(0, 1), **KW)
+        with emu2.use_device(holder):
+            xd = emu2.asarray(x)
+        assert emu2.device_of(xd) == holder
+        np.testing.assert_array_equal(np.asarray(m.forward(xd)), want_logits)
+        assert m.train_step(xd, y, 0.01) == want_loss
+        for k, v in ref_model.state_dict().items():
+            np.testing.assert_array_equal(m.state_dict()[k], v, err_msg=f"{k} (batch on device {holder})")
+        np.testing.assert_array_equal(np.asarray(xd), x)  # the holder's batch is read, not changed
+
+
 def test_eval_forward_and_features_match(emu2):
     one = AlexNet(backend="emu", **KW)
     two = AlexNet(backend="emu", devices=(0, 1), **KW)
