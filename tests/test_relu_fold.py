@@ -345,3 +345,28 @@ def test_towers_on_two_devices_fold_within_a_run():
     assert not any(_folds(run) for run in m._split.runs())
     _assert_same_runs(run_with_fusion("numpy", "fold_relu_backwards", True, steps=2, devices=(0, 0)),
                       run_with_fusion("numpy", "fold_relu_backwards", False, steps=2, devices=(0, 0)))
+
+
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
+def test_layer_pairs_fold_bit_for_bit(backend, rng):
+    """ReLU -> MaxPool and ReLU -> Dropout as the model runs them, the gradient at the ReLU's input compared
+    as bit patterns with the folds on and off: the model tests compare weights, which a -0 for a +0 in a
+    gradient (a Dropout folding with its output instead of its input, say) would not change."""
+    from alexnet_cuda.model import Dropout, MaxPool, _fold_relu_backwards
+    be = get_backend(backend)
+    ctx = dict(seed=3, step=2, row0=0, precision="fp32")
+    for second, shape, out in ((MaxPool("pool", 3, 2), (2, 3, 9, 9), (2, 3, 4, 4)),
+                               (Dropout("drop", 0.5, 0), (4, 33), (4, 33))):
+        x = be.asarray(rng.standard_normal(shape).astype(np.float32))
+        # negative: a dropped element's gradient is dy * 0 = -0, kept where x > 0
+        dy = be.asarray(-np.abs(rng.standard_normal(out)).astype(np.float32) - np.float32(0.1))
+        got = {}
+        for on in (True, False):
+            layers = [ReLU("relu"), second]
+            _fold_relu_backwards(layers, on)
+            assert layers[1].relu_input == on
+            layers[1].forward(be, layers[0].forward(be, x, True, ctx), True, ctx)
+            got[on] = pattern(be, layers[0].backward(be, layers[1].backward(be, dy)))
+        off = ~(np.asarray(be.to_numpy(x)) > 0)
+        assert (got[False][off] == 0).all(), second.name  # relu_backward's +0 (the unfolded gradient)
+        assert_bits(got[True], got[False], second.name)
