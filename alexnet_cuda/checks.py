@@ -14,7 +14,7 @@ import operator
 
 import numpy as np
 
-__all__ = ["integer", "real", "probability", "u64", "lrn_params", "lrn_pool_params", "sgd_multi_args", "conv_hyper",
+__all__ = ["integer", "real", "probability", "u64", "flag", "lrn_params", "lrn_pool_params", "sgd_multi_args", "conv_hyper",
            "activation", "FUSED_ACTIVATIONS", "bf16_storage", "out_storage", "conv_algorithm", "CONV_ALGORITHMS"]
 
 # The activations conv2d_forward and linear_forward apply to their output ("none": the plain product).
@@ -65,6 +65,14 @@ def u64(fn, name, v):
     if v >= 1 << 64:
         raise ValueError(f"{fn}: {name} must be < 2**64, got {v}")
     return v
+
+
+def flag(fn, name, v):
+    """A bool (Python or NumPy), as bool: e.g. relu_input, which folds the backward of the ReLU before an op
+    into the op's backward."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
+    return bool(v)
 
 
 def conv_hyper(fn, stride, padding, groups):
@@ -138,9 +146,7 @@ def lrn_pool_params(fn, size, alpha, beta, k, alpha_scaled, pool_size, pool_stri
     size, a, beta, k = lrn_params(fn, size, alpha, beta, k, alpha_scaled)
     pool_size = integer(fn, "pool_size", pool_size, minimum=1)
     pool_stride = integer(fn, "pool_stride", pool_stride, minimum=1)
-    if not isinstance(relu_input, (bool, np.bool_)):
-        raise TypeError(f"{fn}: relu_input must be a bool, got {type(relu_input).__name__}")
-    return size, a, beta, k, pool_size, pool_stride, bool(relu_input)
+    return size, a, beta, k, pool_size, pool_stride, flag(fn, "relu_input", relu_input)
 
 
 def sgd_multi_args(params, grads, vels, lr, momentum, weight_decays):

@@ -60,11 +60,13 @@ class LayerOps:
                                   stream=self._stream())
         return y
 
-    def maxpool_backward(self, dy, x, y, *, size=3, stride=2, version=0):
+    def maxpool_backward(self, dy, x, y, *, size=3, stride=2, relu_input=False, version=0):
+        """dx; relu_input=True also zeroes dx where x <= 0 (relu_backward(dx, x): x is a ReLU's output)."""
         size, stride, _ = self._pooled("maxpool_backward", x, size, stride)
+        relu_input = checks.flag("maxpool_backward", "relu_input", relu_input)
         dx, dx_bits = self._like(x)
         self._mod.maxpool_backward(self._bits(dy), self._bits(x), self._bits(y), dx_bits, size=size, stride=stride,
-                                   version=version, stream=self._stream())
+                                   relu_input=relu_input, version=version, stream=self._stream())
         return dx
 
     # ---- LRN + max pooling in one kernel (lrn_pool.cu) ------------------------------------
@@ -119,10 +121,13 @@ class LayerOps:
                                   version=version, stream=self._stream())
         return y, mask
 
-    def dropout_backward(self, dy, mask, *, p=0.5, version=0):
+    def dropout_backward(self, dy, mask, *, p=0.5, relu_y=None, version=0):
+        """dx; relu_y (the output of the ReLU before the dropout, i.e. the dropout's input x) also zeroes dx
+        where relu_y <= 0 (relu_backward(dx, relu_y))."""
         p = checks.probability("dropout_backward", "p", p)
         dx, dx_bits = self._like(dy)
-        self._mod.dropout_backward(self._bits(dy), self._bits(mask), dx_bits, p=p, version=version,
+        self._mod.dropout_backward(self._bits(dy), self._bits(mask), dx_bits, p=p,
+                                   relu_y=None if relu_y is None else self._bits(relu_y), version=version,
                                    stream=self._stream())
         return dx
 

@@ -184,10 +184,16 @@ class TowerLayout:
 # ---------------------------------------------------------------------------
 
 class Layer:
-    """A layer of the sequential network. Parameter layers set `params`."""
+    """A layer of the sequential network. Parameter layers set `params`.
+
+    `can_fold_relu`: the layer's backward can also apply the backward of a ReLU right before it (its input
+    is that ReLU's output), bit for bit relu_backward; `relu_input`: it does (set by _fold_relu_backwards,
+    together with the ReLU's `backward_folded`)."""
 
     name = ""
     params = ()
+    can_fold_relu = False
+    relu_input = False
 
     def forward(self, be, x, train, ctx):
         raise NotImplementedError
@@ -271,9 +277,10 @@ class ReLU(Layer):
     applied max(0, .) in its kernel's epilogue, bit for bit relu_forward, so this layer only
     keeps y for its backward and the tracking.
 
-    `backward_folded` (set by _pair_lrn_pools when an LRN fused with its max-pool follows): that LRN's
-    backward already zeroed the gradient where y <= 0 (relu_input), bit for bit relu_backward, so
-    this layer's backward passes the gradient through.
+    `backward_folded` (set by _fold_relu_backwards when the next layer can fold it: a MaxPool, a Dropout,
+    an LRN fused with its max-pool): that layer's backward already zeroed the gradient where y <= 0
+    (its relu_input), bit for bit relu_backward, so this layer's backward passes the gradient through.
+    Its forward is unchanged (y, the activity tracking).
     """
 
     track = False
@@ -339,12 +346,15 @@ class LRN(Layer):
 
     `pool` (set by _pair_lrn_pools: the MaxPool that follows it): forward and backward run the fused
     LRN + max-pool ops (lrn_maxpool_forward/backward), bit for bit the two layers' ops, and the MaxPool
-    passes through. `relu_input` (set with it when a ReLU precedes this layer): the backward applies
-    that ReLU's backward too (x is the ReLU's output), and the ReLU skips its own."""
+    passes through. Fused, it can fold the backward of a ReLU before it (lrn_maxpool_backward's
+    relu_input; the plain lrn_backward cannot)."""
 
     tower_rule = "window"
     pool = None
-    relu_input = False
+
+    @property
+    def can_fold_relu(self):
+        return self.pool is not None
 
     def __init__(self, name, size=5, alpha=1e-4, beta=0.75, k=2.0):
         self.name = name
@@ -372,10 +382,15 @@ class LRN(Layer):
 
 class MaxPool(Layer):
     """Max pooling without padding. `fused_in_lrn` (set by _pair_lrn_pools): the LRN before it computed
-    the pooling in its own kernels, so forward and backward pass through."""
+    the pooling in its own kernels, so forward and backward pass through. Otherwise its backward can
+    fold the backward of a ReLU before it (maxpool_backward's relu_input: x is the ReLU's output)."""
 
     tower_rule = "any"
     fused_in_lrn = False
+
+    @property
+    def can_fold_relu(self):
+        return not self.fused_in_lrn
 
     def __init__(self, name, size=3, stride=2):
         self.name, self.size, self.stride = name, size, stride
@@ -392,19 +407,33 @@ class MaxPool(Layer):
         if self.fused_in_lrn:
             return dy
         x, y = self._cache
-        return be.maxpool_backward(dy, x, y, size=self.size, stride=self.stride)
+        return be.maxpool_backward(dy, x, y, size=self.size, stride=self.stride, relu_input=self.relu_input)
 
 
 def _pair_lrn_pools(layers, on):
-    """Marks each LRN followed by a MaxPool to compute both (`pool`, `fused_in_lrn`) and, when a ReLU precedes the
-    LRN, the LRN's backward to apply the ReLU's (`relu_input`, `backward_folded`); on=False unmarks them.
+    """Marks each LRN followed by a MaxPool to compute both (`pool`, `fused_in_lrn`); on=False unmarks them.
     For one-device sequences only: with the towers on two devices the LRN is a HaloLRN stage
-    (alexnet_cuda.towers), which runs the separate ops."""
-    for i, (a, b) in enumerate(zip(layers, layers[1:])):
+    (alexnet_cuda.towers), which runs the separate ops. (The ReLU before a fused LRN is folded by
+    _fold_relu_backwards, which runs after this.)"""
+    for a, b in zip(layers, layers[1:]):
         if isinstance(a, LRN) and isinstance(b, MaxPool):
             a.pool, b.fused_in_lrn = (b if on else None), bool(on)
-            if i > 0 and isinstance(layers[i - 1], ReLU):
-                a.relu_input = layers[i - 1].backward_folded = bool(on)
+
+
+def _fold_relu_backwards(layers, on):
+    """Marks each ReLU followed by a layer that can apply the ReLU's backward in its own (`can_fold_relu`)
+    to leave it there (the ReLU's `backward_folded`, the layer's `relu_input`); on=False unmarks every
+    layer, and so does a layer that cannot fold (any more: an LRN no longer fused with its pool).
+    `layers` must be a sequence the layers run in one after the other: one device's, or one run of a
+    tower's layers between two meeting points (alexnet_cuda.towers)."""
+    for l in layers:
+        l.relu_input = False
+        if isinstance(l, ReLU):
+            l.backward_folded = False
+    if on:
+        for a, b in zip(layers, layers[1:]):
+            if isinstance(a, ReLU) and b.can_fold_relu:
+                a.backward_folded = b.relu_input = True
 
 
 class Flatten(Layer):
@@ -423,11 +452,16 @@ class Flatten(Layer):
 
 class Dropout(Layer):
     """Inverted dropout; the mask is keyed by (model seed, step * 2 + index) and the element's index in
-    the whole batch (a data-parallel rank holding rows r0.. of it passes ctx["row0"] = r0)."""
+    the whole batch (a data-parallel rank holding rows r0.. of it passes ctx["row0"] = r0). With p > 0 its
+    backward can fold the backward of a ReLU before it (dropout_backward's relu_y: its input x, kept)."""
 
     @property
     def tower_rule(self):
         return "full" if self.p > 0 else "any"
+
+    @property
+    def can_fold_relu(self):
+        return self.p > 0  # at p = 0 the layer runs no op
 
     def __init__(self, name, p, index):
         self.name, self.p, self.index = name, p, index
@@ -439,13 +473,14 @@ class Dropout(Layer):
         y, mask = be.dropout_forward(x, p=self.p, seed=ctx["seed"],
                                      offset=ctx["step"] * AlexNet.DROPOUT_LAYERS + self.index,
                                      start=ctx.get("row0", 0) * (x.size // max(1, x.shape[0])))
-        self._cache = mask
+        self._cache = (mask, x if self.relu_input else None)
         return y
 
     def backward(self, be, dy):
         if self._cache is None:
             return dy
-        return be.dropout_backward(dy, self._cache, p=self.p)
+        mask, relu_y = self._cache
+        return be.dropout_backward(dy, mask, p=self.p, relu_y=relu_y)
 
 
 # ---------------------------------------------------------------------------
@@ -508,6 +543,7 @@ class AlexNet:
         self.layers = self._build_layers(ch, p5, pool, activation, lrn, dropout)
         self._param_layers = [l for l in self.layers if l.params]
         self._place(devices)
+        self._relu_folds = True  # fold_relu_backwards
         self.fuse_lrn_pools(True)
         self._init(init)
         self.load_momentum_state_dict({n: np.zeros(s, self.dtype) for n, s in self.parameter_shapes().items()})
@@ -658,14 +694,31 @@ class AlexNet:
             _pair_relus(tower, on)
 
     def fuse_lrn_pools(self, on=True):
-        """Compute each LRN and the max-pool after it in one kernel, with the ReLU before the LRN folded into
-        its backward (on, the default) or as separate passes (off): the same bits either way; the fused
-        forward skips a read of the LRN output, the fused backward the pooled gradient's and the LRN
-        gradient's round trips through memory and the ReLU's pass. With the towers on two devices
-        (alexnet_cuda.towers) the LRN exchanges a halo between the towers and the layers stay separate:
-        this does nothing there."""
+        """Compute each LRN and the max-pool after it in one kernel (on, the default) or as separate passes
+        (off), the ReLU before the LRN folded into the fused backward while fold_relu_backwards is on: the
+        same bits either way; the fused forward skips a read of the LRN output, the fused backward the
+        pooled gradient's and the LRN gradient's round trips through memory and the ReLU's pass. With the
+        towers on two devices (alexnet_cuda.towers) the LRN exchanges a halo between the towers and the
+        layers stay separate: this does nothing there."""
         if self._split is None:
             _pair_lrn_pools(self.layers, on)
+        self._fold_relus()
+
+    def fold_relu_backwards(self, on=True):
+        """Apply the backward of each ReLU in the backward of the layer after it where that layer can (on, the
+        default: relu5 in pool5's, relu6 and relu7 in the dropouts' (p > 0), relu1 and relu2 in the fused
+        LRN + max-pools') or as the ReLU's own pass (off): the same bits either way; folded, the ReLU's pass
+        (a read of the gradient and of y, a write) is gone. With the towers on two devices only where the
+        ReLU and the layer are in one run of a tower's layers (relu5 and pool5): relu6 and relu7 meet their
+        dropout across the towers' exchange (alexnet_cuda.towers), which sums the two towers' gradients
+        before the ReLU."""
+        self._relu_folds = bool(on)
+        self._fold_relus()
+
+    def _fold_relus(self):
+        runs = [self.layers] if self._split is None else self._split.runs()
+        for run in runs:
+            _fold_relu_backwards(run, self._relu_folds)
 
     # -- activity (alexnet_cuda.health) ---------------------------------------
 

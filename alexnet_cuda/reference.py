@@ -40,7 +40,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .checks import activation as _activation, conv_hyper, integer as _int, lrn_params as _lrn_params, probability as _prob, real as _real
-from .checks import bf16_storage, lrn_pool_params as _lrn_pool_params, out_storage, u64 as _u64
+from .checks import bf16_storage, flag as _flag, lrn_pool_params as _lrn_pool_params, out_storage, u64 as _u64
 from .precision import check_precision, round_to, to_bf16
 
 __all__ = [
@@ -549,17 +549,21 @@ def maxpool_forward(x, *, size=3, stride=2):
 
 
 @_bf16_storage("dy", "x", "y")
-def maxpool_backward(dy, x, y, *, size=3, stride=2):
+def maxpool_backward(dy, x, y, *, size=3, stride=2, relu_input=False):
     """Gradient of ``maxpool_forward``.
 
     Each dy[n,c,p,q] goes to ONE input: the first maximum of its window in
     row-major order (smallest r, then smallest s). Windows overlap when
     stride < size; their contributions to a shared input add up. The argmax
     is taken from x; ``y`` (the forward output) is checked for shape only.
+    With ``relu_input=True`` x is a ReLU's output and the ReLU's backward is
+    applied too: ``relu_backward(dx, x)`` (dx = +0 where x <= 0), so the ReLU
+    layer skips its own.
     """
     fn = "maxpool_backward"
     _array(fn, "x", x, ndim=4)
     size, stride, P, Q = _pool_params(fn, x, size, stride)
+    relu_input = _flag(fn, "relu_input", relu_input)
     N, C = x.shape[:2]
     for name, a_ in (("y", y), ("dy", dy)):
         _array(fn, name, a_, ndim=4, like=("x", x))
@@ -572,7 +576,7 @@ def maxpool_backward(dy, x, y, *, size=3, stride=2):
         for s in range(size):
             dx[:, :, r:r + stride * P:stride, s:s + stride * Q:stride] += \
                 np.where(first == r * size + s, dy, zero)
-    return dx
+    return relu_backward(dx, x) if relu_input else dx
 
 
 # ---------------------------------------------------------------------------
@@ -769,15 +773,26 @@ def dropout_forward(x, *, p=0.5, seed, offset=0, start=0):
     return x * mask * _dropout_scale(x.dtype, p), mask
 
 
-@_bf16_storage("dy")
-def dropout_backward(dy, mask, *, p=0.5):
-    """Gradient of ``dropout_forward``: dx = (dy * mask) * scale."""
+@_bf16_storage("dy", "relu_y")
+def dropout_backward(dy, mask, *, p=0.5, relu_y=None):
+    """Gradient of ``dropout_forward``: dx = (dy * mask) * scale.
+
+    ``relu_y`` (optional): the output of the ReLU before the dropout (the
+    dropout's input x); the ReLU's backward is then applied too:
+    ``relu_backward(dx, relu_y)`` (dx = +0 where relu_y <= 0), so the ReLU
+    layer skips its own. (Folding the ReLU's mask into the dropout mask
+    instead would give dy * 0 = -0 for negative dy, not relu_backward's +0.)
+    """
     fn = "dropout_backward"
     _array(fn, "dy", dy)
     _array(fn, "mask", mask, dtypes=(np.dtype(np.uint8),))
     _shape(fn, "mask", mask, dy.shape, "the shape of dy")
+    if relu_y is not None:
+        _array(fn, "relu_y", relu_y, like=("dy", dy))
+        _shape(fn, "relu_y", relu_y, dy.shape, "the shape of dy")
     p = _prob(fn, "p", p)
-    return dy * mask * _dropout_scale(dy.dtype, p)
+    dx = dy * mask * _dropout_scale(dy.dtype, p)
+    return dx if relu_y is None else relu_backward(dx, relu_y)
 
 
 # ---------------------------------------------------------------------------

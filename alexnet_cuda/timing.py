@@ -11,10 +11,12 @@ otherwise), cudnn.benchmark on, at the model's precision (`torch_precision`: fp3
 with TF32 on, bf16 under autocast(bfloat16), PyTorch's mixed precision), and the ratio ours / PyTorch is
 printed. benchmarks/bench_train.py prints the same table below its end-to-end numbers.
 
-Fused layers keep their rows: a ReLU fused into the conv or linear forward before it, and a max-pool
-fused into the LRN before it (AlexNet.fuse_relus, fuse_lrn_pools), show near-zero rows, their work
-counted in the row of the layer that absorbed it (lrn1 holds pool1's forward and backward and relu1's
-backward). PyTorch's rows stay per layer, so compare such groups of rows, or the totals.
+Fused layers keep their rows: a ReLU fused into the conv or linear forward before it, a max-pool
+fused into the LRN before it and a ReLU whose backward the next layer's folds in (AlexNet.fuse_relus,
+fuse_lrn_pools, fold_relu_backwards) show near-zero rows, their work counted in the row of the layer
+that absorbed it (lrn1 holds pool1's forward and backward and relu1's backward; pool5 relu5's
+backward, drop6 and drop7 relu6's and relu7's). PyTorch's rows stay per layer, so compare such groups
+of rows, or the totals.
 """
 from __future__ import annotations
 

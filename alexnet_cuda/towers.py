@@ -366,6 +366,11 @@ class TowerNet:
         self.names = [f"{l.name}.{p}" for l in self.towers[0] if l.params for p in l.params]
         self.momentum = [{} for _ in devices]
 
+    def runs(self):
+        """Each tower's runs of layers, one list per (Layers stage, tower): layers that run one after the other
+        on one device, with no meeting point between them (model._fold_relu_backwards pairs neighbours)."""
+        return [layers for s in self.stages if isinstance(s, Layers) for layers in s.towers]
+
     def _params(self, t):
         return [(f"{l.name}.{p}", l) for l in self.towers[t] if l.params for p in l.params]
 

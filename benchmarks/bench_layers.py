@@ -14,6 +14,10 @@ Minimal bytes per element (float32 = 4, mask = 1):
   maxpool fwd 4*in + 4*out, bwd 8*in + 4*out (x, dx; dy) | dropout fwd 9 (x; y, mask), bwd 9
   softmax xent 8 per logit (logits; dlogits) | sgd 20 per parameter (w, dw, v; w, v)
   top-5 4 per logit.
+  ReLU backward folded in (the model's relu5 -> pool5, relu6/relu7 -> dropout): maxpool bwd + relu as
+  maxpool bwd (x is the ReLU's output); dropout bwd + relu 13 (dy, mask, relu_y; dx). "ours separate"
+  is the op then relu_backward (what the model ran before the fold), PyTorch its backward then
+  threshold_backward.
 PyTorch equivalents: torch.relu / threshold_backward; torch.tanh / tanh_backward; F.local_response_norm with alpha*size
 (PyTorch divides alpha by size; the paper does not); F.max_pool2d(3, 2) and its autograd
 backward; aten.native_dropout and native_dropout_backward; F.cross_entropy forward+backward;
@@ -180,6 +184,20 @@ def main(argv=None):
             add("maxpool_backward 3/2", shp(s), 8 * nin + 4 * nout,
                 {f"ours v{v}": (lambda v=v, x=x, y=y, dy=dy: be.maxpool_backward(dy, x, y, version=v))
                  for v in versions("maxpool_backward")}, tbwd)
+        s = (N, 256, 13, 13)  # pool5, after relu5
+        x = be.relu_forward(randn(s))
+        y = be.maxpool_forward(x)
+        dy = randn(y.shape)
+        ours = {f"ours v{v}": (lambda v=v: be.maxpool_backward(dy, x, y, relu_input=True, version=v))
+                for v in versions("maxpool_backward")}
+        ours["ours separate"] = lambda: be.relu_backward(be.maxpool_backward(dy, x, y), x)
+        tbwd = None
+        if torch:
+            tx = tt(x).clone().requires_grad_(True)
+            ty, tdy = F.max_pool2d(tx, 3, 2), tt(dy)
+            tbwd = lambda: torch.ops.aten.threshold_backward(  # noqa: E731
+                torch.autograd.grad(ty, tx, tdy, retain_graph=True)[0], tx.detach(), 0)
+        add("maxpool_backward + relu", shp(s), 8 * x.size + 4 * y.size, ours, tbwd)
 
     # ---- dropout --------------------------------------------------------------------------
     if not only or "dropout" in only:
@@ -201,6 +219,19 @@ def main(argv=None):
             add("dropout_backward p=0.5", shp(s), 9 * n,
                 {f"ours v{v}": (lambda v=v, dy=dy, mask=mask: be.dropout_backward(dy, mask, p=0.5, version=v))
                  for v in versions("dropout_backward")}, tbwd)
+        s = (N, 4096)  # drop6/drop7, after relu6/relu7
+        x, dy = be.relu_forward(randn(s)), randn(s)
+        _, mask = be.dropout_forward(x, p=0.5, seed=1)
+        ours = {f"ours v{v}": (lambda v=v: be.dropout_backward(dy, mask, p=0.5, relu_y=x, version=v))
+                for v in versions("dropout_backward")}
+        ours["ours separate"] = lambda: be.relu_backward(be.dropout_backward(dy, mask, p=0.5), x)
+        tbwd = None
+        if torch:
+            tx, tdy = tt(x), tt(dy)
+            tmask = torch.ops.aten.native_dropout(tx, 0.5, True)[1]
+            tbwd = lambda: torch.ops.aten.threshold_backward(  # noqa: E731
+                torch.ops.aten.native_dropout_backward(tdy, tmask, 2.0), tx, 0)
+        add("dropout_backward + relu", shp(s), 13 * x.size, ours, tbwd)
 
     # ---- softmax cross-entropy ----------------------------------------------------------------
     if not only or "softmax" in only:

@@ -214,6 +214,9 @@ def test_dropout_bf16(kernel_backend, emu_order, rng, n, start):
         np.testing.assert_array_equal(be.to_numpy(mask), mask_ref, err_msg="mask " + what)
         assert_bits(bits(be, be.dropout_backward(put(be, dy), be.asarray(mask_ref), p=0.4, version=v)), dx_ref,
                     "dropout_backward " + what)
+        assert_bits(bits(be, be.dropout_backward(put(be, dy), be.asarray(mask_ref), p=0.4, relu_y=put(be, x),
+                                                 version=v)),
+                    ref.dropout_backward(dy, mask_ref, p=0.4, relu_y=x), "dropout_backward relu_y " + what)
 
 
 # ---------------------------------------------------------------------------
@@ -236,6 +239,10 @@ def test_maxpool_bf16(kernel_backend, emu_order, rng, shape, size, stride):
         assert_bits(bits(be, y), y_ref, "maxpool_forward " + what)
         assert_bits(bits(be, be.maxpool_backward(put(be, dy), put(be, x), y, size=size, stride=stride, version=v)),
                     dx_ref, "maxpool_backward " + what)
+        assert_bits(bits(be, be.maxpool_backward(put(be, dy), put(be, x), y, size=size, stride=stride,
+                                                 relu_input=True, version=v)),
+                    ref.maxpool_backward(dy, x, y_ref, size=size, stride=stride, relu_input=True),
+                    "maxpool_backward relu_input " + what)
 
 
 # ---------------------------------------------------------------------------

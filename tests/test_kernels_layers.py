@@ -143,6 +143,10 @@ def pool_check(be, x, dy, version, size, stride):
     dx = host(be, be.maxpool_backward(dev(be, dy), dev(be, x), dev(be, yr), size=size, stride=stride,
                                       version=version))
     assert_same(dx, ref.maxpool_backward(dy, x, yr, size=size, stride=stride), "dx " + what)
+    # the ReLU before the pooling folded in (tests/test_relu_fold.py has the bit-pattern checks)
+    dx = host(be, be.maxpool_backward(dev(be, dy), dev(be, x), dev(be, yr), size=size, stride=stride,
+                                      relu_input=True, version=version))
+    assert_same(dx, ref.maxpool_backward(dy, x, yr, size=size, stride=stride, relu_input=True), "relu dx " + what)
 
 
 @pytest.mark.parametrize("shape,size,stride", POOL_CASES)
@@ -230,6 +234,9 @@ def dropout_check(be, x, dy, version, p, seed, offset):
     assert_same(y, yr, "y " + what)
     dx = host(be, be.dropout_backward(dev(be, dy), dev(be, mr), p=p, version=version))
     assert_same(dx, ref.dropout_backward(dy, mr, p=p), "dx " + what)
+    # the ReLU before the dropout folded in: relu_y is that ReLU's output, the dropout's input x
+    dx = host(be, be.dropout_backward(dev(be, dy), dev(be, mr), p=p, relu_y=dev(be, x), version=version))
+    assert_same(dx, ref.dropout_backward(dy, mr, p=p, relu_y=x), "relu dx " + what)
     return mask
 
 

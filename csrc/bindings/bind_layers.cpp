@@ -217,7 +217,7 @@ void bind_layers(py::module_& m) {
 
   m.def(
       "maxpool_backward",
-      [](py::handle dy, py::handle x, py::handle y, py::handle dx, int size, int stride, int version,
+      [](py::handle dy, py::handle x, py::handle y, py::handle dx, int size, int stride, bool relu_input, int version,
          uintptr_t stream) {
         const char* op = "maxpool_backward";
         Array X = input(x, op, "x", kStorageDTypes, 4);
@@ -235,11 +235,13 @@ void bind_layers(py::module_& m) {
         with_storage(st, [&](auto t) {
           using T = decltype(t);
           kernels::maxpool_backward(DY.as<T>(), X.as<T>(), DX.as<T>(), X.dim(0), X.dim(1), X.dim(2), X.dim(3), size,
-                                    stride, version, as_stream(stream));
+                                    stride, relu_input, version, as_stream(stream));
         });
       },
-      "dy"_a, "x"_a, "y"_a, "dx"_a, py::kw_only(), "size"_a = 3, "stride"_a = 2, "version"_a = 0, "stream"_a = 0,
-      "dx: each dy to the first maximum (row-major) of its window in x, overlaps accumulated; written in place.");
+      "dy"_a, "x"_a, "y"_a, "dx"_a, py::kw_only(), "size"_a = 3, "stride"_a = 2, "relu_input"_a = false,
+      "version"_a = 0, "stream"_a = 0,
+      "dx: each dy to the first maximum (row-major) of its window in x, overlaps accumulated; relu_input: dx = 0 "
+      "where x <= 0 as well (x is a ReLU's output). dx written in place.");
 
   // ---- dropout ---------------------------------------------------------------------------
   m.def(
@@ -269,24 +271,31 @@ void bind_layers(py::module_& m) {
 
   m.def(
       "dropout_backward",
-      [](py::handle dy, py::handle mask, py::handle dx, double p, int version, uintptr_t stream) {
+      [](py::handle dy, py::handle mask, py::handle dx, double p, py::handle relu_y, int version, uintptr_t stream) {
         const char* op = "dropout_backward";
         Array DY = input(dy, op, "dy", kStorageDTypes);
         Array M = input(mask, op, "mask", {DType::U8});
         Array DX = output(dx, op, "dx", kStorageDTypes);
-        const DType st = expect_storage(DY, {&DX});
+        Array RY;  // the folded ReLU's output (optional)
+        if (!relu_y.is_none()) {
+          RY = input(relu_y, op, "relu_y", kStorageDTypes);
+          expect_same_shape(DY, RY);
+        }
+        const DType st = expect_storage(DY, {&DX, &RY});
         expect_same_shape(DY, M);
         expect_same_shape(DY, DX);
-        expect_no_overlap({&DX}, {&DY, &M});
+        expect_no_overlap({&DX}, {&DY, &M, &RY});
         check_prob(op, p);
         py::gil_scoped_release nogil;
         with_storage(st, [&](auto t) {
           using T = decltype(t);
-          kernels::dropout_backward(DY.as<T>(), M.as<uint8_t>(), DX.as<T>(), DY.numel(), p, version, as_stream(stream));
+          kernels::dropout_backward(DY.as<T>(), M.as<uint8_t>(), DX.as<T>(), DY.numel(), p,
+                                    RY.ptr ? RY.as<T>() : nullptr, version, as_stream(stream));
         });
       },
-      "dy"_a, "mask"_a, "dx"_a, py::kw_only(), "p"_a = 0.5, "version"_a = 0, "stream"_a = 0,
-      "dx = dy * mask / (1 - p); dx is written in place.");
+      "dy"_a, "mask"_a, "dx"_a, py::kw_only(), "p"_a = 0.5, "relu_y"_a = py::none(), "version"_a = 0, "stream"_a = 0,
+      "dx = dy * mask / (1 - p); relu_y (optional, the output of the ReLU before the dropout, i.e. its input x): "
+      "dx = 0 where relu_y <= 0 as well. dx is written in place.");
 
   m.def(
       "philox4x32_10",

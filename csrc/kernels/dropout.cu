@@ -9,6 +9,12 @@
 //          t = min(2^24, ceil(p * 2^24)) is computed on the host from p as a double. The
 //          products are rounded one at a time (__fmul_rn), so y is bitwise the reference's
 //          x * mask * scale (including -0 and NaN for dropped x = -v, inf, nan).
+//          Backward with relu_y (the backward of the ReLU before the dropout folded in; relu_y is
+//          that ReLU's output, i.e. the dropout's input x): dx[i] = relu_y[i] > 0 ? dx[i] : +0
+//          (kernels/relu_math.cuh), so dx is relu_backward(dropout_backward(dy, mask), relu_y) bit
+//          for bit (-0 and NaN of dy * 0 included where relu_y > 0; +0 elsewhere, as relu_backward
+//          writes, which a ReLU mask folded into the dropout mask could not give: dy * 0 is -0 for
+//          negative dy). relu_y null: no fold. A pointer of every version's backward.
 // Storage: x, y, dy, dx FP32 or BF16 (uint16 bits, T = uint16_t; common/storage.cuh): the products
 //          on the widened values in FP32 as above, one rounding on store, so the BF16 op is
 //          round_bf16(the FP32 op on the widened input), bitwise. The mask stays uint8.
@@ -21,13 +27,15 @@
 //            alignment and any start.
 // version 2: one four-element vector load/store (storage::Vec4: float4 FP32, uint2 BF16) and one
 //            32-bit mask store per group (forward), or per 4 elements (backward). Needs x, y
-//            (dy, dx) aligned to four elements (16 bytes FP32, 8 BF16), mask 4-byte aligned and
+//            (dy, dx, relu_y) aligned to four elements (16 bytes FP32, 8 BF16), mask 4-byte aligned and
 //            start % 4 == 0 (the dispatcher picks version 1 otherwise); the n % 4 tail is done by
 //            the last group's thread with scalar accesses. Local group g is Philox group
 //            start / 4 + g, so the vector lanes are exactly the Philox lanes.
 // Both are memory-bound: forward reads 4 and writes 5 bytes per element, backward reads 5
 // and writes 4 (FP32; 2 and 3, 3 and 2 in BF16); ten Philox rounds per 4 elements are far
-// below the memory time.
+// below the memory time. The folded backward reads relu_y too (9 and 4 bytes; 5 and 2 in BF16),
+// where the separate ReLU pass reads 8 and writes 4 (4 and 2): 8 bytes per element saved in
+// FP32, 4 in BF16, and one launch.
 #include "kernels/dropout.cuh"
 
 #include <stdexcept>
@@ -36,6 +44,7 @@
 #include "common/launch.h"
 #include "common/philox.h"
 #include "common/storage.cuh"
+#include "kernels/relu_math.cuh"
 
 namespace alexnet::kernels {
 namespace {
@@ -44,6 +53,12 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ float drop(float x, uint8_t m, float scale) {
   return __fmul_rn(__fmul_rn(x, float(m)), scale);
+}
+
+// The backward's dx of element i: d, or with the folded ReLU (relu_y not null) relu_backward(d, relu_y[i]).
+template <class T>
+__device__ __forceinline__ float fold_relu(float d, const T* __restrict__ relu_y, int64_t i) {
+  return relu_y ? ReluMath::backward(d, storage::load(relu_y, i)) : d;
 }
 
 // ---- version 1 ------------------------------------------------------------------
@@ -67,9 +82,9 @@ __global__ void dropout_forward_v1(const T* __restrict__ x, T* __restrict__ y, u
 
 template <class T>
 __global__ void dropout_backward_v1(const T* __restrict__ dy, const uint8_t* __restrict__ mask, T* __restrict__ dx,
-                                    int64_t n, float scale) {
+                                    int64_t n, float scale, const T* __restrict__ relu_y) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    storage::store(dx, i, drop(storage::load(dy, i), mask[i], scale));
+    storage::store(dx, i, fold_relu(drop(storage::load(dy, i), mask[i], scale), relu_y, i));
 }
 
 // ---- version 2 ------------------------------------------------------------------
@@ -100,7 +115,7 @@ __global__ void dropout_forward_v2(const T* __restrict__ x, T* __restrict__ y, u
 
 template <class T>
 __global__ void dropout_backward_v2(const T* __restrict__ dy, const uint32_t* __restrict__ mask, T* __restrict__ dx,
-                                    int64_t n, float scale) {
+                                    int64_t n, float scale, const T* __restrict__ relu_y) {
   const int64_t full = n / 4, groups = (n + 3) / 4;
   for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += int64_t(gridDim.x) * blockDim.x) {
     if (g < full) {
@@ -108,10 +123,16 @@ __global__ void dropout_backward_v2(const T* __restrict__ dy, const uint32_t* __
       storage::load4(dy, g, v);
       const uint32_t m = mask[g];
       for (int lane = 0; lane < 4; ++lane) v[lane] = drop(v[lane], uint8_t(m >> (8 * lane)), scale);
+      if (relu_y) {  // the folded ReLU: one more vector load
+        float r[4];
+        storage::load4(relu_y, g, r);
+        for (int lane = 0; lane < 4; ++lane) v[lane] = ReluMath::backward(v[lane], r[lane]);
+      }
       storage::store4(dx, g, v);
     } else {
       const uint8_t* ms = reinterpret_cast<const uint8_t*>(mask);
-      for (int64_t i = g * 4; i < n; ++i) storage::store(dx, i, drop(storage::load(dy, i), ms[i], scale));
+      for (int64_t i = g * 4; i < n; ++i)
+        storage::store(dx, i, fold_relu(drop(storage::load(dy, i), ms[i], scale), relu_y, i));
     }
   }
 }
@@ -146,21 +167,22 @@ void forward(const T* x, T* y, uint8_t* mask, int64_t n, double p, uint64_t seed
 }
 
 template <class T>
-void backward(const T* dy, const uint8_t* mask, T* dx, int64_t n, double p, int version, cudaStream_t stream) {
+void backward(const T* dy, const uint8_t* mask, T* dx, int64_t n, double p, const T* relu_y, int version,
+              cudaStream_t stream) {
   check_p("dropout_backward", p);
   if (n == 0) return;
   const float scale = float(1.0 / (1.0 - p));
-  const bool al = storage::aligned_vec4(dy, dx) && aligned(mask, 4);
+  const bool al = storage::aligned_vec4(dy, dx) && aligned(mask, 4) && (!relu_y || storage::aligned_vec4(relu_y));
   version = pick_version("dropout_backward", version, kDropoutVersions, al ? 2 : 1);
   if (version == 1) {
     LAUNCH(dropout_backward_v1<T>, dim3(grid_stride_blocks(n, kThreads)), dim3(kThreads), 0, stream, dy, mask, dx, n,
-           scale);
+           scale, relu_y);
   } else {
     if (!al)
       throw std::invalid_argument("dropout_backward: version 2 needs " + std::to_string(4 * sizeof(T)) +
-                                  "-byte aligned dy, dx and 4-byte aligned mask");
+                                  "-byte aligned dy, dx (and relu_y) and 4-byte aligned mask");
     LAUNCH(dropout_backward_v2<T>, dim3(grid_stride_blocks((n + 3) / 4, kThreads)), dim3(kThreads), 0, stream, dy,
-           reinterpret_cast<const uint32_t*>(mask), dx, n, scale);
+           reinterpret_cast<const uint32_t*>(mask), dx, n, scale, relu_y);
   }
 }
 
@@ -174,13 +196,13 @@ void dropout_forward(const uint16_t* x, uint16_t* y, uint8_t* mask, int64_t n, d
                      uint64_t offset, uint64_t start, int version, cudaStream_t stream) {
   forward(x, y, mask, n, p, seed, offset, start, version, stream);
 }
-void dropout_backward(const float* dy, const uint8_t* mask, float* dx, int64_t n, double p, int version,
-                      cudaStream_t stream) {
-  backward(dy, mask, dx, n, p, version, stream);
+void dropout_backward(const float* dy, const uint8_t* mask, float* dx, int64_t n, double p, const float* relu_y,
+                      int version, cudaStream_t stream) {
+  backward(dy, mask, dx, n, p, relu_y, version, stream);
 }
-void dropout_backward(const uint16_t* dy, const uint8_t* mask, uint16_t* dx, int64_t n, double p, int version,
-                      cudaStream_t stream) {
-  backward(dy, mask, dx, n, p, version, stream);
+void dropout_backward(const uint16_t* dy, const uint8_t* mask, uint16_t* dx, int64_t n, double p,
+                      const uint16_t* relu_y, int version, cudaStream_t stream) {
+  backward(dy, mask, dx, n, p, relu_y, version, stream);
 }
 
 }  // namespace alexnet::kernels

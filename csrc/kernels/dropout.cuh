@@ -14,9 +14,10 @@ void dropout_forward(const float* x, float* y, uint8_t* mask, int64_t n, double 
                      uint64_t start, int version, cudaStream_t stream);
 void dropout_forward(const uint16_t* x, uint16_t* y, uint8_t* mask, int64_t n, double p, uint64_t seed,
                      uint64_t offset, uint64_t start, int version, cudaStream_t stream);
-// dx = dy * mask * float(1/(1-p)).
-void dropout_backward(const float* dy, const uint8_t* mask, float* dx, int64_t n, double p, int version,
-                      cudaStream_t stream);
-void dropout_backward(const uint16_t* dy, const uint8_t* mask, uint16_t* dx, int64_t n, double p, int version,
-                      cudaStream_t stream);
+// dx = dy * mask * float(1/(1-p)); with relu_y (not null: the output of the ReLU before the dropout,
+// i.e. its input x) also dx = 0 where relu_y <= 0 (relu_backward(dx, relu_y) folded in, bit for bit).
+void dropout_backward(const float* dy, const uint8_t* mask, float* dx, int64_t n, double p, const float* relu_y,
+                      int version, cudaStream_t stream);
+void dropout_backward(const uint16_t* dy, const uint8_t* mask, uint16_t* dx, int64_t n, double p,
+                      const uint16_t* relu_y, int version, cudaStream_t stream);
 }  // namespace alexnet::kernels

@@ -8,7 +8,8 @@
 //                                                             descending (the reference's order)
 //                    dx = lrn_backward(g, x, lrn_y, scale)
 //                    dx = 0 where x <= 0                      with relu_input (x is the ReLU's output:
-//                                                             relu_backward(dx, x) folded in)
+//                                                             relu_backward(dx, x) folded in,
+//                                                             kernels/relu_math.cuh)
 //          Bit for bit the composition of the separate ops at both storage types: the same float
 //          operations in the same order, through the same functions (lrn_math.cuh, pool_math.cuh).
 //          Storage T (common/storage.cuh): float, or uint16_t = BF16 bits. Loads widen, every
@@ -66,6 +67,7 @@
 #include "common/storage.cuh"
 #include "kernels/lrn_math.cuh"
 #include "kernels/pool_math.cuh"
+#include "kernels/relu_math.cuh"
 
 namespace alexnet::kernels {
 using lrn_math::LrnParams;
@@ -170,7 +172,7 @@ __global__ void lrn_maxpool_backward_v1(const T* __restrict__ dyp, const T* __re
     }
     const float xv = storage::load(x, i);
     float d = lrn_math::grad(L, lrn_math::direct_term(L, g_at(c), scale[i]), xv, cross);
-    if (relu_input && !(xv > 0.0f)) d = 0.0f;
+    if (relu_input) d = ReluMath::backward(d, xv);
     storage::store(dx, i, d);
   }
 }
@@ -334,7 +336,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t i = (img + c) * HW + int64_t(h0) * G.W + px;
       const float xv = storage::load(x, i);
       float d = lrn_math::grad(L, ring_d[ring_slot(c, first, rows) * pix_max + px], xv, cross);
-      if (relu_input && !(xv > 0.0f)) d = 0.0f;
+      if (relu_input) d = ReluMath::backward(d, xv);
       storage::store(dx, i, d);
     }
   }

@@ -9,6 +9,13 @@
 //          first maximum is (h, w). No atomics; the additions go in the reference's order
 //          (r ascending, then s, i.e. p descending, then q descending), so dx is bitwise the
 //          reference's.
+//          relu_input (the backward of the ReLU before the pooling folded in: x is that ReLU's
+//          output): dx = 0 where !(x > 0) (x <= 0 or NaN; +0, as relu_backward writes), so dx is
+//          relu_backward(maxpool_backward(dy, x), x) bit for bit (kernels/relu_math.cuh). A flag
+//          of every version: the pixel's x is read once more through the caches (version 1,
+//          which reads its windows from global memory anyway) or from the staged rows (version
+//          2), so the fold adds no DRAM traffic and saves the ReLU's pass (read dx and x, write
+//          dx: 12 bytes per input element in FP32, 6 in BF16).
 // Storage: x, y, dy, dx FP32, or BF16 (uint16 bits, T = uint16_t; common/storage.cuh): values are
 //          widened on load and compared / added in FP32; y is one of the inputs (exact in BF16);
 //          dx is accumulated in FP32 over the overlapping windows and rounded once on store, so
@@ -32,7 +39,7 @@
 //            block has >= 256 outputs. Needs size * W floats (+ two rows of Q) to fit in the
 //            budget (W <= 2048 for size 3); the dispatcher falls back to version 1 otherwise.
 // Memory: forward reads 4 bytes per input and writes 4 per output (2 and 2 in BF16); backward
-//         reads x and dy and writes dx once each (version 2).
+//         reads x and dy and writes dx once each (version 2), with or without relu_input.
 #include "kernels/pool.cuh"
 
 #include <algorithm>
@@ -42,6 +49,7 @@
 #include "common/launch.h"
 #include "common/storage.cuh"
 #include "kernels/pool_math.cuh"
+#include "kernels/relu_math.cuh"
 
 namespace alexnet::kernels {
 using namespace pool_math;
@@ -64,7 +72,8 @@ __global__ void maxpool_forward_v1(const T* __restrict__ x, T* __restrict__ y, P
 }
 
 template <class T>
-__global__ void maxpool_backward_v1(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx, PoolGeom G) {
+__global__ void maxpool_backward_v1(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx, PoolGeom G,
+                                    bool relu_input) {
   const int64_t n = G.NC * G.H * G.W;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int w = int(i % G.W), h = int((i / G.W) % G.H);
@@ -82,6 +91,7 @@ __global__ void maxpool_backward_v1(const T* __restrict__ dy, const T* __restric
         if (p * G.stride + arg / G.size == h && q * G.stride + arg % G.size == w)
           acc += storage::load(dyp, p * G.Q + q);
       }
+    if (relu_input) acc = ReluMath::backward(acc, storage::load(xp, int64_t(h) * G.W + w));
     storage::store(dx, i, acc);
   }
 }
@@ -121,7 +131,7 @@ __global__ void __launch_bounds__(kThreads)
 template <class T>
 __global__ void __launch_bounds__(kThreads) maxpool_backward_v2(const T* __restrict__ dy, const T* __restrict__ x,
                                                                 T* __restrict__ dx, PoolGeom G, int planes, int TH,
-                                                                int bands, int rows_max, int np_max) {
+                                                                int bands, int rows_max, int np_max, bool relu_input) {
   DYNAMIC_SHARED(float, stage);
   const int64_t plane0 = int64_t(blockIdx.x / bands) * planes;
   const int h0 = (blockIdx.x % bands) * TH;
@@ -170,6 +180,10 @@ __global__ void __launch_bounds__(kThreads) maxpool_backward_v2(const T* __restr
     for (int p = hi; p >= lo; --p)
       for (int q = qhi; q >= qlo; --q)
         if (args[(p - plo) * G.Q + q] == me) acc += dys[(p - plo) * G.Q + q];
+    // relu_input: x of this pixel from the staged rows. A pixel in no window (lo > hi or qlo > qhi)
+    // may lie outside them, but its acc is +0 already, the value the fold would give.
+    if (relu_input && lo <= hi && qlo <= qhi)
+      acc = ReluMath::backward(acc, stage[pl * per_plane + (h - xh0) * G.W + w]);
     storage::store(dx, (plane0 + pl) * HW + int64_t(h) * G.W + w, acc);
   }
 }
@@ -243,7 +257,7 @@ void forward(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, int s
 
 template <class T>
 void backward(const T* dy, const T* x, T* dx, int64_t N, int64_t C, int64_t H, int64_t W, int size, int stride,
-              int version, cudaStream_t stream) {
+              bool relu_input, int version, cudaStream_t stream) {
   const PoolGeom G = geometry("maxpool_backward", N, C, H, W, size, stride);
   const BwdPlan plan = plan_backward(G);
   version = pick_version("maxpool_backward", version, kPoolVersions, plan.ok ? 2 : 1);
@@ -252,13 +266,13 @@ void backward(const T* dy, const T* x, T* dx, int64_t N, int64_t C, int64_t H, i
   if (G.NC == 0) return;
   if (version == 1) {
     LAUNCH(maxpool_backward_v1<T>, dim3(grid_stride_blocks(G.NC * G.H * G.W, kThreads)), dim3(kThreads), 0, stream,
-           dy, x, dx, G);
+           dy, x, dx, G, relu_input);
   } else {
     const size_t per_plane = size_t(plan.rows_max) * G.W + 2 * size_t(plan.np_max) * G.Q;
     const size_t smem = size_t(plan.planes) * per_plane * sizeof(float);
     const int64_t blocks = cdiv(G.NC, plan.planes) * plan.bands;
     LAUNCH(maxpool_backward_v2<T>, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, dy, x, dx, G, plan.planes,
-           plan.TH, plan.bands, plan.rows_max, plan.np_max);
+           plan.TH, plan.bands, plan.rows_max, plan.np_max, relu_input);
   }
 }
 
@@ -273,12 +287,12 @@ void maxpool_forward(const uint16_t* x, uint16_t* y, int64_t N, int64_t C, int64
   forward(x, y, N, C, H, W, size, stride, version, stream);
 }
 void maxpool_backward(const float* dy, const float* x, float* dx, int64_t N, int64_t C, int64_t H, int64_t W, int size,
-                      int stride, int version, cudaStream_t stream) {
-  backward(dy, x, dx, N, C, H, W, size, stride, version, stream);
+                      int stride, bool relu_input, int version, cudaStream_t stream) {
+  backward(dy, x, dx, N, C, H, W, size, stride, relu_input, version, stream);
 }
 void maxpool_backward(const uint16_t* dy, const uint16_t* x, uint16_t* dx, int64_t N, int64_t C, int64_t H, int64_t W,
-                      int size, int stride, int version, cudaStream_t stream) {
-  backward(dy, x, dx, N, C, H, W, size, stride, version, stream);
+                      int size, int stride, bool relu_input, int version, cudaStream_t stream) {
+  backward(dy, x, dx, N, C, H, W, size, stride, relu_input, version, stream);
 }
 
 }  // namespace alexnet::kernels

@@ -15,8 +15,10 @@ void maxpool_forward(const uint16_t* x, uint16_t* y, int64_t N, int64_t C, int64
                      int version, cudaStream_t stream);
 // dx (N, C, H, W): each dy goes to the first maximum (row-major) of its window in x;
 // overlapping windows add up (in FP32; BF16 dx rounds once). Deterministic (a gather, no atomics).
+// relu_input: x is a ReLU's output and that ReLU's backward is folded in: dx = 0 where x <= 0
+// (relu_backward(dx, x), bit for bit).
 void maxpool_backward(const float* dy, const float* x, float* dx, int64_t N, int64_t C, int64_t H, int64_t W, int size,
-                      int stride, int version, cudaStream_t stream);
+                      int stride, bool relu_input, int version, cudaStream_t stream);
 void maxpool_backward(const uint16_t* dy, const uint16_t* x, uint16_t* dx, int64_t N, int64_t C, int64_t H, int64_t W,
-                      int size, int stride, int version, cudaStream_t stream);
+                      int size, int stride, bool relu_input, int version, cudaStream_t stream);
 }  // namespace alexnet::kernels
