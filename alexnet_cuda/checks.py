@@ -14,7 +14,7 @@ import operator
 
 import numpy as np
 
-__all__ = ["integer", "real", "probability", "u64", "lrn_params", "lrn_pool_params", "sgd_multi_args", "conv_hyper",
+__all__ = ["integer", "real", "probability", "boolean", "u64", "lrn_params", "lrn_pool_params", "sgd_multi_args", "conv_hyper",
            "activation", "FUSED_ACTIVATIONS", "bf16_storage", "out_storage", "conv_algorithm", "CONV_ALGORITHMS"]
 
 # The activations conv2d_forward and linear_forward apply to their output ("none": the plain product).
@@ -57,6 +57,13 @@ def probability(fn, name, p):
     if not 0.0 <= p < 1.0:
         raise ValueError(f"{fn}: {name} must be in [0, 1), got {p}")
     return p
+
+
+def boolean(fn, name, v):
+    """A Python/NumPy bool, as bool."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
+    return bool(v)
 
 
 def u64(fn, name, v):
@@ -138,9 +145,7 @@ def lrn_pool_params(fn, size, alpha, beta, k, alpha_scaled, pool_size, pool_stri
     size, a, beta, k = lrn_params(fn, size, alpha, beta, k, alpha_scaled)
     pool_size = integer(fn, "pool_size", pool_size, minimum=1)
     pool_stride = integer(fn, "pool_stride", pool_stride, minimum=1)
-    if not isinstance(relu_input, (bool, np.bool_)):
-        raise TypeError(f"{fn}: relu_input must be a bool, got {type(relu_input).__name__}")
-    return size, a, beta, k, pool_size, pool_stride, bool(relu_input)
+    return size, a, beta, k, pool_size, pool_stride, boolean(fn, "relu_input", relu_input)
 
 
 def sgd_multi_args(params, grads, vels, lr, momentum, weight_decays):

@@ -10,20 +10,17 @@
 // version 2: four elements per thread per iteration as one vector access (float4 FP32, uint2
 //            BF16); needs all pointers aligned to four elements (the dispatcher picks version 1
 //            otherwise); the n % 4 tail is done by the first threads of the grid.
-// Both are the templates of common/elementwise.cuh with the math below; memory-bound: 8
+// Both are the templates of common/elementwise.cuh with ReluMath (kernels/relu_math.cuh); memory-bound: 8
 // (forward) or 12 (backward) bytes per element in FP32, 4 or 6 in BF16.
 #include "kernels/relu.cuh"
 
 #include "common/elementwise.cuh"
+#include "kernels/relu_math.cuh"
 
 namespace alexnet::kernels {
 
-// the math, as common/elementwise.cuh's template argument (a named namespace: nvcc wants kernel template
-// arguments with linkage)
-struct ReluMath {
-  static __device__ __forceinline__ float forward(float x) { return fmaxf(x, 0.0f); }
-  static __device__ __forceinline__ float backward(float dy, float y) { return y > 0.0f ? dy : 0.0f; }
-};
+// The math (ReluMath) is in kernels/relu_math.cuh, shared with the epilogues that fold the
+// ReLU's backward into conv2d_backward's data gradient (relu_input).
 
 static_assert(kReluVersions == elementwise::kVersions);
 

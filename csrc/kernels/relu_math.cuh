@@ -1,0 +1,35 @@
+// The ReLU's math as device code (DEVICE code, included only by .cu files): the one definition
+// that relu.cu's kernels and the backward epilogues that fold a ReLU's backward into another
+// kernel share, so the folded result is relu_backward's bit for bit by construction.
+//
+//   ReluMath::forward(x)       = fmaxf(x, 0)
+//   ReluMath::backward(dy, y)  = dy where y > 0, else +0 (y is the ReLU's output). The comparison
+//                                is false for y = +0, -0 and NaN, which all give +0; a NaN or
+//                                infinite dy where y > 0 passes through unchanged.
+//
+// relu_fold(v, x, i): the value a data-gradient kernel stores at element i when its input x is a
+// ReLU's output (conv2d_backward's relu_input: conv.cu, conv_tc.cu, conv_winograd.cu). v is the
+// FP32 gradient the kernel would store, x (same layout as dx, storage T: float or uint16_t BF16
+// bits, widened exactly) the ReLU's output, or null for no fold (v unchanged). The select happens
+// on the FP32 value before the one rounding of a BF16 store; it commutes with that rounding
+// (round(+0) = +0, round(v) otherwise), so the folded BF16 dx equals relu_backward of the stored
+// dx, as the separate ops give it.
+#pragma once
+
+#include "common/storage.cuh"
+
+namespace alexnet::kernels {
+
+// As a struct for common/elementwise.cuh's template argument (a named namespace: nvcc wants
+// kernel template arguments with linkage).
+struct ReluMath {
+  static __device__ __forceinline__ float forward(float x) { return fmaxf(x, 0.0f); }
+  static __device__ __forceinline__ float backward(float dy, float y) { return y > 0.0f ? dy : 0.0f; }
+};
+
+template <class T>
+__device__ __forceinline__ float relu_fold(float v, const T* __restrict__ x, int64_t i) {
+  return x ? ReluMath::backward(v, storage::load(x, i)) : v;
+}
+
+}  // namespace alexnet::kernels
