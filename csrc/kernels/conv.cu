@@ -283,7 +283,10 @@ constexpr int relaxed_min_blocks() {
   return Cfg::BM == 64 ? 3 : Cfg::MIN_BLOCKS;
 }
 
-template <class Cfg>
+// RELU_IN: relu_input, dx folded with relu_x (relu_math.cuh); false: relu_x is not read (null), and
+// the kernel is the one without the fold, register for register (a runtime test here cost the T8
+// config a spill on sm_90).
+template <class Cfg, bool RELU_IN>
 __global__ void __launch_bounds__(Cfg::THREADS, relaxed_min_blocks<Cfg>())
     conv_bwd_data_v2(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, Geo d,
                      const float* __restrict__ relu_x) {
@@ -310,11 +313,18 @@ __global__ void __launch_bounds__(Cfg::THREADS, relaxed_min_blocks<Cfg>())
     const int img = n / per, rem = n - img * per, hq = rem / ph.Wph, wq = rem - hq * ph.Wph;
     const int64_t o = (int64_t(img) * d.C + g * d.Cg) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st;
     float* dxc = dx + o;
-    const float* xc = relu_x ? relu_x + o : nullptr;  // relu_input: x at dx's elements
+    // relu_input: the column's gates (x at its dx elements) loaded together, then the select; without
+    // it every gate is 1 and acc is stored as it is.
+    float gate[Cfg::TM];
 #pragma unroll
     for (int i = 0; i < Cfg::TM; ++i) {
       const int c = m0 + row_of<Cfg>(ty, i);
-      if (c < d.Cg) dxc[int64_t(c) * d.HW] = relu_fold(acc[i][j], xc, int64_t(c) * d.HW);
+      gate[i] = relu_gate(RELU_IN ? relu_x : nullptr, o + int64_t(c) * d.HW, c < d.Cg);
+    }
+#pragma unroll
+    for (int i = 0; i < Cfg::TM; ++i) {
+      const int c = m0 + row_of<Cfg>(ty, i);
+      if (c < d.Cg) dxc[int64_t(c) * d.HW] = ReluMath::backward(acc[i][j], gate[i]);
     }
   }
 }
@@ -440,7 +450,7 @@ void launch_bwd_data_v2(const float* dy, const float* w, float* dx, const Geo& d
   // Columns of the largest phase (phase 0): ceil(H/st) * ceil(W/st) per image.
   const int64_t cols = int64_t(d.N) * ((d.H + d.st - 1) / d.st) * ((d.W + d.st - 1) / d.st);
   const dim3 grid(ceil_div(cols, Cfg::BN), ceil_div(d.Cg, Cfg::BM), unsigned(d.groups * d.st * d.st));
-  auto conv_bwd_data_v2_tiled = conv_bwd_data_v2<Cfg>;
+  auto conv_bwd_data_v2_tiled = relu_x ? conv_bwd_data_v2<Cfg, true> : conv_bwd_data_v2<Cfg, false>;
   LAUNCH(conv_bwd_data_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, dy, w, dx, d, relu_x);
 }
 

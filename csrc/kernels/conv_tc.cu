@@ -138,12 +138,20 @@ __global__ void __launch_bounds__(kThreads)
   float acc[2][4][4] = {};
   tc_mainloop<P>(la, lb, 0, (ph.kdim + kBK - 1) / kBK, As, Bs, acc);
   const int per = ph.Hph * ph.Wph;
+  // dx's element of the tile's (c, n) (c < Cg, n < ncols).
+  auto at = [&](int c, int n) {
+    const int img = n / per, rem = n - img * per, hq = rem / ph.Wph, wq = rem - hq * ph.Wph;
+    return (int64_t(img) * d.C + g * d.Cg + c) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st;
+  };
+  if (relu_x)  // relu_input: every gate loaded in one pass (relu_math.cuh), the select before the store
+    tc_map(acc, [&](int dm, int dn, float v) {
+      const int c = m0 + dm, n = n0 + dn;
+      const bool ok = c < d.Cg && n < ph.ncols;
+      return ReluMath::backward(v, relu_gate(relu_x, ok ? at(c, n) : 0, ok));
+    });
   tc_store(acc, [&](int dm, int dn, float v) {
     const int c = m0 + dm, n = n0 + dn;
-    if (c >= d.Cg || n >= ph.ncols) return;
-    const int img = n / per, rem = n - img * per, hq = rem / ph.Wph, wq = rem - hq * ph.Wph;
-    const int64_t o = (int64_t(img) * d.C + g * d.Cg + c) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st;
-    storage::store(dx, o, relu_fold(v, relu_x, o));
+    if (c < d.Cg && n < ph.ncols) storage::store(dx, at(c, n), v);
   });
 }
 

@@ -255,7 +255,14 @@ __global__ void wino_output_v1(const float* __restrict__ M, const float* __restr
     const float bias = b ? b[k] : 0.0f;
     const int ok = (n * d.Co + k) * d.P * d.Q;
     float* yk = y + ok;
-    const float* xk = relu_x ? relu_x + ok : nullptr;
+    float gate[kOut][kOut];  // relu_x's at the tile's outputs, loaded together (relu_math.cuh); else 1
+#pragma unroll
+    for (int i = 0; i < kOut; ++i)
+#pragma unroll
+      for (int j = 0; j < kOut; ++j) {
+        const int p = th * kOut + i, q = tw * kOut + j;
+        gate[i][j] = relu_gate(relu_x, ok + p * d.Q + q, p < d.P && q < d.Q);
+      }
 #pragma unroll
     for (int i = 0; i < kOut; ++i) {
       const float row[6] = {tmp[0][i], tmp[1][i], tmp[2][i], tmp[3][i], tmp[4][i], tmp[5][i]};
@@ -266,7 +273,7 @@ __global__ void wino_output_v1(const float* __restrict__ M, const float* __restr
 #pragma unroll
       for (int j = 0; j < kOut; ++j) {
         const int q = tw * kOut + j;
-        if (q < d.Q) yk[p * d.Q + q] = relu_fold(epilogue(out[j] + bias, relu), xk, p * d.Q + q);
+        if (q < d.Q) yk[p * d.Q + q] = ReluMath::backward(epilogue(out[j] + bias, relu), gate[i][j]);
       }
     }
   }

@@ -7,13 +7,18 @@
 //                                is false for y = +0, -0 and NaN, which all give +0; a NaN or
 //                                infinite dy where y > 0 passes through unchanged.
 //
-// relu_fold(v, x, i): the value a data-gradient kernel stores at element i when its input x is a
-// ReLU's output (conv2d_backward's relu_input: conv.cu, conv_tc.cu, conv_winograd.cu). v is the
-// FP32 gradient the kernel would store, x (same layout as dx, storage T: float or uint16_t BF16
-// bits, widened exactly) the ReLU's output, or null for no fold (v unchanged). The select happens
-// on the FP32 value before the one rounding of a BF16 store; it commutes with that rounding
-// (round(+0) = +0, round(v) otherwise), so the folded BF16 dx equals relu_backward of the stored
-// dx, as the separate ops give it.
+// The fold (conv2d_backward's relu_input: conv.cu, conv_tc.cu, conv_winograd.cu): a data-gradient
+// kernel whose input x is a ReLU's output stores ReluMath::backward(v, x[i]) instead of v, v the FP32
+// gradient it would store at element i, x (same layout as dx, storage T: float or uint16_t BF16
+// bits, widened exactly) the ReLU's output as stored.
+//   relu_gate(x, i, ok)  the value the select compares with 0: x[i], or 1 (keep v) when x is null
+//                        (no fold) or !ok (an element the kernel does not store: no load). A kernel
+//                        with several stores per thread loads their gates together first (all the
+//                        loads in flight at once, not one round trip per store), then selects.
+//   relu_fold(v, x, i)   both for one element.
+// The select happens on the FP32 value before the one rounding of a BF16 store; it commutes with
+// that rounding (round(+0) = +0, round(v) otherwise), so the folded BF16 dx equals relu_backward of
+// the stored dx, as the separate ops give it.
 #pragma once
 
 #include "common/storage.cuh"
@@ -28,8 +33,13 @@ struct ReluMath {
 };
 
 template <class T>
+__device__ __forceinline__ float relu_gate(const T* __restrict__ x, int64_t i, bool ok = true) {
+  return x && ok ? storage::load(x, i) : 1.0f;
+}
+
+template <class T>
 __device__ __forceinline__ float relu_fold(float v, const T* __restrict__ x, int64_t i) {
-  return x ? ReluMath::backward(v, storage::load(x, i)) : v;
+  return x ? ReluMath::backward(v, relu_gate(x, i)) : v;
 }
 
 }  // namespace alexnet::kernels
