@@ -110,10 +110,10 @@ class ConvOps:
         the precision, so the mask is relu_backward's; on emu the older uint16 form of BF16
         operands, whose dx is float32, widened exactly)."""
         if x_bf16:
-            return as_bf16_bits(x)
-        if getattr(x, "dtype", None) == np.uint16:
-            return self.xp.ascontiguousarray(from_bf16_bits(x))
-        return x
+            x = as_bf16_bits(x)
+        elif getattr(x, "dtype", None) == np.uint16:
+            x = from_bf16_bits(x)
+        return self.xp.ascontiguousarray(x)  # (no copy when it is: the operand x itself at fp32 and tf32)
 
     def _winograd_plan(self, x, w, geo, version, direction):
         """{'workspace': floats} of the Winograd kernels (ValueError for a geometry they do not take)."""

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from alexnet_cuda import reference as ref
-from alexnet_cuda.precision import round_to
+from alexnet_cuda.precision import bf16_bits, from_bf16_bits, round_to
 from test_bf16_products import assert_near
 from test_conv_winograd import CASES as WINO_CASES, assert_within, data_filter, winograd64, wino_versions
 from test_kernels_conv import CONV_CASES, absf, conv_versions, f64
@@ -83,9 +83,10 @@ def assert_bits(be, name, got, want):
     np.testing.assert_array_equal(bits(be, got), bits(be, want), err_msg=name)
 
 
-def assert_mask(be, name, x, folded, plain):
+def assert_mask(be, name, x, folded, plain, bf16_values=False):
     """folded is +0 where x is not > 0 and plain's bits where it is; and the case exercises every kind
-    of x element: the plain dx is non-zero at some element of each."""
+    of x element: the plain dx is non-zero at some element of each (x holding BF16 values, as BF16
+    storage or widened: all but 1e-45 and 1e-40, which are not BF16 numbers)."""
     xv = values(be, x)
     pos = xv > 0
     fb, pb, pv = bits(be, folded), bits(be, plain), values(be, plain)
@@ -95,7 +96,7 @@ def assert_mask(be, name, x, folded, plain):
              **{k: (np.isnan(xv) if k == "nan" else xv == np.float32(v)) & (np.signbit(xv) == np.signbit(v))
                 for k, v in SPECIAL.items()}}
     for kind, where in kinds.items():
-        if kind in ("1e-45", "1e-40") and be.is_bf16(x):  # not BF16 numbers: stored as 0 and 2^-133
+        if kind in ("1e-45", "1e-40") and (bf16_values or be.is_bf16(x)):  # stored as 0 and 2^-133
             continue
         assert (where & (pv != 0)).any(), f"{name}: no non-zero plain dx where x is {kind}: the case does not test it"
 
@@ -214,6 +215,19 @@ def test_reference_in_float64_is_the_composed_ops():
     assert (dx[~(x > 0)] != 0).all() and (fdx[~(x > 0)] == 0).all()
     np.testing.assert_array_equal(fdw, dw)
     np.testing.assert_array_equal(fdb, db)
+
+
+def test_uint16_bits_as_x(kernel_backend):
+    """x as uint16 BF16 bit patterns (cuda's BF16 arrays; on emu the older form of BF16 operands, whose
+    dx is float32): the mask is taken on the BF16 values those bits hold."""
+    be = kernel_backend
+    dy, x, w, geo, _ = case_data("conv4_3x3_p1_g2")
+    DY, X, Wt = be.asarray(bf16_bits(dy)), be.asarray(bf16_bits(x)), be.asarray(w)
+    xv = X if be.is_bf16(X) else be.asarray(from_bf16_bits(bf16_bits(x)))  # what relu_backward takes with dx
+    dx = be.conv2d_backward(DY, X, Wt, precision="bf16", **geo)[0]
+    fdx = be.conv2d_backward(DY, X, Wt, precision="bf16", relu_input=True, **geo)[0]
+    assert_bits(be, "dx", fdx, be.relu_backward(dx, xv))
+    assert_mask(be, "uint16 x", xv, fdx, dx, bf16_values=True)
 
 
 def test_need_dx_false_with_relu_input(any_backend):
