@@ -32,8 +32,8 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import activation as _activation, bf16_storage, conv_algorithm as _algorithm, conv_hyper as _hyper
-from .checks import integer, out_storage
-from .precision import as_bf16_bits, check_precision
+from .checks import flag, integer, out_storage
+from .precision import as_bf16_bits, check_precision, from_bf16_bits
 
 
 def _version(fn, version):
@@ -104,24 +104,38 @@ class ConvOps:
                                  stream=self._stream(), **geo, **extra)
         return y
 
+    def _relu_x(self, x, x_bf16):
+        """The ReLU output x as the data kernels read it for relu_input: x's values as the caller
+        stores them, in dx's storage (BF16 storage as uint16 bits; float32 as it is, not rounded to
+        the precision, so the mask is relu_backward's; on emu the older uint16 form of BF16
+        operands, whose dx is float32, widened exactly)."""
+        if x_bf16:
+            x = as_bf16_bits(x)
+        elif getattr(x, "dtype", None) == np.uint16:
+            x = from_bf16_bits(x)
+        return self.xp.ascontiguousarray(x)  # (no copy when it is: the operand x itself at fp32 and tf32)
+
     def _winograd_plan(self, x, w, geo, version, direction):
         """{'workspace': floats} of the Winograd kernels (ValueError for a geometry they do not take)."""
         return self._mod.conv2d_winograd_check(x, w, stride=geo["stride"], padding=geo["padding"],
                                                groups=geo["groups"], version=version, direction=direction)
 
     def conv2d_backward(self, dy, x, w, *, stride=1, padding=0, groups=1, version=0, need_dx=True, precision="fp32",
-                        algorithm="gemm"):
+                        algorithm="gemm", relu_input=False):
         """(dx, dw, db); precision tf32 or bf16 runs the tensor-core data and filter kernels (dy, x,
         w as in linear_backward; at bf16 db sums dy's BF16 values). dx has x's storage, dw and db
         are float32. algorithm "winograd": dx by conv_winograd.cu's `version`, dw and db by their
-        version 0."""
+        version 0. relu_input=True (x is a ReLU's output): dx = relu_backward(dx, x), x as given,
+        in the data kernels' store (every version, precision and algorithm)."""
         fn = "conv2d_backward"
         stride, padding, groups = _hyper(fn, stride, padding, groups)
         version = _version(fn, version)
         check_precision(fn, precision)
         wino = _algorithm(fn, algorithm, precision) == "winograd"
+        relu_input = flag(fn, "relu_input", relu_input)
         self._stored_bf16(fn, precision, "dy", dy)
         x_bf16 = self._stored_bf16(fn, precision, "x", x)
+        relu_x = self._relu_x(x, x_bf16) if relu_input and need_dx else None
         dy, x = self._operands(fn, precision, dy, x)
         w = self._weights(precision, w)
         geo = dict(stride=stride, padding=padding, groups=groups)
@@ -140,7 +154,7 @@ class ConvOps:
         kw = dict(precision=precision, stream=s, **geo)
         if need_dx:  # the first layer's dx (the image's gradient) is never used: skip its kernel
             wk = dict(algorithm="winograd", work=work) if wino else {}
-            self._mod.conv2d_backward_data(dy, x, w, self._out_arg(dx), version=version, **kw, **wk)
+            self._mod.conv2d_backward_data(dy, x, w, self._out_arg(dx), version=version, relu_x=relu_x, **kw, **wk)
         self._mod.conv2d_backward_filter(dy, x, w, dw, work, version=rest, **kw)
         bias_version = rest if precision == "fp32" else 0  # the bias sums have the fp32 versions
         self._mod.conv2d_backward_bias(dy, db, version=bias_version, stream=s)  # at bf16: the bits, widened

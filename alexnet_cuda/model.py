@@ -215,6 +215,7 @@ def _storage(be, ctx):
 class Conv2d(Layer):
     params = ("weight", "bias")
     fuse_relu = False  # set by _pair_relus: the forward also applies the next layer's ReLU
+    can_fold_relu = True  # conv2d_backward's relu_input: its data gradient applies the ReLU's before it
 
     @property
     def tower_rule(self):
@@ -236,7 +237,7 @@ class Conv2d(Layer):
     def backward(self, be, dy, need_dx=True):
         dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
             dy, self._cache, self.weight, stride=self.stride, padding=self.padding, groups=self.groups,
-            need_dx=need_dx, precision=self._precision)
+            need_dx=need_dx, precision=self._precision, relu_input=self.relu_input)
         return dx
 
 

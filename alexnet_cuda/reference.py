@@ -317,7 +317,7 @@ def conv2d_forward(x, w, b, *, stride=1, padding=0, groups=1, precision="fp32", 
     return _stored(_activate(y, activation), storage)
 
 
-def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True, precision="fp32"):
+def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True, precision="fp32", relu_input=False):
     """Gradients of ``conv2d_forward`` given dy = dL/dy (N,K,P,Q):
 
         db[k]       = sum_{n,p,q} dy[n,k,p,q]
@@ -333,8 +333,14 @@ def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True, pr
     the BF16 dy at bf16 (dy as stored in BF16), as ``linear_backward`` does. At bf16, dy and x
     may be BF16 storage (ml_dtypes.bfloat16, each independently); dx then has x's storage
     (rounded once), dw and db are float32.
+
+    ``relu_input=True``: x is a ReLU's output and its backward is applied to dx as well:
+    dx = relu_backward(dx, x), x as given (not rounded to the precision), bit for bit; the kernel
+    backends do it in the data gradient's store. Nothing changes when need_dx is False.
     """
     fn = "conv2d_backward"
+    relu_input = _flag(fn, "relu_input", relu_input)
+    x_in = x  # as stored: the ReLU's output for relu_input
     x_bf16 = _is_bf16(x)
     dy = _widened(fn, precision, "dy", dy)
     x = _widened(fn, precision, "x", x)
@@ -365,8 +371,9 @@ def conv2d_backward(dy, x, w, *, stride=1, padding=0, groups=1, need_dx=True, pr
                     contrib.transpose(0, 3, 1, 2)
     if not need_dx:
         return None, dw, db
-    dx = dxp[:, :, padding:padding + H, padding:padding + W]
-    return _stored(np.ascontiguousarray(dx), "bf16" if x_bf16 else "fp32"), dw, db
+    dx = _stored(np.ascontiguousarray(dxp[:, :, padding:padding + H, padding:padding + W]),
+                 "bf16" if x_bf16 else "fp32")
+    return (relu_backward(dx, x_in) if relu_input else dx), dw, db
 
 
 # ---------------------------------------------------------------------------

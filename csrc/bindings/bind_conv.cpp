@@ -144,6 +144,17 @@ Array storage_output(py::handle obj, const char* op, const char* name, int ndim,
   return a;
 }
 
+// relu_x of conv2d_backward_data (relu_input: dx is zeroed where the ReLU's output x is not > 0): an
+// empty Array when None, else x's values as the caller stores them, in dx's storage (TypeError
+// otherwise: dx's storage follows that x) and shape.
+Array relu_input(const char* op, py::handle relu_x, const Array& DX) {
+  if (relu_x.is_none()) return Array{};
+  Array RX = input(relu_x, op, "relu_x", kStorageDTypes, 4);
+  expect_storage(DX, {&RX});
+  expect_same_shape(DX, RX);
+  return RX;
+}
+
 // Checks of conv2d_forward's inputs (x, w, b, hyper-parameters).
 ConvIn forward_inputs(const char* op, py::handle x, py::handle w, py::handle b, int64_t stride, int64_t padding,
                       int64_t groups, Array* Bout, kernels::Precision p = kernels::Precision::kFP32) {
@@ -371,7 +382,8 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_backward_data",
       [](py::handle dy, py::handle x, py::handle w, py::handle dx, int64_t stride, int64_t padding, int64_t groups,
-         int version, const std::string& precision, const std::string& algorithm, py::handle work, uintptr_t stream) {
+         int version, const std::string& precision, const std::string& algorithm, py::handle work, py::handle relu_x,
+         uintptr_t stream) {
         const char* op = "conv2d_backward";
         const kernels::Precision p = precision_arg(op, precision);
         const bool wino = algorithm_arg(op, algorithm, p);
@@ -379,26 +391,30 @@ void bind_conv(py::module_& m) {
         ConvIn in = backward_inputs(op, dy, x, w, stride, padding, groups, DY, p);
         Array DX = storage_output(dx, op, "dx", 4, p);
         expect_same_shape(in.X, DX);
+        Array RX = relu_input(op, relu_x, DX);
         Array WK = workspace(work, op, wino ? winograd_need(op, in.s, true, version) : 0);
-        expect_no_overlap({&DX, &WK}, {&DY, &in.Wt, &DX, &WK});
+        expect_no_overlap({&DX, &WK}, {&DY, &in.Wt, &RX, &DX, &WK});
         check_version(op, version, wino ? kernels::kConvWinogradVersions : conv_versions(p));
         py::gil_scoped_release nogil;
         const bool w32 = fp32_weights(p, in.Wt);
+        const float* rx = RX.ptr ? RX.f32() : nullptr;  // the FP32 paths (dx float32: relu_x too)
         if (wino)
           kernels::conv2d_backward_data_winograd(DY.f32(), in.Wt.f32(), DX.f32(), WK.ptr ? WK.f32() : nullptr,
-                                                 WK.numel(), in.s, version, as_stream(stream));
+                                                 WK.numel(), in.s, version, as_stream(stream), rx);
         else if (p == kernels::Precision::kFP32)
-          kernels::conv2d_backward_data(DY.f32(), in.Wt.f32(), DX.f32(), in.s, version, as_stream(stream));
+          kernels::conv2d_backward_data(DY.f32(), in.Wt.f32(), DX.f32(), in.s, version, as_stream(stream), rx);
         else if (DX.dtype == DType::U16)
           kernels::conv2d_backward_data_tc(p, DY.ptr, in.Wt.ptr, DX.as<uint16_t>(), in.s, version, as_stream(stream),
-                                           w32);
+                                           w32, RX.ptr ? RX.as<uint16_t>() : nullptr);
         else
-          kernels::conv2d_backward_data_tc(p, DY.ptr, in.Wt.ptr, DX.f32(), in.s, version, as_stream(stream), w32);
+          kernels::conv2d_backward_data_tc(p, DY.ptr, in.Wt.ptr, DX.f32(), in.s, version, as_stream(stream), w32, rx);
       },
       "dy"_a, "x"_a, "w"_a, "dx"_a, py::kw_only(), "stride"_a = 1, "padding"_a = 0, "groups"_a = 1, "version"_a = 0,
-      "precision"_a = "fp32", "algorithm"_a = "gemm", "work"_a = py::none(), "stream"_a = 0,
+      "precision"_a = "fp32", "algorithm"_a = "gemm", "work"_a = py::none(), "relu_x"_a = py::none(), "stream"_a = 0,
       "dx of conv2d (float32; at bf16 also uint16 BF16 storage: rounded once; x is read only for its shape). algorithm 'winograd' as conv2d_forward's (its "
-      "workspace: conv2d_winograd_check(direction='data')).");
+      "workspace: conv2d_winograd_check(direction='data')). relu_x (relu_input): the ReLU output that x is, as "
+      "the caller stores it, in dx's dtype and x's shape; dx is then zeroed where relu_x <= 0 (or NaN) in the "
+      "kernels' store, bit for bit relu_backward(dx, relu_x). None: no fold.");
 
   m.def(
       "conv2d_backward_filter",

@@ -6,6 +6,9 @@
 //            stored otherwise (tile::epilogue), so it equals relu_forward of the unfused y bit for bit
 //   data     dx[n,c,h,w] = sum_{k in g(c), r, s : h+pad-r = p*st, w+pad-s = q*st, p<P, q<Q}
 //                          dy[n,k,p,q] * w[k, c-g*Cg, r, s]
+//            and with `relu_x` (relu_input: x is a ReLU's output) dx = that where x[n,c,h,w] > 0,
+//            else +0, in the store (relu_fold, kernels/relu_math.cuh: relu_backward's select on
+//            the same FP32 value, so bit for bit relu_backward of the unfused dx; every version)
 //   filter   dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * xp[n, g*Cg+c, p*st+r, q*st+s]
 //   bias     db[k]       = sum_{n,p,q} dy[n,k,p,q]
 // All FP32 with FFMA. Layout: NCHW tensors, weights (K, Cg, R, S) as PyTorch; all C-contiguous.
@@ -61,6 +64,7 @@
 #include "common/storage.cuh"
 #include "kernels/tc_tile.cuh"
 #include "kernels/conv_geo.cuh"
+#include "kernels/relu_math.cuh"
 
 namespace alexnet::kernels {
 namespace {
@@ -94,7 +98,7 @@ __global__ void conv_fwd_v1(const float* __restrict__ x, const float* __restrict
 }
 
 __global__ void conv_bwd_data_v1(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-                                 Geo d) {
+                                 Geo d, const float* __restrict__ relu_x) {
   const int64_t total = int64_t(d.N) * d.C * d.HW;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -115,7 +119,7 @@ __global__ void conv_bwd_data_v1(const float* __restrict__ dy, const float* __re
         }
       }
     }
-    dx[idx] = acc;
+    dx[idx] = relu_fold(acc, relu_x, idx);
   }
 }
 
@@ -279,9 +283,13 @@ constexpr int relaxed_min_blocks() {
   return Cfg::BM == 64 ? 3 : Cfg::MIN_BLOCKS;
 }
 
-template <class Cfg>
+// RELU_IN: relu_input, dx folded with relu_x (relu_math.cuh); false: relu_x is not read (null), and
+// the kernel is the one without the fold, register for register (a runtime test here cost the T8
+// config a spill on sm_90).
+template <class Cfg, bool RELU_IN>
 __global__ void __launch_bounds__(Cfg::THREADS, relaxed_min_blocks<Cfg>())
-    conv_bwd_data_v2(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, Geo d) {
+    conv_bwd_data_v2(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, Geo d,
+                     const float* __restrict__ relu_x) {
   __shared__ __align__(16) float As[2 * Cfg::A_TILE];
   __shared__ __align__(16) float Bs[2 * Cfg::B_TILE];
   const int t = threadIdx.x, tx = t % Cfg::TX, ty = t / Cfg::TX;
@@ -303,11 +311,20 @@ __global__ void __launch_bounds__(Cfg::THREADS, relaxed_min_blocks<Cfg>())
     const int n = n0 + col_of<Cfg>(tx, j);
     if (n >= ph.ncols) continue;
     const int img = n / per, rem = n - img * per, hq = rem / ph.Wph, wq = rem - hq * ph.Wph;
-    float* dxc = dx + (int64_t(img) * d.C + g * d.Cg) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st;
+    const int64_t o = (int64_t(img) * d.C + g * d.Cg) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st;
+    float* dxc = dx + o;
+    // relu_input: the column's gates (x at its dx elements) loaded together, then the select; without
+    // it every gate is 1 and acc is stored as it is.
+    float gate[Cfg::TM];
 #pragma unroll
     for (int i = 0; i < Cfg::TM; ++i) {
       const int c = m0 + row_of<Cfg>(ty, i);
-      if (c < d.Cg) dxc[int64_t(c) * d.HW] = acc[i][j];
+      gate[i] = relu_gate(RELU_IN ? relu_x : nullptr, o + int64_t(c) * d.HW, c < d.Cg);
+    }
+#pragma unroll
+    for (int i = 0; i < Cfg::TM; ++i) {
+      const int c = m0 + row_of<Cfg>(ty, i);
+      if (c < d.Cg) dxc[int64_t(c) * d.HW] = ReluMath::backward(acc[i][j], gate[i]);
     }
   }
 }
@@ -428,12 +445,13 @@ void launch_fwd_v2(const float* x, const float* w, const float* b, float* y, con
 }
 
 template <class Cfg>
-void launch_bwd_data_v2(const float* dy, const float* w, float* dx, const Geo& d, cudaStream_t stream) {
+void launch_bwd_data_v2(const float* dy, const float* w, float* dx, const Geo& d, const float* relu_x,
+                        cudaStream_t stream) {
   // Columns of the largest phase (phase 0): ceil(H/st) * ceil(W/st) per image.
   const int64_t cols = int64_t(d.N) * ((d.H + d.st - 1) / d.st) * ((d.W + d.st - 1) / d.st);
   const dim3 grid(ceil_div(cols, Cfg::BN), ceil_div(d.Cg, Cfg::BM), unsigned(d.groups * d.st * d.st));
-  auto conv_bwd_data_v2_tiled = conv_bwd_data_v2<Cfg>;
-  LAUNCH(conv_bwd_data_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, dy, w, dx, d);
+  auto conv_bwd_data_v2_tiled = relu_x ? conv_bwd_data_v2<Cfg, true> : conv_bwd_data_v2<Cfg, false>;
+  LAUNCH(conv_bwd_data_v2_tiled, grid, dim3(Cfg::THREADS), 0, stream, dy, w, dx, d, relu_x);
 }
 
 template <class Cfg>
@@ -545,16 +563,16 @@ void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b
 }
 
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, const float* relu_x) {
   version = pick_version("conv2d_backward_data", version, kConvVersions, 2);
   const Geo d = make_geo(s);
   if (d.N == 0) return;
   if (version == 1) {
     LAUNCH(conv_bwd_data_v1, dim3(grid_stride_blocks(int64_t(d.N) * d.C * d.HW, 256)), dim3(256), 0, stream, dy, w, dx,
-           d);
+           d, relu_x);
     return;
   }
-  CONV_WITH_TILE(d.Cg, launch_bwd_data_v2, dy, w, dx, d, stream)
+  CONV_WITH_TILE(d.Cg, launch_bwd_data_v2, dy, w, dx, d, relu_x, stream)
 }
 
 namespace {

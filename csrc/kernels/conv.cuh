@@ -39,9 +39,11 @@ template <class T>
 void conv2d_forward_tc(Precision p, const void* x, const void* w, const float* b, T* y, const ConvShape& s,
                        int version, cudaStream_t stream, bool relu = false, bool w_fp32 = false);
 
-// dx = the gradient of the forward pass with respect to x (every element written).
+// dx = the gradient of the forward pass with respect to x (every element written). With `relu_x`
+// (not null: relu_input, x the ReLU's output, shaped as dx) dx = that where relu_x > 0, else +0,
+// in the kernels' store: bit for bit relu_backward(dx, relu_x) (every version).
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const ConvShape& s, int version,
-                          cudaStream_t stream);
+                          cudaStream_t stream, const float* relu_x = nullptr);
 
 // The split of backward_filter's reduction over N*P*Q; `splits` > 0 forces the count.
 SplitPlan conv2d_backward_filter_plan(const ConvShape& s, int version, int splits);

@@ -9,7 +9,9 @@
 //   staged into shared memory. BF16: dy, x are BF16 in memory (uint16 bit patterns), staged
 //   as they are; w too, or FP32 (the master weights) rounded to nearest even as it is staged.
 //   Products exact in FP32, accumulation FP32 (mma.sync); dw FP32; dx FP32, or BF16 at BF16
-//   (the FP32 sum rounded once to nearest even on store: storage::store).
+//   (the FP32 sum rounded once to nearest even on store: storage::store). relu_input (relu_x,
+//   x's values in dx's storage): dx = that sum where x > 0, else +0, selected before the
+//   rounding (relu_fold, kernels/relu_math.cuh: bit for bit relu_backward of the unfused dx).
 // Layout: NCHW tensors, w (K, Cg, R, S); all C-contiguous.
 //
 // version 1 (both directions): tc_tile.cuh's block tile 64 x 64 x 32, 128 threads = 4 warps in
@@ -43,6 +45,7 @@
 #include "common/storage.cuh"
 #include "kernels/conv_geo.cuh"
 #include "kernels/gemm_tile.cuh"
+#include "kernels/relu_math.cuh"
 #include "kernels/tc_tile.cuh"
 
 namespace alexnet::kernels {
@@ -121,7 +124,7 @@ struct DyGatherTc {
 template <Precision P, class MW, class T>
 __global__ void __launch_bounds__(kThreads)
     conv_bwd_data_tc_v1(const typename Tc<P>::In* __restrict__ dy, const MW* __restrict__ w, T* __restrict__ dx,
-                        Geo d) {
+                        Geo d, const T* __restrict__ relu_x) {
   using In = typename Tc<P>::In;
   __shared__ __align__(16) typename Tc<P>::S As[kBM * Tc<P>::LDS];
   __shared__ __align__(16) typename Tc<P>::S Bs[kBN * Tc<P>::LDS];
@@ -135,11 +138,20 @@ __global__ void __launch_bounds__(kThreads)
   float acc[2][4][4] = {};
   tc_mainloop<P>(la, lb, 0, (ph.kdim + kBK - 1) / kBK, As, Bs, acc);
   const int per = ph.Hph * ph.Wph;
+  // dx's element of the tile's (c, n) (c < Cg, n < ncols).
+  auto at = [&](int c, int n) {
+    const int img = n / per, rem = n - img * per, hq = rem / ph.Wph, wq = rem - hq * ph.Wph;
+    return (int64_t(img) * d.C + g * d.Cg + c) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st;
+  };
+  if (relu_x)  // relu_input: every gate loaded in one pass (relu_math.cuh), the select before the store
+    tc_map(acc, [&](int dm, int dn, float v) {
+      const int c = m0 + dm, n = n0 + dn;
+      const bool ok = c < d.Cg && n < ph.ncols;
+      return ReluMath::backward(v, relu_gate(relu_x, ok ? at(c, n) : 0, ok));
+    });
   tc_store(acc, [&](int dm, int dn, float v) {
     const int c = m0 + dm, n = n0 + dn;
-    if (c >= d.Cg || n >= ph.ncols) return;
-    const int img = n / per, rem = n - img * per, hq = rem / ph.Wph, wq = rem - hq * ph.Wph;
-    storage::store(dx, (int64_t(img) * d.C + g * d.Cg + c) * d.HW + (ph.ph + hq * d.st) * d.W + ph.pw + wq * d.st, v);
+    if (c < d.Cg && n < ph.ncols) storage::store(dx, at(c, n), v);
   });
 }
 
@@ -219,13 +231,14 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- launchers -----------------------------------------------------------------------------
 template <Precision P, class MW, class T>
-void launch_data(const void* dy, const void* w, T* dx, const Geo& d, cudaStream_t stream) {
+void launch_data(const void* dy, const void* w, T* dx, const Geo& d, const T* relu_x, cudaStream_t stream) {
   using In = typename Tc<P>::In;
   // Columns of the largest phase (phase 0): ceil(H/st) * ceil(W/st) per image.
   const int64_t cols = int64_t(d.N) * ((d.H + d.st - 1) / d.st) * ((d.W + d.st - 1) / d.st);
   const dim3 grid(ceil_div(cols, kBN), ceil_div(d.Cg, kBM), unsigned(d.groups * d.st * d.st));
   auto kernel = conv_bwd_data_tc_v1<P, MW, T>;
-  LAUNCH(kernel, grid, dim3(kThreads), 0, stream, static_cast<const In*>(dy), static_cast<const MW*>(w), dx, d);
+  LAUNCH(kernel, grid, dim3(kThreads), 0, stream, static_cast<const In*>(dy), static_cast<const MW*>(w), dx, d,
+         relu_x);
 }
 
 template <Precision P>
@@ -250,7 +263,7 @@ int64_t filter_tc_slots() {
 
 template <class T>
 void conv2d_backward_data_tc(Precision p, const void* dy, const void* w, T* dx, const ConvShape& s, int version,
-                             cudaStream_t stream, bool w_fp32) {
+                             cudaStream_t stream, bool w_fp32, const T* relu_x) {
   constexpr bool kBF16Out = std::is_same_v<T, uint16_t>;
   if (p == Precision::kFP32) throw std::invalid_argument("conv2d_backward_data_tc: fp32 runs on conv2d_backward_data");
   if (p != Precision::kBF16 && (kBF16Out || w_fp32))
@@ -259,19 +272,19 @@ void conv2d_backward_data_tc(Precision p, const void* dy, const void* w, T* dx, 
   const Geo d = make_geo(s);
   if (d.N == 0) return;
   if constexpr (!kBF16Out) {
-    if (p == Precision::kTF32) launch_data<Precision::kTF32, float>(dy, w, dx, d, stream);
+    if (p == Precision::kTF32) launch_data<Precision::kTF32, float>(dy, w, dx, d, relu_x, stream);
   }
   if (p == Precision::kBF16) {
-    if (w_fp32) launch_data<Precision::kBF16, float>(dy, w, dx, d, stream);
-    else launch_data<Precision::kBF16, uint16_t>(dy, w, dx, d, stream);
+    if (w_fp32) launch_data<Precision::kBF16, float>(dy, w, dx, d, relu_x, stream);
+    else launch_data<Precision::kBF16, uint16_t>(dy, w, dx, d, relu_x, stream);
   }
 }
 
 // dx's storage types: float (TF32, BF16) and uint16_t (BF16 bits; precision bf16 only).
 template void conv2d_backward_data_tc<float>(Precision, const void*, const void*, float*, const ConvShape&, int,
-                                             cudaStream_t, bool);
+                                             cudaStream_t, bool, const float*);
 template void conv2d_backward_data_tc<uint16_t>(Precision, const void*, const void*, uint16_t*, const ConvShape&, int,
-                                                cudaStream_t, bool);
+                                                cudaStream_t, bool, const uint16_t*);
 
 SplitPlan conv2d_backward_filter_tc_plan(const ConvShape& s, int version, int splits) {
   pick_version("conv2d_backward_filter_tc", version, kConvTcVersions, 1);

@@ -13,9 +13,11 @@ namespace alexnet::kernels {
 
 // dx = the gradient of the forward pass with respect to x (every element written). dx's storage
 // T: float, or uint16_t (BF16 bits, p == kBF16 only: the FP32 sum rounded once to nearest even).
+// `relu_x` as conv2d_backward_data's, in dx's storage (the ReLU's output as stored): the select on
+// the FP32 sum before its rounding, bit for bit relu_backward of the unfused dx.
 template <class T>
 void conv2d_backward_data_tc(Precision p, const void* dy, const void* w, T* dx, const ConvShape& s, int version,
-                             cudaStream_t stream, bool w_fp32 = false);
+                             cudaStream_t stream, bool w_fp32 = false, const T* relu_x = nullptr);
 
 // The split of backward_filter_tc's reduction over N*P*Q; `splits` > 0 forces the count.
 SplitPlan conv2d_backward_filter_tc_plan(const ConvShape& s, int version, int splits);

@@ -65,7 +65,9 @@
 //                     mainloop (k-tiles of 8), store_tile; grid (ceil(T/BN), ceil(Cog/BM), 36*groups),
 //                     blockIdx.z = z (launched in chunks of at most 65,535), the tile chosen by Cog
 //   output transform  one thread per (g*Cog + co, t): M's 36 values, A^T M A, + bias, ReLU when asked
-//                     (tile::epilogue: bit for bit relu_forward of the unfused output), its <= 16 outputs
+//                     (tile::epilogue: bit for bit relu_forward of the unfused output), its <= 16 outputs;
+//                     for the data gradient with relu_input, dx where x > 0 else +0 (relu_fold,
+//                     kernels/relu_math.cuh: bit for bit relu_backward of the unfused dx)
 // version 2: the same transforms; the batched GEMM copies U and V global -> shared with 16-byte
 //   cp.async (async_copy.h; zero-filled past Cog and T), no staging registers, two stages with one
 //   __syncthreads per k-tile, k-tiles of 16 (half version 1's barriers); 128 x 128 x 16 tiles (256
@@ -86,6 +88,7 @@
 #include "common/launch.h"
 #include "kernels/conv_geo.cuh"
 #include "kernels/gemm_tile.cuh"
+#include "kernels/relu_math.cuh"
 
 namespace alexnet::kernels {
 namespace {
@@ -231,9 +234,10 @@ __global__ void wino_input_v1(const float* __restrict__ x, float* __restrict__ V
   }
 }
 
-// y[n, k, 4th + i, 4tw + j] = act((A^T M A)[i][j] + b[k]), M = the 36 products of (k, t).
+// y[n, k, 4th + i, 4tw + j] = act((A^T M A)[i][j] + b[k]), M = the 36 products of (k, t); with
+// relu_x (the data gradient's relu_input: x shaped as y) that is relu_fold'ed with x at the same element.
 __global__ void wino_output_v1(const float* __restrict__ M, const float* __restrict__ b, float* __restrict__ y,
-                               WinoGeo d, bool relu) {
+                               WinoGeo d, bool relu, const float* __restrict__ relu_x) {
   const int64_t total = int64_t(d.Co) * d.T;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -249,7 +253,16 @@ __global__ void wino_output_v1(const float* __restrict__ M, const float* __restr
       output_1d(colb, tmp[bcol]);
     }
     const float bias = b ? b[k] : 0.0f;
-    float* yk = y + (n * d.Co + k) * d.P * d.Q;
+    const int ok = (n * d.Co + k) * d.P * d.Q;
+    float* yk = y + ok;
+    float gate[kOut][kOut];  // relu_x's at the tile's outputs, loaded together (relu_math.cuh); else 1
+#pragma unroll
+    for (int i = 0; i < kOut; ++i)
+#pragma unroll
+      for (int j = 0; j < kOut; ++j) {
+        const int p = th * kOut + i, q = tw * kOut + j;
+        gate[i][j] = relu_gate(relu_x, ok + p * d.Q + q, p < d.P && q < d.Q);
+      }
 #pragma unroll
     for (int i = 0; i < kOut; ++i) {
       const float row[6] = {tmp[0][i], tmp[1][i], tmp[2][i], tmp[3][i], tmp[4][i], tmp[5][i]};
@@ -260,7 +273,7 @@ __global__ void wino_output_v1(const float* __restrict__ M, const float* __restr
 #pragma unroll
       for (int j = 0; j < kOut; ++j) {
         const int q = tw * kOut + j;
-        if (q < d.Q) yk[p * d.Q + q] = epilogue(out[j] + bias, relu);
+        if (q < d.Q) yk[p * d.Q + q] = ReluMath::backward(epilogue(out[j] + bias, relu), gate[i][j]);
       }
     }
   }
@@ -395,7 +408,7 @@ WinoGeo checked_geo(const ConvShape& s, bool data, int& version, int64_t work_fl
 
 // The four steps: in (the convolution's input) -> out, bias b (may be null), filter w.
 void run(const float* in, const float* w, const float* b, float* out, float* work, const WinoGeo& d, int version,
-         bool relu, cudaStream_t stream) {
+         bool relu, const float* relu_x, cudaStream_t stream) {
   if (d.N == 0) return;
   const WinoParts p = parts(d);
   float* U = work;
@@ -409,7 +422,7 @@ void run(const float* in, const float* w, const float* b, float* out, float* wor
   if (version == 1) gemm_v1(U, V, M, d, stream);
   else gemm_v2(U, V, M, d, stream);
   LAUNCH(wino_output_v1, dim3(grid_stride_blocks(int64_t(d.Co) * d.T, kThreads)), dim3(kThreads), 0, stream, M, b,
-         out, d, relu);
+         out, d, relu, relu_x);
 }
 
 }  // namespace
@@ -431,13 +444,13 @@ int64_t conv2d_winograd_workspace(const ConvShape& s, bool data, int version) {
 void conv2d_forward_winograd(const float* x, const float* w, const float* b, float* y, float* work, int64_t work_floats,
                              const ConvShape& s, int version, cudaStream_t stream, bool relu) {
   const WinoGeo d = checked_geo(s, false, version, work_floats, true);
-  run(x, w, b, y, work, d, version, relu, stream);
+  run(x, w, b, y, work, d, version, relu, nullptr, stream);
 }
 
 void conv2d_backward_data_winograd(const float* dy, const float* w, float* dx, float* work, int64_t work_floats,
-                                   const ConvShape& s, int version, cudaStream_t stream) {
+                                   const ConvShape& s, int version, cudaStream_t stream, const float* relu_x) {
   const WinoGeo d = checked_geo(s, true, version, work_floats, true);
-  run(dy, w, nullptr, dx, work, d, version, false, stream);
+  run(dy, w, nullptr, dx, work, d, version, false, relu_x, stream);
 }
 
 }  // namespace alexnet::kernels

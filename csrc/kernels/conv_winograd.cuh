@@ -32,8 +32,10 @@ void conv2d_forward_winograd(const float* x, const float* w, const float* b, flo
                              const ConvShape& s, int version, cudaStream_t stream, bool relu = false);
 
 // dx = the gradient of the forward pass with respect to x; `work` holds
-// conv2d_winograd_workspace(s, true, version) floats.
+// conv2d_winograd_workspace(s, true, version) floats. `relu_x` as conv2d_backward_data's (applied
+// by the output transform, the pass that writes dx).
 void conv2d_backward_data_winograd(const float* dy, const float* w, float* dx, float* work, int64_t work_floats,
-                                   const ConvShape& s, int version, cudaStream_t stream);
+                                   const ConvShape& s, int version, cudaStream_t stream,
+                                   const float* relu_x = nullptr);
 
 }  // namespace alexnet::kernels

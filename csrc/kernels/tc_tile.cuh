@@ -155,6 +155,23 @@ __device__ __forceinline__ void tc_mainloop(const SA& la, const SB& lb, int kt0,
   }
 }
 
+// acc[.][.][i] = f(m, n, acc[.][.][i]) for each of this thread's accumulators, (m, n) as tc_store
+// gives them: an epilogue step before the store that reads memory (conv_tc.cu's relu_input fold),
+// with no store between its loads, so they are all in flight at once.
+template <class F>
+__device__ __forceinline__ void tc_map(float (&acc)[2][4][4], F&& f) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const Coord p = mma::acc(lane, i);
+        acc[mi][ni][i] = f((warp >> 1) * 32 + 16 * mi + p.row, (warp & 1) * 32 + 8 * ni + p.col, acc[mi][ni][i]);
+      }
+}
+
 // The epilogue: out(m, n, v) for each of this thread's accumulators, (m, n) its place in
 // the 64 x 64 block tile (rows: the product's M, columns: its N).
 template <class Out>
