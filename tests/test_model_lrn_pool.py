@@ -75,14 +75,15 @@ def test_the_layers_are_marked():
 def test_fused_model_is_bitwise_the_unfused_one(backend, monkeypatch):
     calls = _count_calls(monkeypatch, get_backend(backend), SEPARATE + FUSED)
     fused = _run(backend, True)
-    # 3 train steps + 1 eval forward: the fused ops twice per pass; only pool5 pools separately;
-    # relu_backward for relu3 and relu4 only (relu5..relu7 fold into pool5 and the dropouts either way)
-    assert calls == dict(lrn_forward=0, lrn_backward=0, maxpool_forward=4, maxpool_backward=3, relu_backward=3 * 2,
+    # 3 train steps + 1 eval forward: the fused ops twice per pass; only pool5 pools separately; no
+    # relu_backward (relu1, relu2 fold into the fused ops; relu3..relu7 into conv4, conv5, pool5 and the
+    # dropouts either way)
+    assert calls == dict(lrn_forward=0, lrn_backward=0, maxpool_forward=4, maxpool_backward=3, relu_backward=0,
                          lrn_maxpool_forward=8, lrn_maxpool_backward=6)
     for k in calls:
         calls[k] = 0
     unfused = _run(backend, False)
-    assert calls == dict(lrn_forward=8, lrn_backward=6, maxpool_forward=12, maxpool_backward=9, relu_backward=3 * 4,
+    assert calls == dict(lrn_forward=8, lrn_backward=6, maxpool_forward=12, maxpool_backward=9, relu_backward=3 * 2,
                          lrn_maxpool_forward=0, lrn_maxpool_backward=0)
     _assert_same_runs(fused, unfused)
 

@@ -241,7 +241,8 @@ def test_bad_fold_arguments(any_backend):
 # the model
 # ---------------------------------------------------------------------------
 
-FOLDS = {"relu1": "lrn1", "relu2": "lrn2", "relu5": "pool5", "relu6": "drop6", "relu7": "drop7"}
+FOLDS = {"relu1": "lrn1", "relu2": "lrn2", "relu3": "conv4", "relu4": "conv5", "relu5": "pool5", "relu6": "drop6",
+         "relu7": "drop7"}
 
 
 def _folds(layers):
@@ -257,7 +258,7 @@ def _folds(layers):
 
 def test_the_folds_are_marked():
     m = AlexNet(backend="numpy", **TINY_NET)
-    assert _folds(m.layers) == FOLDS  # on by default; relu3 and relu4 are followed by convolutions
+    assert _folds(m.layers) == FOLDS  # on by default: every ReLU
     m.fold_relu_backwards(False)
     assert _folds(m.layers) == {}
     m.fuse_lrn_pools(True)  # pairs the LRNs again, but folds nothing while the folds are off
@@ -270,9 +271,9 @@ def test_the_folds_are_marked():
     assert _folds(m.layers) == FOLDS
     # without LRN relu1 and relu2 fold into the max-pools; at p = 0 the dropouts run nothing and fold nothing
     assert _folds(AlexNet(backend="numpy", lrn=False, **TINY_NET).layers) == dict(
-        relu1="pool1", relu2="pool2", relu5="pool5", relu6="drop6", relu7="drop7")
+        FOLDS, relu1="pool1", relu2="pool2")
     assert _folds(AlexNet(backend="numpy", dropout=0.0, **TINY_NET).layers) == dict(
-        relu1="lrn1", relu2="lrn2", relu5="pool5")
+        relu1="lrn1", relu2="lrn2", relu3="conv4", relu4="conv5", relu5="pool5")
     assert _folds(AlexNet(backend="numpy", activation="tanh", **TINY_NET).layers) == {}
 
 
@@ -290,6 +291,7 @@ def _count(monkeypatch, be, calls):
     wrap("relu_backward", lambda kw: False)
     wrap("maxpool_backward", lambda kw: kw.get("relu_input", False))
     wrap("dropout_backward", lambda kw: kw.get("relu_y") is not None)
+    wrap("conv2d_backward", lambda kw: kw.get("relu_input", False))
 
 
 def _assert_same_runs(a, b):
@@ -307,16 +309,18 @@ def _assert_same_runs(a, b):
 @pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_folded_model_is_bitwise_the_unfolded_one(backend, monkeypatch):
     calls = {k: 0 for k in ("relu_backward", "maxpool_backward", "maxpool_backward folded", "dropout_backward",
-                            "dropout_backward folded")}
+                            "dropout_backward folded", "conv2d_backward", "conv2d_backward folded")}
     _count(monkeypatch, get_backend(backend), calls)
     folded = run_with_fusion(backend, "fold_relu_backwards", True)
-    # 3 steps: relu3 and relu4 alone run relu_backward; pool5 and both dropouts fold theirs
-    assert calls == {"relu_backward": 3 * 2, "maxpool_backward": 3, "maxpool_backward folded": 3,
-                     "dropout_backward": 3 * 2, "dropout_backward folded": 3 * 2}
+    # 3 steps: no relu_backward; conv4 and conv5 fold relu3 and relu4, pool5 and both dropouts relu5..relu7
+    assert calls == {"relu_backward": 0, "maxpool_backward": 3, "maxpool_backward folded": 3,
+                     "dropout_backward": 3 * 2, "dropout_backward folded": 3 * 2, "conv2d_backward": 3 * 5,
+                     "conv2d_backward folded": 3 * 2}
     calls.update({k: 0 for k in calls})
     unfolded = run_with_fusion(backend, "fold_relu_backwards", False)
     assert calls == {"relu_backward": 3 * 7, "maxpool_backward": 3, "maxpool_backward folded": 0,
-                     "dropout_backward": 3 * 2, "dropout_backward folded": 0}
+                     "dropout_backward": 3 * 2, "dropout_backward folded": 0, "conv2d_backward": 3 * 5,
+                     "conv2d_backward folded": 0}
     _assert_same_runs(folded, unfolded)
 
 
@@ -333,14 +337,15 @@ def test_folded_variants(backend, kw):
 
 
 def test_towers_on_two_devices_fold_within_a_run():
-    """devices=(0, 0): relu5 and pool5 run one after the other on each tower's device, so each tower's
-    copies fold; relu6 and relu7 meet their dropout across a meeting point (the towers' gradients are
-    summed there before the ReLU) and stay separate, as relu1 and relu2, whose LRN is a HaloLRN stage.
-    The folded towers equal the unfolded ones bit for bit."""
+    """devices=(0, 0): conv3 .. pool5 run one after the other on each tower's device, so each tower's
+    relu3, relu4 (into conv4, conv5) and relu5 (into pool5) fold; relu6 and relu7 meet their dropout across
+    a meeting point (the towers' gradients are summed there before the ReLU) and stay separate, as relu1
+    and relu2, whose LRN is a HaloLRN stage. The folded towers equal the unfolded ones bit for bit."""
     m = AlexNet(backend="numpy", devices=(0, 0), **TINY_NET)
+    inside = {"relu3": "conv4", "relu4": "conv5", "relu5": "pool5"}
     for run in m._split.runs():
-        assert set(_folds(run)) <= {"relu5"}
-    assert sum(_folds(run) == {"relu5": "pool5"} for run in m._split.runs()) == 2  # one per tower
+        assert set(_folds(run)) <= set(inside)
+    assert sum(_folds(run) == inside for run in m._split.runs()) == 2  # one per tower
     m.fold_relu_backwards(False)
     assert not any(_folds(run) for run in m._split.runs())
     _assert_same_runs(run_with_fusion("numpy", "fold_relu_backwards", True, steps=2, devices=(0, 0)),
