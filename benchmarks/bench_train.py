@@ -96,6 +96,35 @@ def bench_ours(x, y, steps, warmup, lr, precision, sync_every=1):
     return x.shape[0] * steps / dt, dt / steps * 1e3, losses, host_ms
 
 
+def bench_graph(x, y, steps, warmup, lr, precision):
+    """(images/s, ms per step) of one sync-free step captured into a CUDA graph and launched `steps` times
+    (the same batch and dropout masks each time: a timing of the launches, not training), or the error
+    that stopped the capture (a synchronization inside the step would)."""
+    from alexnet_cuda import AlexNet, get_backend
+    be = get_backend("cuda")
+    cp = be.xp
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        model = AlexNet(num_classes=1000, backend=be, seed=0, precision=precision)
+        xd, yd = be.asarray(x), be.asarray(y, dtype=np.int64)
+        for _ in range(warmup):
+            model.train_step(xd, yd, lr, sync=False)
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            model.train_step(xd, yd, lr, sync=False)
+        finally:
+            graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            graph.launch(stream)
+        stream.synchronize()
+    dt = time.perf_counter() - t
+    return x.shape[0] * steps / dt, dt / steps * 1e3
+
+
 def bench_torch(state, x, y, steps, warmup, lr, precision, channels_last):
     import torch
 
@@ -174,9 +203,21 @@ def main(argv=None):
     ips20, ms20, _, host_ms = bench_ours(x, y, args.steps, args.warmup, args.lr, args.precision, sync_every=20)
     rows.append({"impl": f"alexnet-cuda (ours, --precision {args.precision}, loss read every 20 steps)",
                  "ms_per_step": ms20, "images_per_sec": ips20})
+    try:
+        ips_g, ms_g = bench_graph(x, y, args.steps, args.warmup, args.lr, args.precision)
+    except Exception as e:  # noqa: BLE001 - the row says why there is no number
+        print(f"bench_train: the CUDA graph of the step failed: {type(e).__name__}: {e}")
+        rows.append({"impl": f"alexnet-cuda (ours, one step as a CUDA graph: failed, {type(e).__name__})",
+                     "ms_per_step": float("nan"), "images_per_sec": float("nan")})
+    else:
+        rows.append({"impl": f"alexnet-cuda (ours, --precision {args.precision}, one step captured as a CUDA graph "
+                             "and replayed)", "ms_per_step": ms_g, "images_per_sec": ips_g})
     notes = [f"Full model (60.97 M parameters), batch {args.batch_size}, 227x227, precision {args.precision} "
              f"({TORCH_SETTING[args.precision]} on PyTorch's side); {args.warmup} warm-up steps, {args.steps} timed; "
              "loss read back every step (and, in the last row, every 20 steps: `train --sync-every`'s cuda default)."]
+    notes.append("The CUDA-graph row: one sync-free step captured on a stream of its own and launched "
+                 f"{args.steps} times on the same batch (the same dropout masks and lr each time): the step's time "
+                 "without any launch gap, against the row above it.")
     if host_ms is not None:
         notes.append(f"Host time to queue one step that reads nothing back (median): {host_ms:.2f} ms, against "
                      f"{ms20:.2f} ms per step: " + ("the GPU does not wait for the host, so a CUDA graph of the step "

@@ -284,6 +284,31 @@ def test_steady_state_steps_take_all_their_memory_from_cupys_pool():
     assert hook.device_allocations == 0 and pool.total_bytes() == total
 
 
+@pytest.mark.skipif("cuda" not in BACKENDS, reason="needs the cuda backend (a GPU)")
+def test_a_sync_free_step_is_captured_into_a_cuda_graph_and_replays_bitwise():
+    """A sync=False step reads nothing back and synchronizes nothing, so CUDA can capture it into a graph
+    (a stream synchronization or a copy to pageable host memory inside would make the capture fail).
+    Capturing runs nothing; launching the graph once runs the step, and leaves the same weights and
+    momentum, bit for bit, as a model that ran the step directly."""
+    import cupy
+    x, y = (cupy.asarray(a) for a in batch(8))
+    direct, captured = tiny("cuda"), tiny("cuda")
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        for m in (direct, captured):
+            m.train_step(x, y, 0.01, sync=False)              # the first step, as warm-up
+        direct.train_step(x, y, 0.01, sync=False)
+        stream.begin_capture()
+        try:
+            captured.train_step(x, y, 0.01, sync=False)
+        finally:
+            graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+    _assert_same_state(_state(direct), _state(captured), "the replayed step")
+    assert direct.take_bad_label() is None and captured.take_bad_label() is None
+
+
 def test_dropout_masks_are_keyed_by_seed_and_step():
     x, y = batch(4)
     a, b = tiny(seed=0), tiny(seed=0)
