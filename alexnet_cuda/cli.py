@@ -66,6 +66,10 @@ def _train_arguments(t):
     t.add_argument("--sync-every", type=positive_int,
                    help="steps between two reads of the loss by the host (default: 20 on cuda, where the host "
                         "queues the next steps meanwhile; 1 on the CPU backends); the results do not depend on it")
+    t.add_argument("--conv-algorithms", choices=("auto", "gemm"),
+                   help="auto (default): on cuda, time the implicit GEMM and Winograd on each 3x3 convolution at "
+                        "the start and use the faster (the choice is kept with the run, so --resume computes the "
+                        "same); gemm: the implicit GEMM everywhere. With --resume, either decides afresh")
     t.add_argument("--patience", type=positive_int,
                    help="epochs without a lower val error before lr is divided by 10 (default 2)")
     t.add_argument("--schedule", help="'plateau' (default: the paper's, lr/10 on plateaus, at most 3 times) "
@@ -150,7 +154,8 @@ def _cmd_train(args):
                 _log(f"note: --{name.replace('_', '-')} is ignored with --resume (the checkpoint's is used)")
         return train.train(resume=True, out=_find_run_folder(args), log=_log,
                        overrides={"epochs": args.epochs, "workers": args.workers, "backend": args.backend,
-                                  "devices": args.devices, "sync_every": args.sync_every})
+                                  "devices": args.devices, "sync_every": args.sync_every,
+                                  "conv_algorithms": args.conv_algorithms})
     backend, preset, note = _choose_backend(args)
     if note:
         _log(note)
@@ -162,7 +167,7 @@ def _cmd_train(args):
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                            seed=args.seed, workers=args.workers, patience=args.patience, schedule=args.schedule,
                            init=args.init, devices=args.devices, precision=args.precision,
-                           sync_every=args.sync_every, **variant_config(args))
+                           sync_every=args.sync_every, conv_algorithms=args.conv_algorithms, **variant_config(args))
     return train.train(cfg, log=_log)
 
 

@@ -216,6 +216,12 @@ class Conv2d(Layer):
     params = ("weight", "bias")
     fuse_relu = False  # set by _pair_relus: the forward also applies the next layer's ReLU
     can_fold_relu = True  # conv2d_backward's relu_input: its data gradient applies the ReLU's before it
+    algorithm = {"forward": "gemm", "backward": "gemm"}  # per pass, set by alexnet_cuda.autotune.apply
+
+    def _algorithm(self, direction):
+        """The `algorithm=` argument of this pass's op: none for the implicit GEMM (every backend's default)."""
+        a = self.algorithm[direction]
+        return {} if a == "gemm" else {"algorithm": a}
 
     @property
     def tower_rule(self):
@@ -232,12 +238,13 @@ class Conv2d(Layer):
             self._cache = x
         return be.conv2d_forward(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
                                  groups=self.groups, precision=self._precision,
-                                 activation="relu" if self.fuse_relu else "none", out_dtype=_storage(be, ctx))
+                                 activation="relu" if self.fuse_relu else "none", out_dtype=_storage(be, ctx),
+                                 **self._algorithm("forward"))
 
     def backward(self, be, dy, need_dx=True):
         dx, self.grad_weight, self.grad_bias = be.conv2d_backward(
             dy, self._cache, self.weight, stride=self.stride, padding=self.padding, groups=self.groups,
-            need_dx=need_dx, precision=self._precision, relu_input=self.relu_input)
+            need_dx=need_dx, precision=self._precision, relu_input=self.relu_input, **self._algorithm("backward"))
         return dx
 
 

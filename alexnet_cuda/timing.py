@@ -32,7 +32,7 @@ from .model import LRN, PRESETS, Conv2d, Dropout, Flatten, Linear, MaxPool, ReLU
 __all__ = ["time_step", "time_torch_layers", "torch_precision", "format_table", "add_arguments", "run"]
 
 
-class _Clock:
+class Clock:
     """Wall time of a piece of work on a backend (synchronized before and after)."""
 
     def __init__(self, sync):
@@ -78,7 +78,7 @@ def _inputs(model, batch_size, seed):
 def time_step(model, batch_size, *, repeats=5, warmup=1, seed=0):
     """[{"layer", "direction", "ms"}] for one training step of `model` (median over `repeats`)."""
     x, y = _inputs(model, batch_size, seed)
-    clock = _Clock(model.backend.synchronize)
+    clock = Clock(model.backend.synchronize)
     for _ in range(warmup):
         _one_step(model, x, y, clock, {})
     times = {}
@@ -137,7 +137,7 @@ def time_torch_layers(model, batch_size, *, repeats=5, warmup=1, seed=0):
     import torch
     dev = torch.device("cuda" if model.backend.name == "cuda" else "cpu")
     amp = torch_precision(model.precision, dev.type)
-    clock = _Clock(torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))
+    clock = Clock(torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))
     gen = torch.Generator().manual_seed(seed)
     shape = (batch_size, 3, model.input_size, model.input_size)
     out = {}

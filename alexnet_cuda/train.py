@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, distributed
+from . import autotune, data, distributed
 from . import runfolder as rf
 from .backends import resolve_backend
 from .data import EvalLoader, PreparedDataset, TrainLoader, ensure_prepared, is_prepared
@@ -53,7 +53,7 @@ __all__ = ["default_config", "default_workers", "train", "train_one_epoch", "bui
            "PCA_STD"]
 
 # Config keys that `resume` may change; everything else comes from the checkpoint.
-RESUME_OVERRIDES = ("epochs", "workers", "backend", "devices", "sync_every")
+RESUME_OVERRIDES = ("epochs", "workers", "backend", "devices", "sync_every", "conv_algorithms")
 # Config keys that describe where a run ran, not what it computes: ranks may differ in them, and a
 # resumed run takes this run's.
 PLACE_KEYS = ("ranks", "workers")
@@ -122,6 +122,9 @@ def default_config(**kw):
         "eval_batch_size": 256,
         "precision": "fp32",     # fp32, tf32 or bf16 products where a tensor-core kernel exists (AlexNet)
         "sync_every": None,      # None: default_sync_every(backend); steps between reads of the losses
+        # "auto": time the 3x3 convolutions' algorithms on cuda at the start and keep the choice here (a dict,
+        # so a resumed run uses the same kernels); "gemm": the implicit GEMM everywhere (alexnet_cuda.autotune)
+        "conv_algorithms": "auto",
         "ranks": 1,              # data-parallel processes (set from the MPI launch, not an option)
     }
     unknown = set(kw) - set(cfg)
@@ -255,6 +258,7 @@ def _build_run(cfg, out, log, resumed, world):
     except ValueError as e:  # a variant that does not fit the input (non-overlapping pools need less)
         raise TrainError(str(e)) from None
     cfg["model"], cfg["num_parameters"] = dict(model.config), model.num_parameters()
+    _conv_algorithms(cfg, model, world, log)
     shard = (world.rank, world.size)
     loader = TrainLoader(train_ds, batch_size=cfg["batch_size"], crop=cfg["input_size"], seed=cfg["seed"],
                          workers=cfg["workers"], flip=cfg["flip"], pca_std=cfg["pca_std"], scale=cfg["input_scale"],
@@ -273,6 +277,24 @@ def _build_run(cfg, out, log, resumed, world):
             f"gradients averaged with {'NCCL' if be.name == 'cuda' else 'MPI'}")
     return Run(cfg, out, model, loader, val_loader, schedule, train_ds.mean, log, Health(model, world), world,
                average)
+
+
+def _conv_algorithms(cfg, model, world, log):
+    """Apply cfg["conv_algorithms"] (alexnet_cuda.autotune): a choice (a dict: measured before, e.g. by the run
+    being resumed), "gemm", or "auto": measured now on cuda with one process on one device, the choice kept
+    in cfg (and so in config.json and the checkpoint)."""
+    try:
+        choice = autotune.check(cfg.get("conv_algorithms", autotune.AUTO))
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    if choice == autotune.AUTO and autotune.measures(model, world.size):
+        choice, times = autotune.choose(model, cfg["batch_size"])
+        log(autotune.describe(choice, times))
+        cfg["conv_algorithms"] = choice
+    try:
+        autotune.apply(model, choice)
+    except ValueError as e:  # a choice naming a layer this model does not have
+        raise TrainError(str(e)) from None
 
 
 def _restore(run, tensors, info):

@@ -68,15 +68,25 @@ def torch_alexnet(state, num_classes, device):
     return net.to(device)
 
 
+def tuned_model(precision, batch_size):
+    """Our full model on cuda with the 3x3 convolutions' algorithms chosen as `train` chooses them (autotune)."""
+    from alexnet_cuda import AlexNet, autotune, get_backend
+    model = AlexNet(num_classes=1000, backend=get_backend("cuda"), seed=0, precision=precision)
+    if autotune.measures(model):
+        choice, times = autotune.choose(model, batch_size)
+        print(autotune.describe(choice, times))
+        autotune.apply(model, choice)
+    return model
+
+
 def bench_ours(x, y, steps, warmup, lr, precision, sync_every=1):
     """(images/s, ms per step, losses, host ms) of our step; the loss read back every `sync_every` steps (1:
     after each, as PyTorch's loop here does with .item(); 20: `train`'s default on cuda). host ms: the
     median time the host spends queueing a step that reads nothing back (None when every step reads):
     when it is well below the ms per step, the GPU never waits for a launch, and capturing the step in
     a CUDA graph has no launch gaps to remove."""
-    from alexnet_cuda import AlexNet, get_backend
-    be = get_backend("cuda")
-    model = AlexNet(num_classes=1000, backend=be, seed=0, precision=precision)
+    model = tuned_model(precision, x.shape[0])
+    be = model.backend
     xd, yd = be.asarray(x), be.asarray(y, dtype=np.int64)
     for _ in range(warmup):
         model.train_step(xd, yd, lr)
@@ -100,12 +110,12 @@ def bench_graph(x, y, steps, warmup, lr, precision):
     """(images/s, ms per step) of one sync-free step captured into a CUDA graph and launched `steps` times
     (the same batch and dropout masks each time: a timing of the launches, not training), or the error
     that stopped the capture (a synchronization inside the step would)."""
-    from alexnet_cuda import AlexNet, get_backend
+    from alexnet_cuda import get_backend
     be = get_backend("cuda")
     cp = be.xp
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
-        model = AlexNet(num_classes=1000, backend=be, seed=0, precision=precision)
+        model = tuned_model(precision, x.shape[0])
         xd, yd = be.asarray(x), be.asarray(y, dtype=np.int64)
         for _ in range(warmup):
             model.train_step(xd, yd, lr, sync=False)
@@ -214,7 +224,10 @@ def main(argv=None):
                              "and replayed)", "ms_per_step": ms_g, "images_per_sec": ips_g})
     notes = [f"Full model (60.97 M parameters), batch {args.batch_size}, 227x227, precision {args.precision} "
              f"({TORCH_SETTING[args.precision]} on PyTorch's side); {args.warmup} warm-up steps, {args.steps} timed; "
-             "loss read back every step (and, in the last row, every 20 steps: `train --sync-every`'s cuda default)."]
+             "loss read back every step (and, in the last row, every 20 steps: `train --sync-every`'s cuda default).",
+             "Our model's 3x3 convolutions use the algorithm `train --conv-algorithms auto` picks (timed at the "
+             "start of each of our rows; the choice is printed in the log). The per-layer table below runs the "
+             "implicit GEMM."]
     notes.append("The CUDA-graph row: one sync-free step captured on a stream of its own and launched "
                  f"{args.steps} times on the same batch (the same dropout masks and lr each time): the step's time "
                  "without any launch gap, against the row above it.")
