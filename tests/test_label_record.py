@@ -67,6 +67,24 @@ def test_bad_labels_are_recorded_and_poison_only_their_rows(kernel_backend, emu_
     assert int(want) == len(good)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_long_batch_records_its_first_bad_row(kernel_backend, emu_order, version):
+    """1000 rows: the scan's threads each cover several rows and the minimum crosses threads; bad rows beyond
+    the first blocks of the top-k kernels."""
+    be, rng = kernel_backend, np.random.default_rng(8)
+    z = rng.standard_normal((1000, 7)).astype(np.float32)
+    y = rng.integers(0, 7, 1000)
+    y[[700, 300, 263]] = [-1, 9, 7]
+    rec, ref_rec = _record(be), np.zeros(2, np.int64)
+    for k in (1, 3):
+        got = be.topk_correct(be.asarray(z), be.asarray(y), k, bad_labels=rec, version=version)
+        assert int(be.to_numpy(got)) == int(alexnet_cuda.reference.topk_correct(z, y, k, bad_labels=ref_rec))
+    np.testing.assert_array_equal(be.to_numpy(rec), [264, 7])
+    np.testing.assert_array_equal(ref_rec, [264, 7])
+    loss, _ = be.softmax_cross_entropy(be.asarray(z), be.asarray(y), bad_labels=_record(be), version=version)
+    assert np.isnan(be.to_numpy(loss))
+
+
 def test_the_record_keeps_the_first_bad_label_and_holds_int64_values(any_backend):
     be = any_backend
     z = be.asarray(_logits())

@@ -113,7 +113,8 @@ __global__ void dropout_forward_v2(const T* __restrict__ x, T* __restrict__ y, u
   }
 }
 
-template <class T>
+// kFold: relu_y is given (the folded ReLU). A template flag, so the plain kernel keeps its registers.
+template <class T, bool kFold>
 __global__ void dropout_backward_v2(const T* __restrict__ dy, const uint32_t* __restrict__ mask, T* __restrict__ dx,
                                     int64_t n, float scale, const T* __restrict__ relu_y) {
   const int64_t full = n / 4, groups = (n + 3) / 4;
@@ -123,7 +124,7 @@ __global__ void dropout_backward_v2(const T* __restrict__ dy, const uint32_t* __
       storage::load4(dy, g, v);
       const uint32_t m = mask[g];
       for (int lane = 0; lane < 4; ++lane) v[lane] = drop(v[lane], uint8_t(m >> (8 * lane)), scale);
-      if (relu_y) {  // the folded ReLU: one more vector load
+      if (kFold) {  // the folded ReLU: one more vector load
         float r[4];
         storage::load4(relu_y, g, r);
         for (int lane = 0; lane < 4; ++lane) v[lane] = ReluMath::backward(v[lane], r[lane]);
@@ -132,7 +133,7 @@ __global__ void dropout_backward_v2(const T* __restrict__ dy, const uint32_t* __
     } else {
       const uint8_t* ms = reinterpret_cast<const uint8_t*>(mask);
       for (int64_t i = g * 4; i < n; ++i)
-        storage::store(dx, i, fold_relu(drop(storage::load(dy, i), ms[i], scale), relu_y, i));
+        storage::store(dx, i, fold_relu(drop(storage::load(dy, i), ms[i], scale), kFold ? relu_y : nullptr, i));
     }
   }
 }
@@ -181,8 +182,12 @@ void backward(const T* dy, const uint8_t* mask, T* dx, int64_t n, double p, cons
     if (!al)
       throw std::invalid_argument("dropout_backward: version 2 needs " + std::to_string(4 * sizeof(T)) +
                                   "-byte aligned dy, dx (and relu_y) and 4-byte aligned mask");
-    LAUNCH(dropout_backward_v2<T>, dim3(grid_stride_blocks((n + 3) / 4, kThreads)), dim3(kThreads), 0, stream, dy,
-           reinterpret_cast<const uint32_t*>(mask), dx, n, scale, relu_y);
+    const dim3 grid(grid_stride_blocks((n + 3) / 4, kThreads));
+    const uint32_t* m = reinterpret_cast<const uint32_t*>(mask);
+    if (relu_y)
+      LAUNCH(dropout_backward_v2<T, true>, grid, dim3(kThreads), 0, stream, dy, m, dx, n, scale, relu_y);
+    else
+      LAUNCH(dropout_backward_v2<T, false>, grid, dim3(kThreads), 0, stream, dy, m, dx, n, scale, relu_y);
   }
 }
 

@@ -5,8 +5,8 @@
 //   - checked now (first_bad_label): a one-block scan finds the first bad row, the host reads
 //     it back (a stream synchronization) and raises before the op's kernels are launched;
 //   - recorded (record_bad_label): the same scan, but the result stays on the device: an int64
-//     pair (row + 1, label) written only while it is still (0, 0), so it keeps the first bad
-//     label met since the caller zeroed it. Nothing is read back; the op's kernels still run,
+//     pair (row + 1, label) written only while its first word is still 0, so it keeps the first
+//     bad label met since the caller zeroed it. Nothing is read back; the op's kernels still run,
 //     and they read each label through label_or_bad, which never indexes with a bad one: the
 //     row's loss is NaN (so the batch's mean loss is NaN and a training step skips its update)
 //     and it counts as not among the top k.
