@@ -19,7 +19,7 @@ import numpy as np
 
 from .checks import CONV_ALGORITHMS
 from .model import Conv2d
-from .timing import Clock
+from .clock import Clock
 
 __all__ = ["AUTO", "eligible", "measures", "choose", "apply", "check", "describe"]
 

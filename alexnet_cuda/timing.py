@@ -21,29 +21,16 @@ of rows, or the totals.
 from __future__ import annotations
 
 import statistics
-import time
 
 import numpy as np
 
+from . import autotune
 from .backends import resolve_backend
+from .clock import Clock
 from .cliargs import add_backend_argument, add_precision_argument, non_negative_int, positive_int
 from .model import LRN, PRESETS, Conv2d, Dropout, Flatten, Linear, MaxPool, ReLU, from_preset
 
 __all__ = ["time_step", "time_torch_layers", "torch_precision", "format_table", "add_arguments", "run"]
-
-
-class Clock:
-    """Wall time of a piece of work on a backend (synchronized before and after)."""
-
-    def __init__(self, sync):
-        self.sync = sync
-
-    def __call__(self, fn):
-        self.sync()
-        t = time.perf_counter()
-        out = fn()
-        self.sync()
-        return out, (time.perf_counter() - t) * 1e3
 
 
 def _one_step(model, x, labels, clock, times):
@@ -218,6 +205,10 @@ def run(args, log=print):
     model = from_preset(preset, classes, backend=be, precision=args.precision or "fp32")
     log(f"time: {model!r}, precision {model.precision}, batch {bs}, {args.repeats} timed step(s) after "
         f"{args.warmup} warm-up")
+    if autotune.measures(model):  # the 3x3 convolutions' algorithms as `train` picks them
+        choice, times = autotune.choose(model, bs)
+        log(autotune.describe(choice, times))
+        autotune.apply(model, choice)
     rows = time_step(model, bs, repeats=args.repeats, warmup=args.warmup)
     note = None
     if args.no_torch:

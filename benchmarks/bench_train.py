@@ -227,7 +227,7 @@ def main(argv=None):
              "loss read back every step (and, in the last row, every 20 steps: `train --sync-every`'s cuda default).",
              "Our model's 3x3 convolutions use the algorithm `train --conv-algorithms auto` picks (timed at the "
              "start of each of our rows; the choice is printed in the log). The per-layer table below runs the "
-             "implicit GEMM."]
+             "implicit GEMM (`alexnet-cuda time` applies the choice)."]
     notes.append("The CUDA-graph row: one sync-free step captured on a stream of its own and launched "
                  f"{args.steps} times on the same batch (the same dropout masks and lr each time): the step's time "
                  "without any launch gap, against the row above it.")
