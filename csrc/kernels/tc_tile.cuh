@@ -155,11 +155,10 @@ __device__ __forceinline__ void tc_mainloop(const SA& la, const SB& lb, int kt0,
   }
 }
 
-// acc[.][.][i] = f(m, n, acc[.][.][i]) for each of this thread's accumulators, (m, n) as tc_store
-// gives them: an epilogue step before the store that reads memory (conv_tc.cu's relu_input fold),
-// with no store between its loads, so they are all in flight at once.
-template <class F>
-__device__ __forceinline__ void tc_map(float (&acc)[2][4][4], F&& f) {
+// f(m, n, v) for each of this thread's accumulators v (a reference into acc), (m, n) its place in
+// the 64 x 64 block tile (rows: the product's M, columns: its N).
+template <class Acc, class F>
+__device__ __forceinline__ void tc_each(Acc& acc, F&& f) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
@@ -168,24 +167,21 @@ __device__ __forceinline__ void tc_map(float (&acc)[2][4][4], F&& f) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const Coord p = mma::acc(lane, i);
-        acc[mi][ni][i] = f((warp >> 1) * 32 + 16 * mi + p.row, (warp & 1) * 32 + 8 * ni + p.col, acc[mi][ni][i]);
+        f((warp >> 1) * 32 + 16 * mi + p.row, (warp & 1) * 32 + 8 * ni + p.col, acc[mi][ni][i]);
       }
 }
 
-// The epilogue: out(m, n, v) for each of this thread's accumulators, (m, n) its place in
-// the 64 x 64 block tile (rows: the product's M, columns: its N).
+// acc[.][.][i] = f(m, n, acc[.][.][i]): an epilogue step before the store that reads memory
+// (conv_tc.cu's relu_input fold), with no store between its loads, so they are all in flight at once.
+template <class F>
+__device__ __forceinline__ void tc_map(float (&acc)[2][4][4], F&& f) {
+  tc_each(acc, [&](int m, int n, float& v) { v = f(m, n, v); });
+}
+
+// The epilogue: out(m, n, v) for each of this thread's accumulators.
 template <class Out>
 __device__ __forceinline__ void tc_store(const float (&acc)[2][4][4], Out&& out) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const Coord p = mma::acc(lane, i);
-        out((warp >> 1) * 32 + 16 * mi + p.row, (warp & 1) * 32 + 8 * ni + p.col, acc[mi][ni][i]);
-      }
+  tc_each(acc, [&](int m, int n, const float& v) { out(m, n, v); });
 }
 
 }  // namespace alexnet::kernels::tc
