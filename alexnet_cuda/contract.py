@@ -76,6 +76,16 @@ class Backend:
     def zeros(self, shape, dtype=np.float32):
         return self.xp.zeros(shape, dtype=dtype)
 
+    def label_record(self):
+        """A zeroed `bad_labels` record for softmax_cross_entropy and topk_correct (on the current device):
+        an int64 pair that comes to hold (first bad row + 1, its label)."""
+        return self.zeros((2,), np.int64)
+
+    def read_label_record(self, record):
+        """(row, label) of the first label out of range `record` holds, or None (reads 16 bytes back)."""
+        row1, label = (int(v) for v in self.to_numpy(record))
+        return (row1 - 1, label) if row1 else None
+
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)
 

@@ -44,7 +44,7 @@ def evaluate_model(model, loader, *, stop=None, world=None):
     n = 0
     k5 = min(5, model.num_classes)
     with be.use_device(model.devices[0]):  # where the logits are
-        bad = be.zeros((2,), np.int64)  # a label out of range, recorded on the device (no read per batch)
+        bad = be.label_record()  # a label out of range, recorded on the device (no read per batch)
     for x, y in loader:
         if stop is not None and stop():
             return None
@@ -54,9 +54,9 @@ def evaluate_model(model, loader, *, stop=None, world=None):
         c5 = c5 + be.topk_correct(scores, yb, k5, bad_labels=bad)
         n += len(y)
     c1, c5 = int(be.to_numpy(c1)), int(be.to_numpy(c5))
-    row1, label = (int(v) for v in be.to_numpy(bad))
-    if row1:
-        raise DataError(f"a validation label is out of range: {label}; the model has {model.num_classes} classes")
+    bad = be.read_label_record(bad)
+    if bad is not None:
+        raise DataError(f"a validation label is out of range: {bad[1]}; the model has {model.num_classes} classes")
     if world is not None:
         c1, c5, n = (int(v) for v in world.sum_values([c1, c5, n]))
     if n == 0:

@@ -936,7 +936,7 @@ class AlexNet:
         range in; zeros while there was none. On the first device, where the logits are."""
         if self._bad_labels is None:
             with self.backend.use_device(self.devices[0]):
-                self._bad_labels = self.backend.zeros((2,), np.int64)
+                self._bad_labels = self.backend.label_record()
         return self._bad_labels
 
     def take_bad_label(self):
@@ -947,11 +947,10 @@ class AlexNet:
             return None
         be = self.backend
         with be.use_device(self.devices[0]):
-            row1, label = (int(v) for v in be.to_numpy(self._bad_labels))
-            if row1 == 0:
-                return None
-            self._bad_labels[...] = 0
-        return row1 - 1, label
+            bad = be.read_label_record(self._bad_labels)
+            if bad is not None:
+                self._bad_labels[...] = 0
+        return bad
 
     def _mark_unseen(self, loss):
         """The 0-d array the SGD kernels of a sync=False step test: 0 while every loss since the last

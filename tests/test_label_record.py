@@ -1,6 +1,7 @@
 """Labels out of range recorded on the device instead of raised: the `bad_labels` pair of
-softmax_cross_entropy and topk_correct (no read back, so a training step has no host
-synchronization), the model's take_bad_label, and the errors train and evaluate raise from it.
+softmax_cross_entropy and topk_correct (kernels in csrc/kernels/softmax_xent.cu, topk.cu, labels.cuh;
+no read back, so a training step has no host synchronization), the model's take_bad_label, and the
+errors train and evaluate raise from it.
 
 The numpy reference is the contract; emu runs the kernels (both versions, the three fiber orders).
 The softmax's exp/log differ between numpy and the kernels in the last bits, so values are compared
@@ -25,7 +26,7 @@ def _logits(rng=None):
 
 
 def _record(be):
-    return be.zeros((2,), np.int64)
+    return be.label_record()
 
 
 @pytest.mark.parametrize("version", [1, 2])
